@@ -1,0 +1,87 @@
+//! The command line: argument definitions and the subcommands other than `serve`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigErrors, ConfigSource};
+
+/// Exit code for a usage, configuration or input error.
+pub const EXIT_ERROR: u8 = 2;
+
+/// bccguard: an SMTP relay that stops the "forgot to Bcc" leak.
+#[derive(Debug, Parser)]
+#[command(name = "bccguard", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ConfigArg),
+    /// Check the configuration: exit 0 if valid, else list every error and exit 2.
+    CheckConfig(ConfigArg),
+    /// Print an argon2 hash for a password read from standard input, for [[access.users]].
+    HashPassword,
+}
+
+/// `--config PATH`, shared by the subcommands that read the configuration.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: config/bccguard.toml if it exists, else built-in defaults].
+    #[arg(long, short, env = "BCCGUARD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// Where the configuration comes from.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource::resolve(self.config.clone())
+    }
+
+    /// Load and validate it.
+    pub fn load(&self) -> Result<Config, ConfigErrors> {
+        config::load(self.source())
+    }
+}
+
+/// `bccguard check-config`: print the verdict, return the exit code.
+pub fn check_config(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write) -> u8 {
+    match arg.load() {
+        Ok(_) => {
+            let _ = writeln!(out, "{}: configuration is valid", arg.source());
+            0
+        }
+        Err(errors) => {
+            let _ = write!(err, "{errors}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// `bccguard hash-password`: read one line, print its argon2id hash.
+pub fn hash_password(input: &mut impl BufRead, out: &mut impl Write, err: &mut impl Write) -> u8 {
+    let mut line = String::new();
+    if input.read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+        let _ = writeln!(
+            err,
+            "bccguard hash-password: give the password on standard input"
+        );
+        return EXIT_ERROR;
+    }
+    match crate::smtp::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {
+        Ok(hash) => {
+            let _ = writeln!(out, "{hash}");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "bccguard hash-password: {e}");
+            1
+        }
+    }
+}

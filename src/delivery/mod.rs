@@ -1,0 +1,3 @@
+//! Delivery to the upstream: the directory transport.
+
+pub mod directory;

@@ -1,0 +1,55 @@
+//! Internal events: one struct per event, emitting its log line (addresses redacted unless
+//! `log.redact_addresses = false`).
+
+use std::net::SocketAddr;
+
+use tracing::info;
+
+use crate::message::address;
+use crate::queue_id::QueueId;
+
+/// How addresses appear in logs.
+#[derive(Clone, Copy, Debug)]
+pub struct Redaction(pub bool);
+
+impl Redaction {
+    /// The address as it may be logged.
+    pub fn address(self, a: &str) -> String {
+        if self.0 {
+            address::redact(a)
+        } else if a.is_empty() {
+            "<>".into()
+        } else {
+            a.to_string()
+        }
+    }
+}
+
+/// A message was accepted (the client got 250).
+#[derive(Debug)]
+pub struct MessageAccepted<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// Number of envelope recipients.
+    pub recipients: usize,
+    /// Message size in bytes, trace field included.
+    pub size: usize,
+}
+
+impl MessageAccepted<'_> {
+    /// Write the log line.
+    pub fn emit(&self, redaction: Redaction) {
+        info!(
+            queue_id = %self.id,
+            client = %self.client.ip().to_canonical(),
+            sender = %redaction.address(self.sender),
+            recipients = self.recipients,
+            size = self.size,
+            "message accepted"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! Mail addresses: their canonical text (safe in a command or a header), the key that
+//! compares them, and the redacted form written to logs.
+
+use super::domain::normalize_domain;
+
+/// The canonical text of an address: `local@domain` with the local part quoted only when it
+/// is not a dot-atom. `None` when it has no local part, no valid domain, or a control
+/// character anywhere (so nothing from it can break a command or a header line).
+pub fn canonical(raw: &str) -> Option<String> {
+    if raw.chars().any(char::is_control) {
+        return None;
+    }
+    let (local, domain) = raw.rsplit_once('@')?;
+    let local = unquote(local);
+    if local.is_empty() || domain.is_empty() || normalize_domain(domain).is_none() {
+        return None;
+    }
+    if is_dot_atom(&local) {
+        Some(format!("{local}@{domain}"))
+    } else {
+        let escaped = local.replace('\\', "\\\\").replace('"', "\\\"");
+        Some(format!("\"{escaped}\"@{domain}"))
+    }
+}
+
+fn unquote(local: &str) -> String {
+    match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' {
+                    chars.next().unwrap_or('\\')
+                } else {
+                    c
+                });
+            }
+            out
+        }
+        None => local.to_string(),
+    }
+}
+
+/// RFC 5322 dot-atom, with non-ASCII allowed as in RFC 6532.
+fn is_dot_atom(s: &str) -> bool {
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    s.split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+/// The local part and domain of a canonical address.
+pub fn split(address: &str) -> (&str, &str) {
+    address.rsplit_once('@').unwrap_or((address, ""))
+}
+
+/// The domain of an address in comparable form (ASCII lowercase), or its lowercase text if
+/// it is not a valid domain.
+pub fn domain_key(address: &str) -> String {
+    let domain = split(address).1;
+    normalize_domain(domain).unwrap_or_else(|| domain.to_lowercase())
+}
+
+/// What makes two addresses the same: the local part as written, the domain in ASCII
+/// lowercase.
+pub fn key(address: &str) -> (String, String) {
+    (split(address).0.to_string(), domain_key(address))
+}
+
+/// An address as it may appear in a log: first character of the local part, then `***`,
+/// then the domain (`j***@example.com`). The null sender shows as `<>`.
+pub fn redact(address: &str) -> String {
+    if address.is_empty() {
+        return "<>".into();
+    }
+    let (local, domain) = split(address);
+    let first: String = local.chars().find(|c| *c != '"').into_iter().collect();
+    format!("{first}***@{domain}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_quotes_only_when_needed() {
+        for (raw, expected) in [
+            ("john.doe@example.com", Some("john.doe@example.com")),
+            ("John@Example.COM", Some("John@Example.COM")),
+            ("john doe@example.com", Some("\"john doe\"@example.com")),
+            ("\"john doe\"@example.com", Some("\"john doe\"@example.com")),
+            ("\"plain\"@example.com", Some("plain@example.com")),
+            ("a\"b@example.com", Some("\"a\\\"b\"@example.com")),
+            ("a@b@example.com", Some("\"a@b\"@example.com")),
+            ("üser@exämple.de", Some("üser@exämple.de")),
+            ("a..b@example.com", Some("\"a..b\"@example.com")),
+            ("nodomain", None),
+            ("@example.com", None),
+            ("a@", None),
+            ("a@bad domain", None),
+            ("a\r\nRCPT TO:<x@y>@example.com", None),
+            ("a\u{0}b@example.com", None),
+        ] {
+            assert_eq!(canonical(raw).as_deref(), expected, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn keys_compare_domains_case_insensitively_and_local_parts_as_written() {
+        assert_eq!(key("Bob@EXAMPLE.com"), key("Bob@example.com"));
+        assert_ne!(key("Bob@example.com"), key("bob@example.com"));
+        assert_eq!(key("a@bücher.de"), key("a@xn--bcher-kva.de"));
+    }
+
+    #[test]
+    fn redaction_hides_the_local_part() {
+        assert_eq!(redact("john.doe@example.com"), "j***@example.com");
+        assert_eq!(redact(""), "<>");
+    }
+}

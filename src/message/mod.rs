@@ -1,0 +1,4 @@
+//! Messages: addresses and domains.
+
+pub mod address;
+pub mod domain;

@@ -1,0 +1,204 @@
+//! The connection loop: the only code that reads and writes client sockets. It feeds the
+//! session, carries out its steps, and enforces the idle timeout and shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info_span};
+
+use super::reply::{self, Reply};
+use super::session::{Session, Step};
+use super::{Frontend, Shutdown};
+
+/// How long a closing connection is drained so the peer reads our last reply (a close with
+/// unread input would send a TCP reset, which can destroy that reply in flight).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How one pass of the loop ended.
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+/// Serve one client from greeting to close.
+pub async fn handle(stream: TcpStream, peer: SocketAddr, front: Arc<Frontend>, shutdown: Shutdown) {
+    let span = info_span!("session", client = %peer);
+    async move {
+        let snapshot = front.snapshot();
+        let mut session = Session::new(snapshot.params.clone(), peer);
+        let mut conn = Conn::new(stream, front.idle_timeout);
+        session.greeting().write_to(&mut conn.output);
+        let ctx = Ctx {
+            front: &front,
+            users: &snapshot.users,
+            shutdown: &shutdown,
+        };
+        match drive(&mut conn, &mut session, &ctx).await {
+            Ok(Outcome::StartTls) => start_tls(conn, session, &ctx).await,
+            Ok(Outcome::Closed) => {}
+            Err(e) => debug!(error = %e, "connection ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answer a client beyond `server.max_connections` with 421 and close.
+pub async fn refuse_busy(stream: TcpStream, idle: Duration) {
+    let mut conn = Conn::new(stream, idle);
+    reply::TOO_MANY_CONNECTIONS.write_to(&mut conn.output);
+    if conn.flush().await.is_ok() {
+        conn.linger_close().await;
+    }
+}
+
+struct Ctx<'a> {
+    front: &'a Frontend,
+    users: &'a super::auth::Users,
+    shutdown: &'a Shutdown,
+}
+
+async fn start_tls(conn: Conn<TcpStream>, mut session: Session, ctx: &Ctx<'_>) {
+    let Some(acceptor) = ctx.front.tls.clone() else {
+        return;
+    };
+    let idle = conn.idle;
+    let tls = match tokio::time::timeout(idle, acceptor.accept(conn.stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return debug!("TLS handshake timed out"),
+    };
+    session.tls_started();
+    let mut conn = Conn::new(tls, idle);
+    if let Err(e) = drive(&mut conn, &mut session, ctx).await {
+        debug!(error = %e, "connection ended");
+    }
+}
+
+async fn drive<S>(conn: &mut Conn<S>, session: &mut Session, ctx: &Ctx<'_>) -> io::Result<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut pending: Option<Step> = None;
+    loop {
+        if pending.is_none() && ctx.shutdown.soft.is_cancelled() && !session.in_transaction() {
+            pending = Some(Step::Close(reply::SHUTTING_DOWN));
+        }
+        let step = match pending.take() {
+            Some(step) => step,
+            None => session.advance(&mut conn.input),
+        };
+        match step {
+            Step::Reply(r) => r.write_to(&mut conn.output),
+            Step::NeedInput => {
+                conn.flush().await?;
+                if let Read::End(last) = conn.read(session.in_transaction(), ctx.shutdown).await? {
+                    return conn.close_with(last).await;
+                }
+            }
+            Step::Close(r) => return conn.close_with(Some(r)).await,
+            Step::StartTls => {
+                reply::READY_FOR_TLS.write_to(&mut conn.output);
+                conn.flush().await?;
+                // Anything the client sent after STARTTLS came in the clear: never use it.
+                conn.input.clear();
+                return Ok(Outcome::StartTls);
+            }
+            Step::Authenticate(credentials) => {
+                let user = credentials.user.clone();
+                let ok = ctx.users.verify(credentials).await;
+                pending = Some(session.auth_result(ok.then_some(user)));
+            }
+            Step::Message(incoming) => {
+                let r = ctx.front.intake.accept(incoming).await;
+                r.write_to(&mut conn.output);
+            }
+        }
+    }
+}
+
+/// What a read brought.
+enum Read {
+    /// More input is buffered.
+    More,
+    /// The session must end, with these last words (none at end of input).
+    End(Option<Reply>),
+}
+
+struct Conn<S> {
+    stream: S,
+    input: BytesMut,
+    output: Vec<u8>,
+    idle: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S, idle: Duration) -> Self {
+        Conn {
+            stream,
+            input: BytesMut::with_capacity(8192),
+            output: Vec::with_capacity(1024),
+            idle,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.idle, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+        self.output.clear();
+        Ok(())
+    }
+
+    /// Read more input, unless the client idles too long or the relay shuts down (a soft
+    /// shutdown waits while `busy`, i.e. inside a transaction).
+    async fn read(&mut self, busy: bool, shutdown: &Shutdown) -> io::Result<Read> {
+        tokio::select! {
+            biased;
+            _ = shutdown.hard.cancelled() => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
+            _ = shutdown.soft.cancelled(), if !busy => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
+            read = tokio::time::timeout(self.idle, self.stream.read_buf(&mut self.input)) => match read {
+                Err(_) => Ok(Read::End(Some(reply::IDLE_TIMEOUT))),
+                Ok(Ok(0)) => Ok(Read::End(None)),
+                Ok(Ok(_)) => Ok(Read::More),
+                Ok(Err(e)) => Err(e),
+            },
+        }
+    }
+
+    async fn close_with(&mut self, last: Option<Reply>) -> io::Result<Outcome> {
+        if let Some(r) = last {
+            r.write_to(&mut self.output);
+            self.flush().await?;
+            self.linger_close().await;
+        }
+        Ok(Outcome::Closed)
+    }
+
+    /// Half-close, then drain what the client still sends for a moment before dropping.
+    async fn linger_close(&mut self) {
+        let drain = async {
+            let _ = self.stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = self.stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}

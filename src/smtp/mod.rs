@@ -1,0 +1,177 @@
+//! The SMTP front door: listeners, the connection limit, the session state machine (pure),
+//! the connection loop (the only inbound socket code), replies, TLS and AUTH.
+//!
+//! Bytes flow listener -> [`conn`] -> [`session::Session`] -> [`Intake::accept`], which stores
+//! the message and returns the reply for the final dot.
+
+pub mod auth;
+pub mod conn;
+mod data;
+mod line;
+pub mod reply;
+pub mod session;
+pub mod tls;
+pub mod trace;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::config::Config;
+use auth::Users;
+use reply::Reply;
+use session::{Incoming, SessionParams};
+
+/// The two phases of shutdown, as seen by a session.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Stop accepting; idle sessions get 421, sessions in a transaction finish it first.
+    pub soft: CancellationToken,
+    /// The grace period is over: every session gets 421 now.
+    pub hard: CancellationToken,
+}
+
+/// Where a received message goes: stored durably, then answered.
+pub trait Intake: Send + Sync {
+    /// Take the message; the reply is what the client gets for its final dot.
+    fn accept(&self, incoming: Incoming) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+}
+
+/// The access rules a new session starts with; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Access {
+    /// Limits and relay rules.
+    pub params: Arc<SessionParams>,
+    /// Accounts for AUTH.
+    pub users: Users,
+}
+
+impl Access {
+    /// The rules in `config`.
+    pub fn from_config(config: &Config, tls_available: bool) -> Access {
+        let users = Users::new(&config.access.users);
+        let params = SessionParams {
+            hostname: config.server.hostname.clone(),
+            max_message_size: usize::try_from(config.server.max_message_size.0)
+                .unwrap_or(usize::MAX),
+            max_recipients: config.server.max_recipients,
+            tls_available,
+            relay_networks: config.access.relay_networks.clone(),
+            require_auth: config.access.require_auth,
+            allow_plaintext_auth: config.access.allow_plaintext_auth,
+            auth_enabled: !users.is_empty(),
+        };
+        Access {
+            params: Arc::new(params),
+            users,
+        }
+    }
+}
+
+/// Everything the listeners and sessions share.
+pub struct Frontend {
+    access: ArcSwap<Access>,
+    /// STARTTLS, when `[server.tls]` is set.
+    pub tls: Option<TlsAcceptor>,
+    /// Where messages go.
+    pub intake: Arc<dyn Intake>,
+    /// `server.idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+}
+
+impl Frontend {
+    /// Build the front door from a validated configuration.
+    pub fn new(config: &Config, intake: Arc<dyn Intake>) -> Result<Frontend, tls::TlsConfigError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::load_server_config(t)?)),
+            None => None,
+        };
+        Ok(Frontend {
+            access: ArcSwap::from_pointee(Access::from_config(config, tls.is_some())),
+            tls,
+            intake,
+            idle_timeout: config.server.idle_timeout.0,
+            max_connections: config.server.max_connections,
+        })
+    }
+
+    /// The current access rules.
+    pub fn snapshot(&self) -> Arc<Access> {
+        self.access.load_full()
+    }
+
+    /// Replace the access rules for sessions that start from now on.
+    pub fn reload(&self, config: &Config) {
+        self.access
+            .store(Arc::new(Access::from_config(config, self.tls.is_some())));
+    }
+}
+
+/// Accept connections on every listener until the soft shutdown; each session runs on the
+/// tracker so the caller can wait for them to drain.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    front: Arc<Frontend>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(front.max_connections));
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (front, shutdown, tracker, limit) = (
+            front.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            limit.clone(),
+        );
+        loops.spawn(accept_loop(listener, front, shutdown, tracker, limit));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    front: Arc<Frontend>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.soft.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (front, shutdown) = (front.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    conn::handle(stream, peer, front, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracker.spawn(conn::refuse_busy(stream, front.idle_timeout));
+            }
+        }
+    }
+}

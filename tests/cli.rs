@@ -1,0 +1,98 @@
+//! The command line, run as the real binary.
+
+use std::process::{Command, Output};
+
+fn bccguard(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bccguard"));
+    cmd.args(args).env_remove("BCCGUARD_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_shipped_config_file_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bccguard.toml");
+    let config =
+        bccguard::config::load_str(Some(&std::fs::read_to_string(path).unwrap()), &[]).unwrap();
+    assert_eq!(config.server.listen[0].to_string(), "127.0.0.1:2525");
+    assert_eq!(config.policy.internal_domains, ["example.com"]);
+    let out = bccguard(&["check-config", "--config", path], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn check_config_lists_every_error_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_message_size = \"huge\"\nmax_connections = 0\n[policy]\naction = \"drop\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = bccguard(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("4 errors"), "{err}");
+    for key in [
+        "server.max_message_size:",
+        "server.max_connections:",
+        "policy.action:",
+        "policy.bogus:",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+}
+
+#[test]
+fn config_path_from_the_environment_and_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[server]\nmax_recipients = 5\n").unwrap();
+    let p = path.to_str().unwrap();
+    let out = bccguard(
+        &["check-config"],
+        &[
+            ("BCCGUARD_CONFIG", p),
+            ("BCCGUARD__SERVER__MAX_RECIPIENTS", "x"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("BCCGUARD__SERVER__MAX_RECIPIENTS"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bccguard(&["check-config", "--config", "/nonexistent.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_exit_2() {
+    let out = bccguard(&["serve", "--config", "/nonexistent.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn hash_password_makes_a_usable_hash() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let hash = text(&out.stdout).trim().to_string();
+    let parsed = bccguard::smtp::auth::PasswordHash::parse(&hash).unwrap();
+    assert!(parsed.verify(b"s3cret"));
+}

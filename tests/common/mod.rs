@@ -1,0 +1,226 @@
+//! Test helpers: the real relay on `127.0.0.1:0` with its own temporary directories, and a
+//! raw SMTP client that reads complete replies.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bccguard::RunError;
+use bccguard::config::{self, Config};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), RunError>>,
+}
+
+impl TestRelay {
+    /// Start a relay whose configuration is `toml`, with the outbox and spool in a fresh
+    /// temporary directory.
+    pub async fn start(toml: &str) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(toml, dir.path());
+        Self::start_with(config, dir).await
+    }
+
+    /// Start a relay with a configuration already built (see [`test_config`]).
+    pub async fn start_with(config: Config, dir: tempfile::TempDir) -> TestRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(bccguard::run(
+            config.clone(),
+            vec![listener],
+            shutdown.clone(),
+        ));
+        TestRelay {
+            addr,
+            dir,
+            config,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// Where the directory upstream writes.
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    /// The files in the outbox (temporary files excluded), sorted by name.
+    pub fn outbox_files(&self) -> Vec<(String, Vec<u8>)> {
+        files_in(&self.outbox())
+    }
+
+    /// Signal shutdown without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shut down and wait for `run` to return.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the relay stops")
+            .expect("the relay task does not panic")
+    }
+
+    /// A raw client connected from 127.0.0.1, greeting already read.
+    pub async fn client(&self) -> RawClient {
+        let mut c = RawClient::connect(self.addr, None).await;
+        let greeting = c.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+}
+
+/// A configuration from `toml` with the outbox and spool placed under `dir`.
+pub fn test_config(toml: &str, dir: &Path) -> Config {
+    let mut text = toml.to_string();
+    if !text.contains("[upstream]") {
+        text.push_str(&format!(
+            "\n[upstream]\ndirectory = {:?}\n",
+            dir.join("outbox")
+        ));
+    }
+    if !text.contains("[spool]") {
+        text.push_str(&format!("\n[spool]\ndir = {:?}\n", dir.join("spool")));
+    }
+    config::load_str(Some(&text), &[]).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"))
+}
+
+/// Files in a directory (no dot files), sorted by name.
+pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, Vec<u8>)> = entries
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Wait until `check` holds, polling; panics after 20 seconds.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// An SMTP client that speaks raw bytes.
+pub struct RawClient {
+    stream: BufReader<TcpStream>,
+}
+
+impl RawClient {
+    /// Connect, optionally from a given local address (e.g. 127.0.0.2).
+    pub async fn connect(addr: SocketAddr, from: Option<&str>) -> RawClient {
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(ip) = from {
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        }
+        let stream = socket.connect(addr).await.unwrap();
+        RawClient {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// Write bytes as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Write bytes, tolerating a connection the server already closed.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.get_mut().write_all(bytes).await.is_ok()
+    }
+
+    /// Read one complete reply (all lines), without the final CRLF; empty at end of stream.
+    pub async fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
+                    .await
+                    .expect("a reply within 30s");
+            match read {
+                Ok(0) | Err(_) => return reply.trim_end().to_string(),
+                Ok(_) => {}
+            }
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply.trim_end().to_string();
+            }
+        }
+    }
+
+    /// Send a command line and return its reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Run a transaction with default steps, asserting each reply; returns the reply to the dot.
+    pub async fn transaction(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for rcpt in to {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            assert!(r.starts_with("250"), "RCPT {rcpt}: {r}");
+        }
+        let r = self.cmd("DATA").await;
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send(data).await;
+        self.send(b".\r\n").await;
+        self.reply().await
+    }
+
+    /// True when the server has closed the connection (reads end of stream).
+    pub async fn is_closed(&mut self) -> bool {
+        let mut buf = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// The underlying stream (for TLS upgrades).
+    pub fn into_inner(self) -> TcpStream {
+        self.stream.into_inner()
+    }
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files in `dir`:
+/// (cert path, key path, cert PEM).
+pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, &cert_pem).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert_pem)
+}
