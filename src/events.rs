@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use tracing::info;
 
 use crate::message::address;
+use crate::message::decide::Decision;
 use crate::queue_id::QueueId;
 
 /// How addresses appear in logs.
@@ -25,9 +26,9 @@ impl Redaction {
     }
 }
 
-/// A message was accepted (the client got 250).
+/// A message was decided: accepted (the client got 250) or rejected as a leak.
 #[derive(Debug)]
-pub struct MessageAccepted<'a> {
+pub struct MessageDecided<'a> {
     /// Queue id.
     pub id: &'a QueueId,
     /// Client address.
@@ -38,18 +39,34 @@ pub struct MessageAccepted<'a> {
     pub recipients: usize,
     /// Message size in bytes, trace field included.
     pub size: usize,
+    /// The leak decision.
+    pub decision: &'a Decision,
+    /// Upstream transactions planned (0 when rejected).
+    pub transactions: usize,
 }
 
-impl MessageAccepted<'_> {
+impl MessageDecided<'_> {
     /// Write the log line.
     pub fn emit(&self, redaction: Redaction) {
+        let d = self.decision;
+        let outcome = if self.transactions == 0 {
+            "message rejected"
+        } else {
+            "message accepted"
+        };
         info!(
             queue_id = %self.id,
             client = %self.client.ip().to_canonical(),
             sender = %redaction.address(self.sender),
             recipients = self.recipients,
             size = self.size,
-            "message accepted"
+            exposure = d.exposure,
+            leak = d.leak,
+            action = d.action.as_str(),
+            monitor = d.monitor,
+            transactions = self.transactions,
+            reason = %d,
+            "{outcome}"
         );
     }
 }

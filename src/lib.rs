@@ -6,7 +6,9 @@
 //!   loop (the only inbound socket code), replies, STARTTLS and AUTH.
 //! - [`relay`]: the intake behind the front door: trace field, storing, the reply to the dot.
 //! - [`delivery`]: the upstream transports.
-//! - [`message`]: addresses and domains.
+//! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
+//! - [`plan`]: which recipients go together in one upstream transaction (pure).
+//! - [`rewrite`]: the header block of each copy (pure); bodies are shared, never copied.
 //! - [`config`]: the TOML file, environment overrides, and validation with key paths.
 //! - [`cli`]: the command line.
 //!
@@ -22,8 +24,10 @@ pub mod durable;
 pub mod events;
 pub mod logging;
 pub mod message;
+pub mod plan;
 pub mod queue_id;
 pub mod relay;
+pub mod rewrite;
 pub mod smtp;
 
 use std::io;
@@ -96,8 +100,10 @@ pub async fn run(
         UpstreamKind::Smtp(_) => return Err(RunError::SmtpUpstream),
     };
     let redaction = Redaction(config.log.redact_addresses);
+    let policy = message::decide::Policy::from_config(&config.policy);
     let intake = Arc::new(relay::Relay::new(
         config.server.hostname.clone(),
+        policy,
         upstream,
         redaction,
     ));

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         Command::CheckConfig(arg) => {
             cli::check_config(&arg, &mut std::io::stdout(), &mut std::io::stderr())
         }
+        Command::Check(args) => {
+            cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::HashPassword => cli::hash_password(
             &mut std::io::stdin().lock(),
             &mut std::io::stdout(),

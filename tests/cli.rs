@@ -96,3 +96,100 @@ fn hash_password_makes_a_usable_hash() {
     let parsed = bccguard::smtp::auth::PasswordHash::parse(&hash).unwrap();
     assert!(parsed.verify(b"s3cret"));
 }
+
+fn fixture_path(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+const INTERNAL: (&str, &str) = ("BCCGUARD__POLICY__INTERNAL_DOMAINS", "[\"example.com\"]");
+
+#[test]
+fn check_exits_0_without_a_leak_and_1_with_one() {
+    let out = bccguard(&["check", &fixture_path("conversation.eml")], &[INTERNAL]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("decision      no leak: pass"));
+
+    let out = bccguard(&["check", &fixture_path("bulk-50.eml")], &[INTERNAL]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("decision      leak: explode"), "{stdout}");
+    assert!(
+        stdout.contains("exposure      50 external (at most 1 allowed)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("transactions  50"), "{stdout}");
+    assert!(
+        stdout
+            .contains("\n50  customer49@customer-b.test  explode  customer49@customer-b.test  -\n"),
+        "{stdout}"
+    );
+
+    let out = bccguard(
+        &["check", &fixture_path("bulk-50.eml")],
+        &[INTERNAL, ("BCCGUARD__POLICY__ACTION", "reject")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a leak exits 1 whatever the action"
+    );
+    assert!(
+        text(&out.stdout).contains("reply         550 5.7.1 Message refused: it shows 50 external")
+    );
+}
+
+#[test]
+fn check_json_names_the_transactions() {
+    let out = bccguard(
+        &[
+            "check",
+            "--json",
+            "--from",
+            "shop@example.com",
+            "--rcpt",
+            "zoe@client.test",
+            "--rcpt",
+            "ops@example.com",
+            &fixture_path("multipart-attachment.eml"),
+        ],
+        &[INTERNAL],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leak"], true);
+    assert_eq!(v["action"], "explode");
+    assert_eq!(v["exposure"], 2);
+    assert_eq!(v["recipients"], 2);
+    let txns = v["transactions"].as_array().unwrap();
+    assert_eq!(txns.len(), 2);
+    assert_eq!(txns[0]["recipients"][0], "ops@example.com");
+    assert_eq!(txns[0]["rewrite"], "original");
+    assert_eq!(
+        txns[1]["to"],
+        "=?UTF-8?B?Wm/DqyBDdXN0b21lcg==?= <zoe@client.test>"
+    );
+    assert_eq!(
+        txns[1]["cc"],
+        "Ops <ops@example.com>, =?UTF-8?B?SMOkbmRsZXI=?= <haendler@example.com>"
+    );
+}
+
+#[test]
+fn check_reads_lf_files_and_reports_errors_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lf.eml");
+    std::fs::write(&path, "To: a@x.test, b@y.test\nSubject: lf\n\nbody\n").unwrap();
+    let out = bccguard(&["check", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("exposure      2 external"));
+
+    let out = bccguard(&["check", "/nonexistent.eml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent.eml"));
+    let out = bccguard(
+        &["check", "--rcpt", "not an address", path.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--rcpt \"not an address\" is not an address"));
+}

@@ -26,19 +26,6 @@ fn envelope(from: Option<&str>, to: &[&str]) -> Envelope {
     .unwrap()
 }
 
-/// Split an outbox file into its first two lines, the Received field, and the rest.
-fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
-    let text = String::from_utf8_lossy(file);
-    let env_end = text.match_indices("\r\n").nth(1).unwrap().0 + 2;
-    let received_end = text.find(";\r\n\t").unwrap() + 3;
-    let received_end = received_end + text[received_end..].find("\r\n").unwrap() + 2;
-    (
-        text[..env_end].to_string(),
-        text[env_end..received_end].to_string(),
-        file[received_end..].to_vec(),
-    )
-}
-
 #[tokio::test]
 async fn lettre_delivers_one_file_per_recipient_byte_for_byte() {
     let relay = TestRelay::start("").await;
@@ -65,7 +52,7 @@ async fn lettre_delivers_one_file_per_recipient_byte_for_byte() {
     expected_body.extend_from_slice(b"\r\n");
     for (i, (name, bytes)) in files.iter().enumerate() {
         assert_eq!(name, &format!("{id}-{i}.eml"));
-        let (envelope_lines, received, rest) = split_delivered(bytes);
+        let (envelope_lines, received, rest) = common::split_delivered(bytes);
         let rcpt = ["b@y.test", "c@z.test"][i];
         assert_eq!(
             envelope_lines,

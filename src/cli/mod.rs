@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
+pub mod check;
+mod table;
+
 /// Exit code for a usage, configuration or input error.
 pub const EXIT_ERROR: u8 = 2;
 
@@ -26,6 +29,9 @@ pub enum Command {
     Serve(ConfigArg),
     /// Check the configuration: exit 0 if valid, else list every error and exit 2.
     CheckConfig(ConfigArg),
+    /// Print the leak decision for a message file, and the copies it would make, without
+    /// sending anything. Exit 0: no leak; 1: leak; 2: error.
+    Check(check::CheckArgs),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
 }

@@ -23,6 +23,17 @@ pub fn canonical(raw: &str) -> Option<String> {
     }
 }
 
+/// The canonical text of an address read from a header field, where a local part that is not
+/// a dot-atom must have been quoted: anything else is a parse accident, not an address.
+pub fn from_header(raw: &str) -> Option<String> {
+    let (local, _) = raw.rsplit_once('@')?;
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+    if !quoted && !is_dot_atom(local) {
+        return None;
+    }
+    canonical(raw)
+}
+
 fn unquote(local: &str) -> String {
     match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
         Some(inner) => {
@@ -102,6 +113,24 @@ mod tests {
             ("a\u{0}b@example.com", None),
         ] {
             assert_eq!(canonical(raw).as_deref(), expected, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn header_addresses_need_a_dot_atom_or_a_quoted_local_part() {
+        assert_eq!(from_header("a.b@x.test").as_deref(), Some("a.b@x.test"));
+        assert_eq!(
+            from_header("\"john doe\"@x.test").as_deref(),
+            Some("\"john doe\"@x.test")
+        );
+        for bad in [
+            "<<garbage@x.test",
+            "a@b.test d@e.test",
+            "a@b.testd@e.test",
+            "@x.test",
+            "a@",
+        ] {
+            assert_eq!(from_header(bad), None, "{bad:?}");
         }
     }
 

@@ -1,4 +1,7 @@
-//! Messages: addresses and domains.
+//! Messages: addresses and domains, the header block as the leak decision sees it, and the
+//! decision itself (pure).
 
 pub mod address;
+pub mod decide;
 pub mod domain;
+pub mod parse;

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::message::decide::{Decision, Reason};
+
 /// An enhanced status code (RFC 3463), e.g. `5.7.1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status(pub u8, pub u16, pub u16);
@@ -196,6 +198,9 @@ pub const MESSAGE_TOO_BIG: Reply = Reply::new(
     Status(5, 3, 4),
     "Message size exceeds fixed maximum message size",
 );
+/// 552 to a message whose header block is too large to inspect.
+pub const HEADERS_TOO_LARGE: Reply =
+    Reply::new(552, Status(5, 3, 4), "Message header block too large");
 /// 553 to a non-ASCII address without SMTPUTF8.
 pub const NEED_SMTPUTF8: Reply = Reply::new(
     553,
@@ -243,15 +248,23 @@ pub fn syntax(usage: &str) -> Reply {
     Reply::dynamic(501, Status(5, 5, 4), format!("Syntax: {usage}"))
 }
 
-/// 550 5.7.1 for a leak under `policy.action = "reject"`.
-pub fn leak_rejected(exposure: usize, max: usize) -> Reply {
+/// 550 5.7.1 for a leak under `policy.action = "reject"`: how many external addresses the
+/// recipients would see (or which field could not be read), and what to do instead.
+pub fn leak_rejected(decision: &Decision) -> Reply {
+    let what = match &decision.reason {
+        Reason::Unparseable { fields } => format!(
+            "its {} field cannot be parsed, so it may show recipients each other's addresses",
+            fields.join("/")
+        ),
+        _ => format!(
+            "it shows {} external recipient addresses to every recipient (at most {} allowed)",
+            decision.exposure, decision.max_visible_external
+        ),
+    };
     Reply::dynamic(
         550,
         Status(5, 7, 1),
-        format!(
-            "Message refused: it shows {exposure} external recipient addresses to each other \
-             (at most {max} allowed); put the recipients in Bcc or send one message each"
-        ),
+        format!("Message refused: {what}; put the recipients in Bcc or send one message each"),
     )
 }
 

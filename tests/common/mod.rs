@@ -118,6 +118,40 @@ pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Split an outbox file into its `Return-Path`/`Delivered-To` lines, the `Received:` field
+/// bccguard added, and the message that follows.
+pub fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
+    let text = String::from_utf8_lossy(file);
+    let env_end = text.match_indices("\r\n").nth(1).unwrap().0 + 2;
+    let received_end = text.find(";\r\n\t").unwrap() + 3;
+    let received_end = received_end + text[received_end..].find("\r\n").unwrap() + 2;
+    (
+        text[..env_end].to_string(),
+        text[env_end..received_end].to_string(),
+        file[received_end..].to_vec(),
+    )
+}
+
+/// The file delivered to `rcpt` (by its `Delivered-To:` line); panics unless exactly one.
+pub fn delivered_to(files: &[(String, Vec<u8>)], rcpt: &str) -> Vec<u8> {
+    let needle = format!("\r\nDelivered-To: {rcpt}\r\n");
+    let found: Vec<_> = files
+        .iter()
+        .filter(|(_, b)| String::from_utf8_lossy(b).contains(&needle))
+        .collect();
+    assert_eq!(found.len(), 1, "one file for {rcpt}");
+    split_delivered(&found[0].1).2
+}
+
+/// A fixture from `tests/fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
 /// Wait until `check` holds, polling; panics after 20 seconds.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
     for _ in 0..400 {

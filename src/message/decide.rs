@@ -1,0 +1,165 @@
+//! The leak decision (SPEC §2, §3): pure, from the parsed header block and the policy to an
+//! action, the exposure, and the reason.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use super::address;
+use super::domain::InternalDomains;
+use super::parse::{FieldKind, Headers};
+use crate::config::{Action, PolicyConfig};
+
+/// The policy in the form the decision uses.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Internal domains.
+    pub internal: InternalDomains,
+    /// A message leaks when its exposure is above this.
+    pub max_visible_external: usize,
+    /// What to do with a leak.
+    pub action: Action,
+    /// Keep internal addresses visible on rewritten copies.
+    pub keep_internal_visible: bool,
+    /// Decide and log only.
+    pub monitor: bool,
+}
+
+impl Policy {
+    /// The policy of `[policy]`.
+    pub fn from_config(c: &PolicyConfig) -> Policy {
+        Policy {
+            internal: InternalDomains::new(&c.internal_domains),
+            max_visible_external: c.max_visible_external,
+            action: c.action,
+            keep_internal_visible: c.keep_internal_visible,
+            monitor: c.monitor,
+        }
+    }
+
+    /// Whether `addr` (canonical) is internal.
+    pub fn is_internal(&self, addr: &str) -> bool {
+        self.internal.contains(&address::domain_key(addr))
+    }
+}
+
+/// Why the decision came out as it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Reason {
+    /// Exposure within the limit.
+    WithinLimit,
+    /// Exposure above the limit.
+    TooManyVisible,
+    /// These fields could not be parsed, so the exposure is unknown.
+    Unparseable {
+        /// The field names.
+        fields: Vec<&'static str>,
+    },
+    /// The message is a copy this relay made (`X-Bccguard`).
+    AlreadyProcessed,
+}
+
+/// The outcome of the leak decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Whether the message leaks.
+    pub leak: bool,
+    /// What will be done: the policy's action for a leak (or `pass` in monitor mode), `pass`
+    /// otherwise.
+    pub action: Action,
+    /// The action the policy names for a leak, whatever was done.
+    pub policy_action: Action,
+    /// Whether monitor mode turned the action into `pass`.
+    pub monitor: bool,
+    /// Distinct external visible addresses.
+    pub exposure: usize,
+    /// The limit it was compared with.
+    pub max_visible_external: usize,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, max) = (self.exposure, self.max_visible_external);
+        let s = if n == 1 { "" } else { "es" };
+        if self.monitor {
+            write!(f, "monitor mode, would {}: ", self.policy_action.as_str())?;
+        }
+        match &self.reason {
+            Reason::AlreadyProcessed => write!(f, "already processed by bccguard (X-Bccguard)"),
+            Reason::WithinLimit => {
+                write!(f, "{n} external address{s} visible, at most {max} allowed")
+            }
+            Reason::TooManyVisible => write!(
+                f,
+                "{n} external address{s} visible, more than {max} allowed"
+            ),
+            Reason::Unparseable { fields } => {
+                write!(
+                    f,
+                    "{} cannot be parsed, so what it shows is unknown",
+                    fields.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Decide what happens to a message with these headers under `policy`.
+pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
+    let exposure = exposure(headers, policy);
+    let mut unparseable: Vec<&'static str> = Vec::new();
+    for field in headers.fields.iter().filter(|f| f.unparseable) {
+        if !unparseable.contains(&field.kind.name()) {
+            unparseable.push(field.kind.name());
+        }
+    }
+    let (leak, reason) = if headers.already_processed() {
+        (false, Reason::AlreadyProcessed)
+    } else if !unparseable.is_empty() {
+        (
+            true,
+            Reason::Unparseable {
+                fields: unparseable,
+            },
+        )
+    } else if exposure > policy.max_visible_external {
+        (true, Reason::TooManyVisible)
+    } else {
+        (false, Reason::WithinLimit)
+    };
+    let monitor = leak && policy.monitor;
+    let action = if leak && !monitor {
+        policy.action
+    } else {
+        Action::Pass
+    };
+    Decision {
+        leak,
+        action,
+        policy_action: policy.action,
+        monitor,
+        exposure,
+        max_visible_external: policy.max_visible_external,
+        reason,
+    }
+}
+
+/// The number of distinct external addresses visible in To, Cc, Bcc and Resent-*.
+pub fn exposure(headers: &Headers, policy: &Policy) -> usize {
+    let mut seen = HashSet::new();
+    headers
+        .fields
+        .iter()
+        .filter(|f| f.kind != FieldKind::Mark)
+        .flat_map(|f| &f.mailboxes)
+        .filter(|m| !policy.is_internal(&m.address))
+        .filter(|m| seen.insert(address::key(&m.address)))
+        .count()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The header block of a message, as the leak decision and the rewriter need it: where each
+//! address field lies (byte ranges into the original), and the addresses it shows.
+//!
+//! mail-parser is lenient, so what it returns is checked: every address must be a valid
+//! address, a name-only entry is malformed, and every `@` in the raw field must be accounted
+//! for by a parsed address or name. A field that fails is *unparseable*, which the decision
+//! treats as exposing, never as safe. Addresses written inside display names and comments
+//! (`"john@evil.test" <john@good.test>`) are visible too, so they count.
+
+use std::ops::Range;
+
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+use serde::{Deserialize, Serialize};
+
+use super::address;
+
+/// Largest header block bccguard parses (about 300,000 visible addresses).
+pub const MAX_HEADER_BLOCK: usize = 8 * 1024 * 1024;
+
+/// The header fields bccguard reads or rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FieldKind {
+    /// `To:`
+    To,
+    /// `Cc:`
+    Cc,
+    /// `Bcc:`
+    Bcc,
+    /// `Resent-To:`
+    ResentTo,
+    /// `Resent-Cc:`
+    ResentCc,
+    /// `Resent-Bcc:`
+    ResentBcc,
+    /// `X-Bccguard:`, the mark of a copy this relay made.
+    Mark,
+}
+
+impl FieldKind {
+    /// The field name as bccguard writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldKind::To => "To",
+            FieldKind::Cc => "Cc",
+            FieldKind::Bcc => "Bcc",
+            FieldKind::ResentTo => "Resent-To",
+            FieldKind::ResentCc => "Resent-Cc",
+            FieldKind::ResentBcc => "Resent-Bcc",
+            FieldKind::Mark => "X-Bccguard",
+        }
+    }
+
+    /// Whether this is one of the Resent-* fields.
+    pub fn is_resent(self) -> bool {
+        matches!(
+            self,
+            FieldKind::ResentTo | FieldKind::ResentCc | FieldKind::ResentBcc
+        )
+    }
+
+    fn of(name: &HeaderName<'_>) -> Option<FieldKind> {
+        Some(match name {
+            HeaderName::To => FieldKind::To,
+            HeaderName::Cc => FieldKind::Cc,
+            HeaderName::Bcc => FieldKind::Bcc,
+            HeaderName::ResentTo => FieldKind::ResentTo,
+            HeaderName::ResentCc => FieldKind::ResentCc,
+            HeaderName::ResentBcc => FieldKind::ResentBcc,
+            HeaderName::Other(n) if n.eq_ignore_ascii_case("X-Bccguard") => FieldKind::Mark,
+            _ => return None,
+        })
+    }
+}
+
+/// A visible address with the display name the header gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    /// The decoded display name, if any (never written back as it is: see `rewrite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The canonical address.
+    pub address: String,
+}
+
+/// One address field of the header block.
+#[derive(Clone, Debug)]
+pub struct Field {
+    /// Which field.
+    pub kind: FieldKind,
+    /// Its bytes in the message, name through the CRLF after the last continuation line.
+    pub range: Range<usize>,
+    /// The addresses it shows, in order.
+    pub mailboxes: Vec<Mailbox>,
+    /// True when the field could not be fully parsed.
+    pub unparseable: bool,
+}
+
+/// The header block of a message.
+#[derive(Clone, Debug)]
+pub struct Headers {
+    /// The address fields (and the mark), in header order.
+    pub fields: Vec<Field>,
+    /// Where the header block ends: the start of the empty line, or of the body when there
+    /// is none.
+    pub header_end: usize,
+    /// Where the body starts (after the empty line).
+    pub body_start: usize,
+    /// The value of an `X-Bccguard:` field, lowercased and trimmed, if present.
+    pub mark: Option<String>,
+}
+
+/// Why a header block was not parsed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Over [`MAX_HEADER_BLOCK`].
+    #[error("the header block is larger than {MAX_HEADER_BLOCK} bytes")]
+    TooLarge,
+}
+
+impl Headers {
+    /// Parse the header block of `message` (CRLF line ends).
+    pub fn parse(message: &[u8]) -> Result<Headers, ParseError> {
+        let (header_end, body_start) = header_bounds(message);
+        if body_start > MAX_HEADER_BLOCK {
+            return Err(ParseError::TooLarge);
+        }
+        let block = &message[..body_start];
+        let mut fields = Vec::new();
+        let mut mark = None;
+        if let Some(parsed) = MessageParser::new().parse(block) {
+            let headers = parsed
+                .parts
+                .first()
+                .map(|p| p.headers.as_slice())
+                .unwrap_or_default();
+            for header in headers {
+                let Some(kind) = FieldKind::of(&header.name) else {
+                    continue;
+                };
+                let range = header.offset_field as usize..header.offset_end as usize;
+                let raw = &block[header.offset_start as usize..header.offset_end as usize];
+                if kind == FieldKind::Mark {
+                    mark.get_or_insert_with(|| String::from_utf8_lossy(raw).trim().to_lowercase());
+                }
+                let (mailboxes, unparseable) = match kind {
+                    FieldKind::Mark => (Vec::new(), false),
+                    _ => read_addresses(&header.value, raw),
+                };
+                fields.push(Field {
+                    kind,
+                    range,
+                    mailboxes,
+                    unparseable,
+                });
+            }
+        }
+        Ok(Headers {
+            fields,
+            header_end,
+            body_start,
+            mark,
+        })
+    }
+
+    /// Fields of one kind.
+    pub fn of_kind(&self, kind: FieldKind) -> impl Iterator<Item = &Field> {
+        self.fields.iter().filter(move |f| f.kind == kind)
+    }
+
+    /// Every visible address (To, Cc, Bcc and Resent-*), in header order.
+    pub fn visible(&self) -> impl Iterator<Item = &Mailbox> {
+        self.fields.iter().flat_map(|f| f.mailboxes.iter())
+    }
+
+    /// Whether this message carries the mark of a copy bccguard made.
+    pub fn already_processed(&self) -> bool {
+        self.mark
+            .as_deref()
+            .is_some_and(|m| m.starts_with("exploded") || m.starts_with("undisclosed"))
+    }
+}
+
+/// (start of the empty line, start of the body); both the message length when there is no
+/// empty line. Bare LF cannot occur: the front door refuses it.
+fn header_bounds(message: &[u8]) -> (usize, usize) {
+    if message.starts_with(b"\r\n") {
+        return (0, 2);
+    }
+    match memchr::memmem::find(message, b"\r\n\r\n") {
+        Some(i) => (i + 2, i + 4),
+        None => (message.len(), message.len()),
+    }
+}
+
+/// The mailboxes of an address field, and whether it is unparseable.
+fn read_addresses(value: &HeaderValue<'_>, raw: &[u8]) -> (Vec<Mailbox>, bool) {
+    let mut c = Collector::default();
+    match value {
+        HeaderValue::Address(Address::List(list)) => {
+            for a in list {
+                c.take(a.name.as_deref(), a.address.as_deref());
+            }
+        }
+        HeaderValue::Address(Address::Group(groups)) => {
+            for g in groups {
+                c.accounted += g.name.as_deref().map_or(0, count_at);
+                for a in &g.addresses {
+                    c.take(a.name.as_deref(), a.address.as_deref());
+                }
+            }
+        }
+        HeaderValue::Empty => {}
+        _ => c.malformed = true,
+    }
+    let unaccounted = count_at(&String::from_utf8_lossy(raw)) > c.accounted;
+    (c.mailboxes, c.malformed || unaccounted)
+}
+
+/// Gathers the mailboxes of one field and counts the `@` signs they account for.
+#[derive(Default)]
+struct Collector {
+    mailboxes: Vec<Mailbox>,
+    malformed: bool,
+    accounted: usize,
+}
+
+impl Collector {
+    fn take(&mut self, name: Option<&str>, addr: Option<&str>) {
+        self.accounted += name.map_or(0, count_at) + addr.map_or(0, count_at);
+        let name = name.filter(|n| !n.trim().is_empty());
+        match (addr.and_then(address::from_header), addr, name) {
+            (Some(address), _, name) => self.mailboxes.push(Mailbox {
+                name: name.map(str::to_string),
+                address,
+            }),
+            (None, Some(_), _) | (None, None, Some(_)) => self.malformed = true,
+            (None, None, None) => {}
+        }
+        // An address written in a display name or comment is visible too.
+        for address in name.into_iter().flat_map(addresses_in_text) {
+            self.mailboxes.push(Mailbox {
+                name: None,
+                address,
+            });
+        }
+    }
+}
+
+/// The addresses written in free text, such as a display name.
+pub fn addresses_in_text(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(is_separator)
+        .filter(|t| t.contains('@'))
+        .filter_map(address::from_header)
+}
+
+impl Mailbox {
+    /// This mailbox with its display name dropped if the name shows another address, so a
+    /// rewritten copy can never show an address through a name.
+    pub fn without_foreign_name(&self) -> Mailbox {
+        let own = address::key(&self.address);
+        let name = self
+            .name
+            .as_deref()
+            .filter(|n| addresses_in_text(n).all(|a| address::key(&a) == own));
+        Mailbox {
+            name: name.map(str::to_string),
+            address: self.address.clone(),
+        }
+    }
+}
+
+fn is_separator(c: char) -> bool {
+    c.is_whitespace() || "<>()[]\",;:'".contains(c)
+}
+
+fn count_at(s: &str) -> usize {
+    s.bytes().filter(|&b| b == b'@').count()
+}
+
+#[cfg(test)]
+mod tests;

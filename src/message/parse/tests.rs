@@ -1,0 +1,138 @@
+//! What the header parser sees in each kind of address field.
+
+use super::*;
+
+fn to_field(value: &str) -> (Vec<String>, bool) {
+    let message = format!("From: s@example.com\r\nTo: {value}\r\nSubject: s\r\n\r\nbody\r\n");
+    let headers = Headers::parse(message.as_bytes()).unwrap();
+    let field = headers.of_kind(FieldKind::To).next().expect("a To field");
+    (
+        field.mailboxes.iter().map(|m| m.address.clone()).collect(),
+        field.unparseable,
+    )
+}
+
+#[test]
+fn well_formed_fields() {
+    for (value, addresses) in [
+        ("a@x.test", vec!["a@x.test"]),
+        (
+            "a@x.test, \"Bob Smith\" <b@y.test>, c@z.test",
+            vec!["a@x.test", "b@y.test", "c@z.test"],
+        ),
+        (
+            "Customers: a@x.test, b@y.test;, other@z.test",
+            vec!["a@x.test", "b@y.test", "other@z.test"],
+        ),
+        ("undisclosed-recipients:;", vec![]),
+        ("=?UTF-8?B?SsO8cmdlbg==?= <j@x.de>", vec!["j@x.de"]),
+        (
+            "x@y.test (comment) , <z@w.test>",
+            vec!["x@y.test", "z@w.test"],
+        ),
+        (
+            "a@x.test,\r\n b@y.test,\r\n\t\"C\" <c@z.test>",
+            vec!["a@x.test", "b@y.test", "c@z.test"],
+        ),
+        ("üser@exämple.de", vec!["üser@exämple.de"]),
+        ("<\"john doe\"@x.test>", vec!["\"john doe\"@x.test"]),
+        ("", vec![]),
+    ] {
+        let (got, unparseable) = to_field(value);
+        assert_eq!(got, addresses, "{value:?}");
+        assert!(!unparseable, "{value:?} parses");
+    }
+}
+
+#[test]
+fn addresses_in_names_and_comments_are_visible() {
+    assert_eq!(
+        to_field("\"john@evil.test\" <john@good.test>").0,
+        ["john@good.test", "john@evil.test"]
+    );
+    assert_eq!(
+        to_field("(x <evil@e.test>) real@r.test").0,
+        ["real@r.test", "evil@e.test"]
+    );
+    assert_eq!(
+        to_field("'a@x.test' <a@x.test>").0,
+        ["a@x.test", "a@x.test"]
+    );
+}
+
+#[test]
+fn malformed_fields_are_unparseable() {
+    for value in [
+        "<<<garbage@x.test",
+        "bob",
+        "foo@",
+        "@bar.test",
+        "\"unterminated <x@y.test>",
+        "<a@b.test> <d@e.test>",
+        "a@b.test d@e.test",
+        // mail-parser reads a bare quoted local part as a name and "@x.test".
+        "\"john doe\"@x.test",
+        "=?utf-8?q?Evil=0D=0ABcc=3A_x=40y?= <e@x.test>, @@@",
+    ] {
+        let (_, unparseable) = to_field(value);
+        assert!(unparseable, "{value:?} is unparseable");
+    }
+}
+
+#[test]
+fn encoded_names_decoding_to_crlf_keep_the_address() {
+    let message = b"To: =?utf-8?q?Evil=0D=0ABcc=3A_x=40y.test?= <e@x.test>\r\n\r\n";
+    let headers = Headers::parse(message).unwrap();
+    let field = &headers.fields[0];
+    assert_eq!(field.mailboxes[0].address, "e@x.test");
+    assert_eq!(
+        field.mailboxes[0].name.as_deref(),
+        Some("Evil\r\nBcc: x@y.test")
+    );
+    assert_eq!(
+        field.mailboxes[1].address, "x@y.test",
+        "the address in the name is visible"
+    );
+    assert!(!field.unparseable);
+}
+
+#[test]
+fn every_address_field_and_the_mark_are_found_in_order() {
+    let message = b"Received: x\r\nTo: a@x.test\r\nCC: b@x.test\r\nSubject: s\r\nbcc: c@x.test\r\n\
+        Resent-To: d@x.test\r\nResent-Cc: e@x.test\r\nResent-Bcc: f@x.test\r\nTo: g@x.test\r\n\
+        X-BccGuard: Exploded\r\n\r\nbody";
+    let headers = Headers::parse(message).unwrap();
+    let kinds: Vec<_> = headers.fields.iter().map(|f| f.kind).collect();
+    use FieldKind::*;
+    assert_eq!(
+        kinds,
+        [To, Cc, Bcc, ResentTo, ResentCc, ResentBcc, To, Mark]
+    );
+    assert_eq!(
+        &message[headers.fields[1].range.clone()],
+        b"CC: b@x.test\r\n"
+    );
+    assert_eq!(headers.visible().count(), 7);
+    assert!(headers.already_processed());
+    assert_eq!(&message[headers.header_end..headers.body_start], b"\r\n");
+    assert_eq!(&message[headers.body_start..], b"body");
+}
+
+#[test]
+fn header_bounds_without_a_body_or_headers() {
+    let h = Headers::parse(b"To: a@x.test\r\n").unwrap();
+    assert_eq!((h.header_end, h.body_start), (14, 14));
+    assert_eq!(h.fields[0].mailboxes[0].address, "a@x.test");
+    let h = Headers::parse(b"\r\nbody\r\n").unwrap();
+    assert_eq!((h.header_end, h.body_start, h.fields.len()), (0, 2, 0));
+    let h = Headers::parse(b"").unwrap();
+    assert!(h.fields.is_empty());
+}
+
+#[test]
+fn oversized_header_blocks_are_refused() {
+    let mut message = b"To: a@x.test\r\nX-Pad: ".to_vec();
+    message.resize(MAX_HEADER_BLOCK + 10, b'x');
+    message.extend_from_slice(b"\r\n\r\nbody");
+    assert_eq!(Headers::parse(&message).unwrap_err(), ParseError::TooLarge);
+}

@@ -1,0 +1,160 @@
+//! The delivery plan (SPEC §3): which envelope recipients go together in one upstream
+//! transaction, and how each transaction's copy is rewritten. Pure, and serializable so the
+//! spool can keep it next to the message.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Action;
+use crate::message::address;
+use crate::message::decide::{Decision, Policy};
+use crate::message::parse::{FieldKind, Headers, Mailbox};
+
+/// Addresses longer than this are left out of a rewritten `Cc:` (no header line may exceed
+/// 998 octets, and an address cannot be folded).
+const MAX_ADDRESS_IN_HEADER: usize = 900;
+
+/// How one transaction's copy differs from the original.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rewrite {
+    /// The original with `Bcc:` and `Resent-Bcc:` removed.
+    Original,
+    /// `To:` the transaction's one recipient, with this display name; `X-Bccguard: exploded`.
+    Explode {
+        /// The display name the original header gave the recipient.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// `To: undisclosed-recipients:;`; `X-Bccguard: undisclosed`.
+    Undisclose,
+}
+
+/// One upstream transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Indexes into the envelope recipients.
+    pub recipients: Vec<usize>,
+    /// How its copy is made.
+    pub rewrite: Rewrite,
+}
+
+/// Every transaction for one message, and what the rewritten copies keep visible.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The transactions, each delivered on its own.
+    pub transactions: Vec<Transaction>,
+    /// Internal addresses kept visible in `Cc:` of rewritten copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<Mailbox>,
+    /// Internal addresses kept visible in `Resent-Cc:` of rewritten copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resent_cc: Vec<Mailbox>,
+}
+
+impl Plan {
+    /// The plan for a decision; `None` when the message is to be rejected.
+    pub fn build(
+        decision: &Decision,
+        headers: &Headers,
+        recipients: &[String],
+        policy: &Policy,
+    ) -> Option<Plan> {
+        let everyone = (0..recipients.len()).collect();
+        match decision.action {
+            Action::Reject => None,
+            Action::Explode => Some(explode(headers, recipients, policy)),
+            Action::Pass => Some(Plan::single(everyone, Rewrite::Original)),
+            Action::Undisclose => {
+                let mut plan = Plan::single(everyone, Rewrite::Undisclose);
+                plan.keep_internal(headers, policy);
+                Some(plan)
+            }
+        }
+    }
+
+    /// One transaction for all recipients.
+    fn single(recipients: Vec<usize>, rewrite: Rewrite) -> Plan {
+        Plan {
+            transactions: vec![Transaction {
+                recipients,
+                rewrite,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    /// Whether any transaction rewrites the addressing.
+    pub fn rewrites(&self) -> bool {
+        self.transactions
+            .iter()
+            .any(|t| t.rewrite != Rewrite::Original)
+    }
+
+    fn keep_internal(&mut self, headers: &Headers, policy: &Policy) {
+        if policy.keep_internal_visible {
+            self.cc = internal_visible(headers, policy, [FieldKind::To, FieldKind::Cc]);
+            self.resent_cc =
+                internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
+        }
+    }
+}
+
+/// Internal recipients together with the original; each external one alone, addressed to
+/// them with the display name the headers gave them.
+fn explode(headers: &Headers, recipients: &[String], policy: &Policy) -> Plan {
+    let names = display_names(headers);
+    let (internal, external): (Vec<usize>, Vec<usize>) =
+        (0..recipients.len()).partition(|&i| policy.is_internal(&recipients[i]));
+    let mut transactions = Vec::with_capacity(external.len() + 1);
+    if !internal.is_empty() {
+        transactions.push(Transaction {
+            recipients: internal,
+            rewrite: Rewrite::Original,
+        });
+    }
+    for i in external {
+        let name = names.get(&address::key(&recipients[i])).cloned();
+        transactions.push(Transaction {
+            recipients: vec![i],
+            rewrite: Rewrite::Explode { name },
+        });
+    }
+    let mut plan = Plan {
+        transactions,
+        ..Plan::default()
+    };
+    plan.keep_internal(headers, policy);
+    plan
+}
+
+/// The first display name each visible address was given (names that show another address
+/// are dropped).
+fn display_names(headers: &Headers) -> HashMap<(String, String), String> {
+    let mut names = HashMap::new();
+    for m in headers.visible() {
+        if let Some(name) = m.without_foreign_name().name {
+            names.entry(address::key(&m.address)).or_insert(name);
+        }
+    }
+    names
+}
+
+/// Internal addresses shown in fields of `kinds`, first occurrence of each, in header order.
+fn internal_visible<const N: usize>(
+    headers: &Headers,
+    policy: &Policy,
+    kinds: [FieldKind; N],
+) -> Vec<Mailbox> {
+    let mut seen = HashSet::new();
+    headers
+        .fields
+        .iter()
+        .filter(|f| kinds.contains(&f.kind))
+        .flat_map(|f| &f.mailboxes)
+        .filter(|m| policy.is_internal(&m.address) && m.address.len() <= MAX_ADDRESS_IN_HEADER)
+        .filter(|m| seen.insert(address::key(&m.address)))
+        .map(Mailbox::without_foreign_name)
+        .collect()
+}
