@@ -70,3 +70,61 @@ impl MessageDecided<'_> {
         );
     }
 }
+
+/// One recipient's outcome in one delivery attempt.
+#[derive(Debug)]
+pub struct DeliveryAttempt<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// The recipient.
+    pub recipient: &'a str,
+    /// What happened.
+    pub outcome: &'a crate::delivery::Outcome,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+impl DeliveryAttempt<'_> {
+    /// Write the log line (warn for failures).
+    pub fn emit(&self, redaction: Redaction) {
+        use crate::delivery::Outcome;
+        let to = redaction.address(self.recipient);
+        match self.outcome {
+            Outcome::Delivered(reply) => {
+                info!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "delivered")
+            }
+            Outcome::Deferred(reply) => {
+                info!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "deferred")
+            }
+            Outcome::Failed(reply) => {
+                tracing::warn!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "failed")
+            }
+        }
+    }
+}
+
+/// A delivery status notification was queued to the sender.
+#[derive(Debug)]
+pub struct BounceQueued<'a> {
+    /// The original message.
+    pub id: &'a QueueId,
+    /// The notification's queue id.
+    pub dsn: &'a QueueId,
+    /// Failed recipients it names.
+    pub failed: usize,
+    /// Who it goes to.
+    pub sender: &'a str,
+}
+
+impl BounceQueued<'_> {
+    /// Write the log line.
+    pub fn emit(&self, redaction: Redaction) {
+        info!(
+            queue_id = %self.id,
+            dsn = %self.dsn,
+            failed = self.failed,
+            to = %redaction.address(self.sender),
+            "bounce queued"
+        );
+    }
+}

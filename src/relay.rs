@@ -1,8 +1,9 @@
 //! The intake: what happens to a message between its final dot and the reply.
 //!
 //! The `Received:` field is prepended, the header block parsed, the leak decided and the
-//! delivery planned; a leak under `reject` gets 550 and nothing is kept. Otherwise each
-//! transaction's copy is written durably to the upstream before the client hears `250`.
+//! delivery planned; a leak under `reject` gets 550 and nothing is kept. Otherwise the
+//! message and its plan are written to the spool, file and directory fsync'd, and only then
+//! does the client hear `250`; delivery takes over from there.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,43 +12,43 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::task::JoinSet;
 use tracing::error;
 
-use crate::delivery::directory::DirectoryUpstream;
+use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
 use crate::message::decide::{Policy, decide};
 use crate::message::parse::Headers;
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
-use crate::rewrite;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Incoming;
 use crate::smtp::{Intake, trace};
-
-/// Copies written to the outbox at once.
-const MAX_WRITES_IN_FLIGHT: usize = 64;
+use crate::spool::Spool;
+use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta};
 
 /// The message pipeline behind the SMTP front door.
 pub struct Relay {
     hostname: String,
     policy: ArcSwap<Policy>,
-    upstream: DirectoryUpstream,
+    spool: Arc<Spool>,
+    deliverer: Deliverer,
     redaction: Redaction,
 }
 
 impl Relay {
-    /// A relay deciding by `policy` and delivering into `upstream`.
+    /// A relay deciding by `policy`, storing into `spool` and handing messages to `deliverer`.
     pub fn new(
         hostname: String,
         policy: Policy,
-        upstream: DirectoryUpstream,
+        spool: Arc<Spool>,
+        deliverer: Deliverer,
         redaction: Redaction,
     ) -> Relay {
         Relay {
             hostname,
             policy: ArcSwap::from_pointee(policy),
-            upstream,
+            spool,
+            deliverer,
             redaction,
         }
     }
@@ -59,7 +60,8 @@ impl Relay {
 
     async fn accept_message(&self, incoming: Incoming) -> Reply {
         let id = QueueId::generate();
-        let received = trace::received_field(&incoming, &self.hostname, id.as_str(), Utc::now());
+        let now = Utc::now();
+        let received = trace::received_field(&incoming, &self.hostname, id.as_str(), now);
         let mut bytes = Vec::with_capacity(received.len() + incoming.data.len());
         bytes.extend_from_slice(received.as_bytes());
         bytes.extend_from_slice(&incoming.data);
@@ -69,73 +71,50 @@ impl Relay {
         };
         let policy = self.policy.load();
         let decision = decide(&headers, &policy);
-        let plan = Plan::build(&decision, &headers, &incoming.recipients, &policy);
-        let event = MessageDecided {
-            id: &id,
-            client: incoming.peer,
-            sender: &incoming.sender,
-            recipients: incoming.recipients.len(),
-            size: message.len(),
-            decision: &decision,
-            transactions: plan.as_ref().map_or(0, |p| p.transactions.len()),
-        };
-        let Some(plan) = plan else {
-            event.emit(self.redaction);
+        let Some(plan) = Plan::build(&decision, &headers, &incoming.recipients, &policy) else {
+            let rejected = MessageDecided {
+                id: &id,
+                client: incoming.peer,
+                sender: &incoming.sender,
+                recipients: incoming.recipients.len(),
+                size: message.len(),
+                decision: &decision,
+                transactions: 0,
+            };
+            rejected.emit(self.redaction);
             return reply::leak_rejected(&decision);
         };
-        if let Err(e) = self
-            .deliver(&id, &incoming, &message, &headers, &plan)
-            .await
-        {
-            error!(queue_id = %id, error = %e, "cannot write to the outbox");
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            received_at: now.timestamp_millis(),
+            client: incoming.peer.ip().to_canonical().to_string(),
+            sender: incoming.sender,
+            recipients: incoming.recipients,
+            decision: DecisionSummary {
+                leak: decision.leak,
+                action: decision.action,
+                exposure: decision.exposure,
+            },
+            plan,
+            dsn: false,
+        };
+        if let Err(e) = self.spool.store(&meta, &message).await {
+            error!(queue_id = %id, error = %e, "cannot store the message in the spool");
             return reply::STORAGE_FAILED;
         }
-        event.emit(self.redaction);
+        let accepted = MessageDecided {
+            id: &id,
+            client: incoming.peer,
+            sender: &meta.sender,
+            recipients: meta.recipients.len(),
+            size: message.len(),
+            decision: &decision,
+            transactions: meta.plan.transactions.len(),
+        };
+        accepted.emit(self.redaction);
+        self.deliverer.submit(meta, message);
         reply::queued(id.as_str())
-    }
-
-    /// Write every transaction's copy, one file per recipient.
-    async fn deliver(
-        &self,
-        id: &QueueId,
-        incoming: &Incoming,
-        message: &Bytes,
-        headers: &Headers,
-        plan: &Plan,
-    ) -> std::io::Result<()> {
-        let body = message.slice(headers.body_start..);
-        let mut writes = JoinSet::new();
-        for txn in &plan.transactions {
-            let head = Bytes::from(rewrite::header_block(
-                message,
-                headers,
-                plan,
-                txn,
-                &incoming.recipients,
-            ));
-            for &i in &txn.recipients {
-                if writes.len() >= MAX_WRITES_IN_FLIGHT {
-                    writes
-                        .join_next()
-                        .await
-                        .expect("not empty")
-                        .map_err(std::io::Error::other)??;
-                }
-                let (upstream, parts) = (self.upstream.clone(), vec![head.clone(), body.clone()]);
-                let (name, sender, rcpt) = (
-                    format!("{id}-{i}"),
-                    incoming.sender.clone(),
-                    incoming.recipients[i].clone(),
-                );
-                writes.spawn(
-                    async move { upstream.deliver_one(&name, &sender, &rcpt, &parts).await },
-                );
-            }
-        }
-        while let Some(result) = writes.join_next().await {
-            result.map_err(std::io::Error::other)??;
-        }
-        Ok(())
     }
 }
 

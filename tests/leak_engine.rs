@@ -54,8 +54,7 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
         Ok(250)
     );
 
-    let files = relay.outbox_files();
-    assert_eq!(files.len(), 6, "one file per envelope recipient");
+    let files = relay.wait_outbox(6).await;
     let (_, original_body) = split(&original);
     let original_head = String::from_utf8_lossy(split(&original).0).to_string();
     let rewritten = |to: &str| {
@@ -106,8 +105,7 @@ async fn undisclose_sends_one_copy_to_everyone() {
         send(&relay, "app@example.com", &rcpts, &original).await,
         Ok(250)
     );
-    let files = relay.outbox_files();
-    assert_eq!(files.len(), 4);
+    let files = relay.wait_outbox(4).await;
     let expected = String::from_utf8_lossy(&original)
         .replace(
             "To: first@client.test\r\nBcc: second@other.test, third@freemail.test\r\n",
@@ -153,8 +151,13 @@ async fn reject_refuses_the_leak_and_the_session_goes_on() {
         )
         .await;
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
-    let files = relay.outbox_files();
-    assert_eq!(files.len(), 1, "only the second message was delivered");
+    let files = relay.wait_outbox(1).await;
+    relay.wait_spool_empty().await;
+    assert_eq!(
+        relay.outbox_files().len(),
+        1,
+        "only the second message was delivered"
+    );
     assert_eq!(
         delivered_to(&files, "bob@client.test"),
         fixture("conversation.eml")
@@ -170,8 +173,7 @@ async fn monitor_mode_decides_but_delivers_unchanged() {
         send(&relay, "app@example.com", &rcpts, &original).await,
         Ok(250)
     );
-    let files = relay.outbox_files();
-    assert_eq!(files.len(), 3);
+    let files = relay.wait_outbox(3).await;
     for rcpt in rcpts {
         assert_eq!(delivered_to(&files, rcpt), original, "{rcpt}: unchanged");
     }
@@ -191,8 +193,7 @@ async fn a_copy_bccguard_made_is_not_processed_again() {
         .await,
         Ok(250)
     );
-    let files = relay.outbox_files();
-    assert_eq!(files.len(), 2);
+    let files = relay.wait_outbox(2).await;
     for rcpt in ["a@one.test", "b@two.test"] {
         assert_eq!(
             delivered_to(&files, rcpt),
@@ -216,7 +217,7 @@ async fn an_exploded_copy_sent_back_through_the_relay_passes_unchanged() {
         .await,
         Ok(250)
     );
-    let copy = delivered_to(&relay.outbox_files(), "customer00@gmail.com");
+    let copy = delivered_to(&relay.wait_outbox(2).await, "customer00@gmail.com");
     let second = TestRelay::start(POLICY).await;
     assert_eq!(
         send(
@@ -228,7 +229,7 @@ async fn an_exploded_copy_sent_back_through_the_relay_passes_unchanged() {
         .await,
         Ok(250)
     );
-    let files = second.outbox_files();
+    let files = second.wait_outbox(1).await;
     let (_, _, again) = common::split_delivered(&files[0].1);
     assert_eq!(again, copy, "byte-identical: no second mark, no rewrite");
 }

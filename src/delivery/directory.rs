@@ -1,18 +1,30 @@
 //! The directory upstream: one `.eml` file per envelope recipient, starting with
 //! `Return-Path:` and `Delivered-To:` as a local delivery agent writes them. Each file is
 //! written under a temporary name, fsync'd, renamed, and the directory fsync'd.
+//!
+//! A file is named `QUEUEID-N.eml` for the message's N-th envelope recipient, so a repeated
+//! delivery (after a crash) replaces the file instead of adding a second one.
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use super::Outcome;
 use crate::durable::DirSync;
+use crate::queue_id::QueueId;
+
+/// Files written at once.
+const MAX_WRITES: usize = 64;
 
 /// Delivers into a directory.
 #[derive(Clone, Debug)]
 pub struct DirectoryUpstream {
     sync: DirSync,
+    writes: Arc<Semaphore>,
 }
 
 impl DirectoryUpstream {
@@ -21,27 +33,44 @@ impl DirectoryUpstream {
         std::fs::create_dir_all(dir)?;
         Ok(DirectoryUpstream {
             sync: DirSync::new(dir.to_path_buf()),
+            writes: Arc::new(Semaphore::new(MAX_WRITES)),
         })
     }
 
-    /// The directory written to.
-    pub fn dir(&self) -> &Path {
-        self.sync.dir()
-    }
-
-    /// Write one file per recipient. `name` is the file's stem, unique per recipient and
-    /// stable across retries, so a repeated delivery replaces the file instead of adding one.
-    pub async fn deliver_one(
+    /// Write one file per recipient; a write error defers that recipient.
+    pub async fn send(
         &self,
-        name: &str,
+        id: &QueueId,
         sender: &str,
-        recipient: &str,
-        message: &[Bytes],
-    ) -> io::Result<()> {
-        let envelope = format!("Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n");
-        let mut parts = Vec::with_capacity(message.len() + 1);
-        parts.push(Bytes::from(envelope));
-        parts.extend(message.iter().cloned());
-        self.sync.write_file(&format!("{name}.eml"), parts).await
+        rcpts: &[(usize, &str)],
+        parts: &[Bytes],
+    ) -> Vec<Outcome> {
+        let mut writes = JoinSet::new();
+        for (slot, &(index, rcpt)) in rcpts.iter().enumerate() {
+            let this = self.clone();
+            let name = format!("{id}-{index}.eml");
+            let mut file = vec![Bytes::from(format!(
+                "Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n"
+            ))];
+            file.extend(parts.iter().cloned());
+            writes.spawn(async move {
+                let _permit = this.writes.acquire().await.expect("never closed");
+                let result = this.sync.write_file(&name, file).await;
+                (slot, name, result)
+            });
+        }
+        let mut outcomes = vec![Outcome::Deferred("451 4.3.0 not written".into()); rcpts.len()];
+        while let Some(done) = writes.join_next().await {
+            let Ok((slot, name, result)) = done else {
+                continue;
+            };
+            outcomes[slot] = match result {
+                Ok(()) => Outcome::Delivered(format!("250 2.0.0 written to {name}")),
+                Err(e) => {
+                    Outcome::Deferred(format!("451 4.3.0 cannot write {name} to the outbox: {e}"))
+                }
+            };
+        }
+        outcomes
     }
 }

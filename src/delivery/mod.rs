@@ -1,3 +1,98 @@
-//! Delivery to the upstream: the directory transport.
+//! Delivery: the upstream transports (a directory, or an SMTP relay through lettre), the
+//! queue manager that schedules attempts and retries, and bounces.
+//!
+//! After the spool has a message, the manager runs *passes* over it: each due transaction's
+//! copy is built (header block + shared body) and sent; outcomes are journaled; failures
+//! bounce; a finished message leaves the spool.
 
 pub mod directory;
+pub mod dsn;
+mod manager;
+mod pass;
+pub mod smtp;
+
+use bytes::Bytes;
+
+pub use manager::{Deliverer, DeliveryConfig, ManagerStopped, start};
+
+use crate::config::{Config, UpstreamKind};
+use crate::queue_id::QueueId;
+use directory::DirectoryUpstream;
+use smtp::{SmtpSetupError, SmtpUpstream};
+
+/// What happened to one recipient in one attempt; the text is the upstream's reply or the
+/// error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted (2xx).
+    Delivered(String),
+    /// Try again later (4xx, connection failure, timeout).
+    Deferred(String),
+    /// Refused for good (5xx).
+    Failed(String),
+}
+
+/// Where copies go.
+pub enum Upstream {
+    /// `.eml` files in a directory.
+    Directory(DirectoryUpstream),
+    /// An SMTP relay.
+    Smtp(SmtpUpstream),
+}
+
+/// Why the upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The outbox directory could not be created.
+    #[error("cannot use the outbox directory {path}: {source}")]
+    Outbox {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The SMTP settings are unusable.
+    #[error(transparent)]
+    Smtp(#[from] SmtpSetupError),
+}
+
+impl Upstream {
+    /// The upstream `[upstream]` describes.
+    pub fn from_config(config: &Config) -> Result<Upstream, UpstreamError> {
+        match config.upstream.kind() {
+            UpstreamKind::Directory(dir) => DirectoryUpstream::open(&dir)
+                .map(Upstream::Directory)
+                .map_err(|source| UpstreamError::Outbox {
+                    path: dir.display().to_string(),
+                    source,
+                }),
+            UpstreamKind::Smtp(_) => Ok(Upstream::Smtp(SmtpUpstream::from_config(config)?)),
+        }
+    }
+
+    /// `host:port` of an SMTP relay; empty for the directory.
+    pub fn remote(&self) -> String {
+        match self {
+            Upstream::Directory(_) => String::new(),
+            Upstream::Smtp(s) => s.describe(),
+        }
+    }
+
+    /// Deliver one copy (`parts` concatenated) to `rcpts` (envelope index, address): one
+    /// outcome per recipient, in order.
+    pub async fn send(
+        &self,
+        id: &QueueId,
+        sender: &str,
+        rcpts: &[(usize, &str)],
+        parts: &[Bytes],
+    ) -> Vec<Outcome> {
+        match self {
+            Upstream::Directory(d) => d.send(id, sender, rcpts, parts).await,
+            Upstream::Smtp(s) => {
+                let addresses: Vec<&str> = rcpts.iter().map(|(_, a)| *a).collect();
+                s.send(sender, &addresses, parts).await
+            }
+        }
+    }
+}

@@ -11,9 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span};
 
+use super::Frontend;
 use super::reply::{self, Reply};
 use super::session::{Session, Step};
-use super::{Frontend, Shutdown};
+use crate::Shutdown;
 
 /// How long a closing connection is drained so the peer reads our last reply (a close with
 /// unread input would send a TCP reset, which can destroy that reply in flight).

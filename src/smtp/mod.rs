@@ -22,23 +22,14 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::Shutdown;
 use crate::config::Config;
 use auth::Users;
 use reply::Reply;
 use session::{Incoming, SessionParams};
-
-/// The two phases of shutdown, as seen by a session.
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown {
-    /// Stop accepting; idle sessions get 421, sessions in a transaction finish it first.
-    pub soft: CancellationToken,
-    /// The grace period is over: every session gets 421 now.
-    pub hard: CancellationToken,
-}
 
 /// Where a received message goes: stored durably, then answered.
 pub trait Intake: Send + Sync {

@@ -61,6 +61,35 @@ impl TestRelay {
         files_in(&self.outbox())
     }
 
+    /// Wait until the outbox holds `n` files, then return them.
+    pub async fn wait_outbox(&self, n: usize) -> Vec<(String, Vec<u8>)> {
+        eventually(&format!("{n} files in the outbox"), || {
+            self.outbox_files().len() >= n
+        })
+        .await;
+        let files = self.outbox_files();
+        assert_eq!(
+            files.len(),
+            n,
+            "{:?}",
+            files.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+        files
+    }
+
+    /// Queue ids of the messages in the spool.
+    pub fn spooled(&self) -> Vec<String> {
+        let ids = bccguard::spool::SpoolPaths::new(&self.dir.path().join("spool"))
+            .ids()
+            .unwrap();
+        ids.iter().map(ToString::to_string).collect()
+    }
+
+    /// Wait until the spool is empty (everything delivered or bounced).
+    pub async fn wait_spool_empty(&self) {
+        eventually("an empty spool", || self.spooled().is_empty()).await;
+    }
+
     /// Signal shutdown without waiting.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
@@ -68,11 +97,17 @@ impl TestRelay {
 
     /// Shut down and wait for `run` to return.
     pub async fn stop(self) -> Result<(), RunError> {
+        self.shutdown().await.0
+    }
+
+    /// Shut down, wait for `run` to return, and keep the directory (outbox, spool).
+    pub async fn shutdown(self) -> (Result<(), RunError>, tempfile::TempDir) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
+        let result = tokio::time::timeout(Duration::from_secs(60), self.handle)
             .await
             .expect("the relay stops")
-            .expect("the relay task does not panic")
+            .expect("the relay task does not panic");
+        (result, self.dir)
     }
 
     /// A raw client connected from 127.0.0.1, greeting already read.

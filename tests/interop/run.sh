@@ -73,6 +73,16 @@ pass "swaks wrong password refused"
 python3 "$root/tests/interop/smtplib_client.py" "$port" "$work/cert.pem" app s3cret || fail "smtplib"
 pass "smtplib plain, STARTTLS + AUTH, relay denial, pipelined"
 
+# Delivery follows the 250 (from the spool): wait for the files.
+wait_files() { # count
+    for _ in $(seq 200); do
+        [ "$(ls "$work"/outbox/*.eml 2>/dev/null | wc -l)" -ge "$1" ] && return 0
+        sleep 0.05
+    done
+    fail "expected $1 files in the outbox, found $(ls "$work"/outbox/*.eml 2>/dev/null | wc -l)"
+}
+wait_files 7
+
 # Every accepted recipient has exactly one file, with the right envelope lines and subject.
 check_file() { # recipient subject
     local files

@@ -1,0 +1,100 @@
+//! The control socket (`spool/control.sock`): how `bccguard queue retry|delete` reach the
+//! running relay. One request line, one reply line:
+//!
+//! ```text
+//! retry          -> ok 12        (every message, now)
+//! retry ID       -> ok 1
+//! delete ID      -> ok 1 | ok 0
+//! anything else  -> error: ...
+//! ```
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::delivery::Deliverer;
+use crate::queue_id::QueueId;
+
+/// Longest request line read.
+const MAX_REQUEST: u64 = 256;
+
+/// Bind the socket, replacing a stale one (the caller holds the spool lock, so no other relay
+/// owns it).
+pub fn listen(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    UnixListener::bind(path)
+}
+
+/// Answer requests until `stop` is cancelled.
+pub async fn serve(listener: UnixListener, deliverer: Deliverer, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let deliverer = deliverer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, deliverer).await {
+                warn!(error = %e, "control request failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let reply = match execute(line.trim(), &deliverer).await {
+        Ok(n) => format!("ok {n}\n"),
+        Err(e) => format!("error: {e}\n"),
+    };
+    write.write_all(reply.as_bytes()).await
+}
+
+async fn execute(request: &str, deliverer: &Deliverer) -> Result<usize, String> {
+    let mut words = request.split_whitespace();
+    let id = |w: Option<&str>| {
+        w.map(|s| QueueId::parse(s).ok_or_else(|| format!("{s:?} is not a queue id")))
+            .transpose()
+    };
+    match (words.next(), words.next(), words.next()) {
+        (Some("retry"), w, None) => deliverer.retry(id(w)?).await.map_err(|e| e.to_string()),
+        (Some("delete"), Some(w), None) => {
+            let id = id(Some(w))?.expect("given");
+            deliverer
+                .delete(id)
+                .await
+                .map(usize::from)
+                .map_err(|e| e.to_string())
+        }
+        _ => Err(format!("unknown request {request:?}")),
+    }
+}
+
+/// Send one request to the relay at `path` and return its reply line (blocking; for the CLI).
+pub fn request(path: &Path, line: &str) -> io::Result<String> {
+    let mut stream = StdUnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_string())
+}

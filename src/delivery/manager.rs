@@ -1,0 +1,339 @@
+//! The queue manager: one task that knows every spooled message and when to try it next,
+//! runs passes over them (a bounded number at once), and takes commands: a newly accepted
+//! message, "retry now", "delete".
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::Upstream;
+use super::pass::{self, Ctx, Loaded, PassEnd, now_ms};
+use crate::Shutdown;
+use crate::config::Config;
+use crate::events::Redaction;
+use crate::queue_id::QueueId;
+use crate::spool::Spool;
+use crate::spool::record::{Meta, State};
+
+/// Passes running at once (each sends up to one chunk of copies; the upstream caps
+/// connections).
+const MAX_PASSES: usize = 512;
+/// Newly accepted messages waiting for a pass keep their bytes in memory up to this many;
+/// beyond it they are read back from the spool when their turn comes.
+const READY_IN_MEMORY: usize = 1024;
+
+/// Delivery settings.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Our host name (for bounces).
+    pub hostname: String,
+    /// `spool.retry`.
+    pub retry: Vec<Duration>,
+    /// `spool.max_age`.
+    pub max_age: Duration,
+    /// `log.redact_addresses`.
+    pub redaction: Redaction,
+}
+
+impl DeliveryConfig {
+    /// The settings in `config`.
+    pub fn from_config(config: &Config) -> DeliveryConfig {
+        DeliveryConfig {
+            hostname: config.server.hostname.clone(),
+            retry: config.spool.retry.iter().map(|d| d.0).collect(),
+            max_age: config.spool.max_age.0,
+            redaction: Redaction(config.log.redact_addresses),
+        }
+    }
+}
+
+/// The delivery manager is not running (shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the delivery manager is not running")]
+pub struct ManagerStopped;
+
+enum Command {
+    Submit(QueueId, Loaded),
+    Retry(Option<QueueId>, oneshot::Sender<usize>),
+    Delete(QueueId, oneshot::Sender<bool>),
+}
+
+/// A handle to the manager.
+#[derive(Clone)]
+pub struct Deliverer {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Deliverer {
+    /// Deliver a message that is already durably spooled.
+    pub fn submit(&self, meta: Meta, message: Bytes) {
+        let state = State::new(&meta);
+        let loaded = Loaded {
+            meta: Arc::new(meta),
+            message,
+            state,
+        };
+        // After shutdown began the message simply stays spooled for the next start.
+        let _ = self
+            .tx
+            .send(Command::Submit(loaded.meta.id.clone(), loaded));
+    }
+
+    /// Try one message (or all) now, whatever their schedule; returns how many.
+    pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, ManagerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Retry(id, tx))
+            .map_err(|_| ManagerStopped)?;
+        rx.await.map_err(|_| ManagerStopped)
+    }
+
+    /// Remove a message from the queue; false if it is not there.
+    pub async fn delete(&self, id: QueueId) -> Result<bool, ManagerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Delete(id, tx))
+            .map_err(|_| ManagerStopped)?;
+        rx.await.map_err(|_| ManagerStopped)
+    }
+}
+
+/// Start the manager: recover the spool, then deliver until the soft shutdown. Passes run on
+/// `tracker`; the hard shutdown interrupts them (their messages stay spooled).
+pub fn start(
+    spool: Arc<Spool>,
+    upstream: Arc<Upstream>,
+    config: DeliveryConfig,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) -> Deliverer {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let deliverer = Deliverer { tx };
+    let ctx = Arc::new(Ctx {
+        spool,
+        upstream,
+        config,
+        deliverer: deliverer.clone(),
+    });
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let manager = Manager {
+        ctx,
+        entries: HashMap::new(),
+        timers: BinaryHeap::new(),
+        ready: VecDeque::new(),
+        running: 0,
+        done_tx,
+        tracker: tracker.clone(),
+        hard: shutdown.hard.clone(),
+    };
+    tracker.spawn(manager.run(rx, done_rx, shutdown));
+    deliverer
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    /// Next attempt at this time (Unix ms).
+    Waiting(i64),
+    /// In the ready queue.
+    Ready,
+    /// A pass is running; afterwards run again at once (`rerun`) or delete.
+    Running { rerun: bool, delete: bool },
+}
+
+struct Manager {
+    ctx: Arc<Ctx>,
+    entries: HashMap<QueueId, Entry>,
+    timers: BinaryHeap<Reverse<(i64, QueueId)>>,
+    ready: VecDeque<(QueueId, Option<Loaded>, bool)>,
+    running: usize,
+    done_tx: mpsc::UnboundedSender<(QueueId, PassEnd)>,
+    tracker: TaskTracker,
+    hard: tokio_util::sync::CancellationToken,
+}
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut done: mpsc::UnboundedReceiver<(QueueId, PassEnd)>,
+        shutdown: Shutdown,
+    ) {
+        self.recover().await;
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            let sleep = async move {
+                match next_timer {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64))
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.soft.cancelled() => break,
+                Some((id, end)) = done.recv() => self.finished(id, end),
+                command = commands.recv() => match command {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = sleep => self.fire_timers(),
+            }
+        }
+        let waiting = self.entries.len();
+        info!(
+            in_flight = self.running,
+            queued = waiting,
+            "delivery manager stopped; undelivered mail stays spooled"
+        );
+    }
+
+    /// Schedule every message found in the spool at its next attempt.
+    async fn recover(&mut self) {
+        let paths = self.ctx.spool.paths().clone();
+        let found = tokio::task::spawn_blocking(move || {
+            if let Err(e) = paths.clean() {
+                warn!(error = %e, "cannot clean the spool");
+            }
+            let ids = paths.ids().unwrap_or_else(|e| {
+                error!(error = %e, "cannot list the spool");
+                Vec::new()
+            });
+            ids.into_iter()
+                .filter_map(|id| match paths.load_meta(&id) {
+                    Ok((meta, state)) => Some((id, state.next_attempt(&meta.plan).unwrap_or(0))),
+                    Err(e) => {
+                        error!(queue_id = %id, error = %e, "unreadable message in the spool, left alone");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        if !found.is_empty() {
+            info!(messages = found.len(), "resuming delivery of spooled mail");
+        }
+        for (id, at) in found {
+            self.schedule(id, at);
+        }
+    }
+
+    fn schedule(&mut self, id: QueueId, at: i64) {
+        self.entries.insert(id.clone(), Entry::Waiting(at));
+        self.timers.push(Reverse((at, id)));
+    }
+
+    fn make_ready(&mut self, id: QueueId, loaded: Option<Loaded>, force: bool) {
+        let loaded = loaded.filter(|_| self.ready.len() < READY_IN_MEMORY);
+        self.entries.insert(id.clone(), Entry::Ready);
+        self.ready.push_back((id, loaded, force));
+        self.start_ready();
+    }
+
+    fn start_ready(&mut self) {
+        while self.running < MAX_PASSES {
+            let Some((id, loaded, force)) = self.ready.pop_front() else {
+                return;
+            };
+            if self.entries.get(&id) != Some(&Entry::Ready) {
+                continue;
+            }
+            self.entries.insert(
+                id.clone(),
+                Entry::Running {
+                    rerun: false,
+                    delete: false,
+                },
+            );
+            self.running += 1;
+            let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
+            self.tracker.spawn(async move {
+                let end = tokio::select! {
+                    end = pass::run(&ctx, &id, loaded, force) => end,
+                    // Interrupted: the message stays spooled as it is.
+                    _ = hard.cancelled() => PassEnd::Later(now_ms()),
+                };
+                let _ = done.send((id, end));
+            });
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = now_ms();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((at, id)) = self.timers.pop().expect("peeked");
+            if self.entries.get(&id) == Some(&Entry::Waiting(at)) {
+                self.make_ready(id, None, false);
+            }
+        }
+    }
+
+    fn finished(&mut self, id: QueueId, end: PassEnd) {
+        self.running -= 1;
+        let entry = self.entries.remove(&id);
+        match (entry, end) {
+            (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
+            (_, PassEnd::Done | PassEnd::Gone) => {}
+            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => {
+                self.make_ready(id, None, true)
+            }
+            (_, PassEnd::Later(at)) => self.schedule(id, at),
+        }
+        self.start_ready();
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Submit(id, loaded) => self.make_ready(id, Some(loaded), false),
+            Command::Retry(which, reply) => {
+                let ids: Vec<QueueId> = match which {
+                    Some(id) => vec![id],
+                    None => self.entries.keys().cloned().collect(),
+                };
+                let mut n = 0;
+                for id in ids {
+                    match self.entries.get_mut(&id) {
+                        Some(Entry::Waiting(_)) => self.make_ready(id, None, true),
+                        Some(Entry::Running { rerun, .. }) => *rerun = true,
+                        Some(Entry::Ready) => {}
+                        None => continue,
+                    }
+                    n += 1;
+                }
+                let _ = reply.send(n);
+            }
+            Command::Delete(id, reply) => {
+                let found = match self.entries.get_mut(&id) {
+                    Some(Entry::Running { delete, .. }) => {
+                        *delete = true;
+                        true
+                    }
+                    Some(_) => {
+                        self.entries.remove(&id);
+                        self.remove(&id);
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    fn remove(&self, id: &QueueId) {
+        match self.ctx.spool.paths().remove(id) {
+            Ok(()) => info!(queue_id = %id, "deleted from the queue"),
+            Err(e) => warn!(queue_id = %id, error = %e, "cannot delete from the spool"),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! One delivery pass over a message: send every due transaction's copy, record what
+//! happened, bounce what failed, and leave the spool when everything is done.
+//!
+//! Transactions go in chunks; each chunk's outcomes are journaled with one fsync, unless the
+//! message finishes in this pass (then it is simply removed). A crash therefore repeats at
+//! most one chunk's deliveries: at-least-once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+
+use super::dsn::{self, Failure};
+use super::manager::{Deliverer, DeliveryConfig};
+use super::{Outcome, Upstream};
+use crate::events::DeliveryAttempt;
+use crate::message::parse::Headers;
+use crate::plan::{Plan, Rewrite, Transaction};
+use crate::queue_id::QueueId;
+use crate::rewrite;
+use crate::spool::Spool;
+use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta, RcptState, Record, State};
+
+/// Transactions sent before their outcomes are journaled together.
+const CHUNK: usize = 256;
+/// Wait before a pass that could not read or write the spool is tried again.
+const SPOOL_TROUBLE_WAIT: i64 = 60_000;
+
+/// What a pass needs.
+pub(super) struct Ctx {
+    pub spool: Arc<Spool>,
+    pub upstream: Arc<Upstream>,
+    pub config: DeliveryConfig,
+    pub deliverer: Deliverer,
+}
+
+/// A message in memory: as accepted, or read back from the spool.
+pub(super) struct Loaded {
+    pub meta: Arc<Meta>,
+    pub message: Bytes,
+    pub state: State,
+}
+
+/// How a pass ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PassEnd {
+    /// Everything delivered or bounced; the message left the spool.
+    Done,
+    /// Work remains; next attempt at this time (Unix ms).
+    Later(i64),
+    /// The message is no longer in the spool (deleted).
+    Gone,
+}
+
+/// Now, in Unix milliseconds.
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Run one pass over message `id` (read from the spool unless `loaded` is given). With
+/// `force`, every pending transaction is tried, whatever its schedule.
+pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: bool) -> PassEnd {
+    let loaded = match loaded {
+        Some(l) => l,
+        None => match load(ctx, id).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return PassEnd::Gone,
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot read the message from the spool");
+                return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT);
+            }
+        },
+    };
+    let Loaded {
+        meta,
+        message,
+        mut state,
+    } = loaded;
+    let headers = match Headers::parse(&message) {
+        Ok(h) => h,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "spooled message cannot be parsed");
+            return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT);
+        }
+    };
+    let due = state.due(&meta.plan, if force { i64::MAX } else { now_ms() });
+    let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        let results = attempt(ctx, &meta, &message, &headers, &state, chunk).await;
+        let records = records_for(&ctx.config, &meta, &state, results, now_ms());
+        for r in &records {
+            state.apply(r);
+        }
+        let finished = n + 1 == chunks.len() && state.rcpts.iter().all(RcptState::is_final);
+        if !finished && let Err(end) = journal(ctx, id, records).await {
+            return end;
+        }
+    }
+    if let Err(end) = bounce(ctx, &meta, &message, &mut state).await {
+        return end;
+    }
+    if state.is_done() {
+        if let Err(e) = ctx.spool.paths().remove(id) {
+            warn!(queue_id = %id, error = %e, "cannot remove a finished message from the spool");
+        }
+        return PassEnd::Done;
+    }
+    PassEnd::Later(state.next_attempt(&meta.plan).unwrap_or_else(now_ms))
+}
+
+async fn load(ctx: &Ctx, id: &QueueId) -> std::io::Result<Loaded> {
+    let (paths, id) = (ctx.spool.paths().clone(), id.clone());
+    let (meta, message, state) = tokio::task::spawn_blocking(move || paths.load(&id))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(Loaded {
+        meta: Arc::new(meta),
+        message,
+        state,
+    })
+}
+
+async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), PassEnd> {
+    match ctx.spool.append(id, records).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PassEnd::Gone),
+        Err(e) => {
+            // The outcomes stay unrecorded: they will be tried again (at-least-once).
+            error!(queue_id = %id, error = %e, "cannot write the delivery journal");
+            Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT))
+        }
+    }
+}
+
+/// The outcome of one transaction's attempt: (transaction, recipients tried, outcomes).
+type Attempted = (usize, Vec<usize>, Vec<Outcome>);
+
+/// Send the copies of `txns`, concurrently (the upstream bounds its connections).
+async fn attempt(
+    ctx: &Ctx,
+    meta: &Arc<Meta>,
+    message: &Bytes,
+    headers: &Headers,
+    state: &State,
+    txns: &[usize],
+) -> Vec<Attempted> {
+    let body = message.slice(headers.body_start..);
+    let mut sends = JoinSet::new();
+    for &t in txns {
+        let pending = state.pending_in(&meta.plan, t);
+        let head = rewrite::header_block(
+            message,
+            headers,
+            &meta.plan,
+            &meta.plan.transactions[t],
+            &meta.recipients,
+        );
+        let parts = [Bytes::from(head), body.clone()];
+        let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
+        sends.spawn(async move {
+            let rcpts: Vec<(usize, &str)> = pending
+                .iter()
+                .map(|&i| (i, meta.recipients[i].as_str()))
+                .collect();
+            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &parts).await;
+            (t, pending, outcomes)
+        });
+    }
+    let mut results = Vec::with_capacity(txns.len());
+    while let Some(done) = sends.join_next().await {
+        match done {
+            Ok(result) => results.push(result),
+            Err(e) => error!(queue_id = %meta.id, error = %e, "a delivery task failed"),
+        }
+    }
+    results
+}
+
+/// Journal records for a chunk's outcomes: temporary failures are scheduled on
+/// `spool.retry`, or fail once the message is older than `spool.max_age`.
+fn records_for(
+    config: &DeliveryConfig,
+    meta: &Meta,
+    state: &State,
+    results: Vec<Attempted>,
+    now: i64,
+) -> Vec<Record> {
+    let mut records = Vec::new();
+    let expired = now - meta.received_at >= config.max_age.as_millis() as i64;
+    for (txn, rcpts, outcomes) in results {
+        let attempts = state.txns[txn].attempts + 1;
+        let mut groups: Vec<(Outcome, Vec<usize>)> = Vec::new();
+        for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
+            DeliveryAttempt {
+                id: &meta.id,
+                recipient: &meta.recipients[rcpt],
+                outcome: &outcome,
+                attempts,
+            }
+            .emit(config.redaction);
+            match groups.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, list)) => list.push(rcpt),
+                None => groups.push((outcome, vec![rcpt])),
+            }
+        }
+        for (outcome, rcpts) in groups {
+            records.push(match outcome {
+                Outcome::Delivered(reply) => Record::Delivered {
+                    txn,
+                    rcpts,
+                    at: now,
+                    reply,
+                },
+                Outcome::Failed(reply) => Record::Failed {
+                    txn,
+                    rcpts,
+                    at: now,
+                    reply,
+                    expired: false,
+                },
+                Outcome::Deferred(reply) if expired => Record::Failed {
+                    txn,
+                    rcpts,
+                    at: now,
+                    reply,
+                    expired: true,
+                },
+                Outcome::Deferred(reply) => {
+                    let next = now + retry_delay(&config.retry, attempts).as_millis() as i64;
+                    Record::Deferred {
+                        txn,
+                        rcpts,
+                        at: now,
+                        reply,
+                        attempts,
+                        next,
+                    }
+                }
+            });
+        }
+    }
+    records
+}
+
+/// The wait after the `attempts`-th temporary failure: `spool.retry[attempts - 1]`, the last
+/// interval repeating.
+pub(super) fn retry_delay(retry: &[Duration], attempts: u32) -> Duration {
+    let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
+    retry.get(i).copied().unwrap_or(Duration::from_secs(60))
+}
+
+/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them
+/// (none for the null sender or for a DSN).
+async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Result<(), PassEnd> {
+    let failed = state.unbounced();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let dsn = if meta.sender.is_empty() || meta.dsn {
+        warn!(queue_id = %meta.id, failed = failed.len(), "no bounce for the null sender");
+        None
+    } else {
+        match queue_dsn(ctx, meta, message, state, &failed).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
+                return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
+            }
+        }
+    };
+    let record = Record::Bounced {
+        rcpts: failed,
+        at: now_ms(),
+        dsn,
+    };
+    state.apply(&record);
+    if !state.is_done() {
+        journal(ctx, &meta.id, vec![record]).await?;
+    }
+    Ok(())
+}
+
+async fn queue_dsn(
+    ctx: &Ctx,
+    meta: &Meta,
+    message: &[u8],
+    state: &State,
+    failed: &[usize],
+) -> std::io::Result<QueueId> {
+    let failures: Vec<Failure> = failed
+        .iter()
+        .filter_map(|&i| match &state.rcpts[i] {
+            RcptState::Failed { reply, expired, .. } => Some(Failure {
+                recipient: meta.recipients[i].clone(),
+                reply: reply.clone(),
+                expired: *expired,
+            }),
+            _ => None,
+        })
+        .collect();
+    let remote = ctx.upstream.remote();
+    let report = dsn::Report {
+        hostname: &ctx.config.hostname,
+        remote: &remote,
+        original_id: &meta.id,
+        arrival: meta.received_at,
+        sender: &meta.sender,
+        failures: &failures,
+    };
+    let id = QueueId::generate();
+    let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
+    let dsn_meta = Meta {
+        version: FORMAT_VERSION,
+        id: id.clone(),
+        received_at: now_ms(),
+        client: "local".into(),
+        sender: String::new(),
+        recipients: vec![meta.sender.clone()],
+        decision: DecisionSummary::default(),
+        plan: Plan {
+            transactions: vec![Transaction {
+                recipients: vec![0],
+                rewrite: Rewrite::Original,
+            }],
+            ..Plan::default()
+        },
+        dsn: true,
+    };
+    ctx.spool.store(&dsn_meta, &bytes).await?;
+    ctx.deliverer.submit(dsn_meta, bytes);
+    crate::events::BounceQueued {
+        id: &meta.id,
+        dsn: &id,
+        failed: failures.len(),
+        sender: &meta.sender,
+    }
+    .emit(ctx.config.redaction);
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_retry_interval_repeats() {
+        let retry = [60, 300, 7200].map(Duration::from_secs);
+        let delays: Vec<u64> = (1..=5).map(|n| retry_delay(&retry, n).as_secs()).collect();
+        assert_eq!(delays, [60, 300, 7200, 7200, 7200]);
+    }
+}

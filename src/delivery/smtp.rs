@@ -1,0 +1,336 @@
+//! The SMTP upstream, on lettre's connection type under bccguard's own pool.
+//!
+//! lettre's pooled transport is not used: its pool bounds only idle connections, its timeout
+//! covers only connect, a cancelled send returns a half-used connection to the pool, and it
+//! fails a whole transaction on one rejected recipient. Here a semaphore caps connections,
+//! every attempt runs under one timeout (a connection that times out is dropped, never
+//! reused), and recipients are sent one RCPT at a time so each gets its own outcome.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lettre::Address;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+use tokio::sync::Semaphore;
+
+use super::Outcome;
+use crate::config::{Config, UpstreamTls};
+use crate::message::address;
+
+/// An idle connection is not reused after this long (the relay may have closed it).
+const MAX_IDLE: Duration = Duration::from_secs(10);
+/// Messages per connection before it is closed and a new one opened.
+const MAX_USES: u32 = 1000;
+
+/// Why the SMTP upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SmtpSetupError {
+    /// The config key at fault.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An SMTP relay to deliver to.
+pub struct SmtpUpstream {
+    host: String,
+    port: u16,
+    mode: UpstreamTls,
+    tls: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    timeout: Duration,
+    permits: Semaphore,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+    uses: u32,
+}
+
+/// Why one attempt on one connection stopped short.
+enum Stop {
+    /// The connection failed before anything was accepted: a fresh one may do better.
+    Stale(String),
+    /// Every recipient gets this outcome.
+    All(Outcome),
+}
+
+impl SmtpUpstream {
+    /// The relay of `[upstream]` (`host` must be set).
+    pub fn from_config(config: &Config) -> Result<SmtpUpstream, SmtpSetupError> {
+        let u = &config.upstream;
+        let host = u.host.clone().unwrap_or_default();
+        let tls = match u.tls {
+            UpstreamTls::None => None,
+            UpstreamTls::Starttls | UpstreamTls::Tls => {
+                Some(tls_parameters(&host, u.ca_file.as_deref())?)
+            }
+        };
+        let password = match (&u.password, &u.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SmtpSetupError {
+                    key: "upstream.password_file",
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_string())
+            }
+            (None, None) => None,
+        };
+        let credentials = u
+            .username
+            .clone()
+            .zip(password)
+            .map(|(user, pw)| Credentials::new(user, pw));
+        Ok(SmtpUpstream {
+            port: u.port(),
+            host,
+            mode: u.tls,
+            tls,
+            credentials,
+            hello: ClientId::Domain(config.server.hostname.clone()),
+            timeout: u.timeout.0,
+            permits: Semaphore::new(u.max_connections),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `host:port`, for logs and bounces.
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Deliver one copy to `rcpts`: one outcome per recipient, in order.
+    pub async fn send(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Vec<Outcome> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let attempt = async {
+            match self.take_idle() {
+                Some(idle) => match self.on_connection(idle, sender, rcpts, parts).await {
+                    Err(Stop::Stale(_)) => self.fresh(sender, rcpts, parts).await,
+                    other => other,
+                },
+                None => self.fresh(sender, rcpts, parts).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Stop::All(Outcome::Deferred(format!(
+                "no answer from {} within {}",
+                self.describe(),
+                humantime::format_duration(self.timeout)
+            )))),
+        };
+        match result {
+            Ok(outcomes) => outcomes,
+            Err(Stop::Stale(e)) => vec![Outcome::Deferred(e); rcpts.len()],
+            Err(Stop::All(outcome)) => vec![outcome; rcpts.len()],
+        }
+    }
+
+    async fn fresh(
+        &self,
+        sender: &str,
+        rcpts: &[&str],
+        parts: &[Bytes],
+    ) -> Result<Vec<Outcome>, Stop> {
+        let conn = self.connect().await?;
+        match self
+            .on_connection(
+                Idle {
+                    conn,
+                    since: Instant::now(),
+                    uses: 0,
+                },
+                sender,
+                rcpts,
+                parts,
+            )
+            .await
+        {
+            Err(Stop::Stale(e)) => Err(Stop::All(Outcome::Deferred(e))),
+            other => other,
+        }
+    }
+
+    fn take_idle(&self) -> Option<Idle> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < MAX_IDLE && !c.conn.has_broken() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Stop> {
+        let wrapper = (self.mode == UpstreamTls::Tls)
+            .then(|| self.tls.clone())
+            .flatten();
+        let deferred =
+            |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&self.describe(), &e));
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await
+        .map_err(deferred)?;
+        if self.mode == UpstreamTls::Starttls {
+            let params = self.tls.clone().expect("starttls has TLS parameters");
+            conn.starttls(params, &self.hello).await.map_err(deferred)?;
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(deferred)?;
+        }
+        Ok(conn)
+    }
+
+    /// One transaction: MAIL, RCPT for each recipient, DATA. The connection goes back to the
+    /// pool if it is still in a known state.
+    async fn on_connection(
+        &self,
+        mut idle: Idle,
+        sender: &str,
+        rcpts: &[&str],
+        parts: &[Bytes],
+    ) -> Result<Vec<Outcome>, Stop> {
+        let result = transaction(&mut idle.conn, sender, rcpts, parts).await;
+        idle.uses += 1;
+        if result.is_ok() && idle.uses < MAX_USES && !idle.conn.has_broken() {
+            idle.since = Instant::now();
+            self.idle.lock().expect("pool lock").push(idle);
+        }
+        result
+    }
+}
+
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    sender: &str,
+    rcpts: &[&str],
+    parts: &[Bytes],
+) -> Result<Vec<Outcome>, Stop> {
+    let info = conn.server_info().clone();
+    let mut params = Vec::new();
+    let non_ascii = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+    if non_ascii {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            return Err(Stop::All(Outcome::Failed(
+                "553 5.6.7 the upstream does not support SMTPUTF8, needed for this address".into(),
+            )));
+        }
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    if parts.iter().any(|p| !p.is_ascii()) && info.supports_feature(Extension::EightBitMime) {
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let from = (!sender.is_empty()).then(|| lettre_address(sender));
+    match conn.command(Mail::new(from, params)).await {
+        Ok(_) => {}
+        Err(e) if e.status().is_none() => return Err(Stop::Stale(e.to_string())),
+        Err(e) => return Err(Stop::All(outcome_of_error("", &e))),
+    }
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rcpts.len());
+    for rcpt in rcpts {
+        match conn.command(Rcpt::new(lettre_address(rcpt), vec![])).await {
+            Ok(_) => outcomes.push(None),
+            Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
+            Err(e) => outcomes.push(Some(outcome_of_error("", &e))),
+        }
+    }
+    if outcomes.iter().all(Option::is_some) {
+        let _ = conn.command(Rset).await;
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+    let end = async {
+        conn.command(Data).await?;
+        conn.message_iter(without_final_crlf(parts).iter()).await
+    };
+    let accepted = match end.await {
+        Ok(response) => Outcome::Delivered(reply_text(&response)),
+        Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
+        Err(e) => outcome_of_error("", &e),
+    };
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| accepted.clone()))
+        .collect())
+}
+
+/// lettre ends the data with CRLF . CRLF itself, so the message's own last CRLF goes.
+fn without_final_crlf(parts: &[Bytes]) -> Vec<Bytes> {
+    let mut parts: Vec<Bytes> = parts.iter().filter(|p| !p.is_empty()).cloned().collect();
+    if let Some(last) = parts.last_mut()
+        && last.ends_with(b"\r\n")
+    {
+        *last = last.slice(..last.len() - 2);
+    }
+    parts
+}
+
+/// A canonical address as lettre's type. Canonical addresses hold no control characters
+/// and are quoted where needed, so lettre's own (stricter, RFC 5321-only) checks are skipped.
+fn lettre_address(addr: &str) -> Address {
+    let (local, domain) = address::split(addr);
+    Address::new_dangerous(local, domain)
+}
+
+fn reply_text(response: &Response) -> String {
+    let text: Vec<&str> = response.message().collect();
+    format!("{} {}", response.code(), text.join(" "))
+}
+
+/// An error as the outcome it means: 5xx failed, everything else (4xx, network, TLS,
+/// timeout) deferred.
+fn outcome_of_error(upstream: &str, e: &lettre::transport::smtp::Error) -> Outcome {
+    let text = match (e.status(), std::error::Error::source(e)) {
+        (Some(code), Some(source)) => format!("{code} {source}"),
+        (Some(code), None) => code.to_string(),
+        (None, _) if upstream.is_empty() => e.to_string(),
+        (None, _) => format!("{upstream}: {e}"),
+    };
+    if e.is_permanent() {
+        Outcome::Failed(text)
+    } else {
+        Outcome::Deferred(text)
+    }
+}
+
+fn tls_parameters(
+    host: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsParameters, SmtpSetupError> {
+    let mut builder = TlsParameters::builder(host.to_string());
+    if let Some(path) = ca_file {
+        let err = |message: String| SmtpSetupError {
+            key: "upstream.ca_file",
+            message,
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| err(format!("bad certificate in {}: {e}", path.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| SmtpSetupError {
+        key: "upstream.host",
+        message: e.to_string(),
+    })
+}
