@@ -19,7 +19,9 @@ fn main() {
         .unwrap_or(30_000);
     let rss_before = peak_rss_kib();
     let message = message(100 * 1024);
-    let rcpts: Vec<String> = (0..recipients).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
+    let rcpts: Vec<String> = (0..recipients)
+        .map(|i| format!("customer{i:05}@domain{}.test", i % 500))
+        .collect();
     let policy = Policy::from_config(&PolicyConfig {
         internal_domains: vec!["example.com".into()],
         max_visible_external: 1,
@@ -44,8 +46,17 @@ fn main() {
     }
     let elapsed = start.elapsed();
     let copies = plan.transactions.len();
-    println!("message: {} bytes, {} addresses visible, {recipients} envelope recipients", message.len(), headers.visible().count());
-    println!("decision: leak={} exposure={} action={}", decision.leak, decision.exposure, decision.action.as_str());
+    println!(
+        "message: {} bytes, {} addresses visible, {recipients} envelope recipients",
+        message.len(),
+        headers.visible().count()
+    );
+    println!(
+        "decision: leak={} exposure={} action={}",
+        decision.leak,
+        decision.exposure,
+        decision.action.as_str()
+    );
     println!("parse+decide+plan: {:.1} ms", planned.as_secs_f64() * 1e3);
     println!(
         "explode: {copies} copies, {:.1} MiB written to the sink in {:.2} s ({:.0} copies/s)",
@@ -53,12 +64,18 @@ fn main() {
         elapsed.as_secs_f64(),
         copies as f64 / elapsed.as_secs_f64()
     );
-    println!("peak RSS: {:.1} MiB (before the message: {:.1} MiB)", peak_rss_kib() as f64 / 1024.0, rss_before as f64 / 1024.0);
+    println!(
+        "peak RSS: {:.1} MiB (before the message: {:.1} MiB)",
+        peak_rss_kib() as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
 }
 
 /// A 100 KiB-ish message whose To shows 1,000 external customers (a batch like the 2019 leak).
 fn message(size: usize) -> Vec<u8> {
-    let to: Vec<String> = (0..1000).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
+    let to: Vec<String> = (0..1000)
+        .map(|i| format!("customer{i:05}@domain{}.test", i % 500))
+        .collect();
     let mut m = format!(
         "From: Support <support@example.com>\r\nTo: {}\r\nCc: Ops <ops@example.com>\r\nSubject: Security update\r\n\
          Date: Mon, 18 Nov 2019 09:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
@@ -66,7 +83,9 @@ fn message(size: usize) -> Vec<u8> {
     )
     .into_bytes();
     while m.len() < size {
-        m.extend_from_slice(b"Please update your password at your earliest convenience. Thank you.\r\n");
+        m.extend_from_slice(
+            b"Please update your password at your earliest convenience. Thank you.\r\n",
+        );
     }
     m
 }
