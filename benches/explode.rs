@@ -13,10 +13,7 @@ use bccguard::plan::Plan;
 use bccguard::rewrite::header_block;
 
 fn main() {
-    let recipients: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(30_000);
+    let recipients: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30_000);
     let rss_before = peak_rss_kib();
     let message = message(100 * 1024);
     let rcpts: Vec<String> = (0..recipients)
@@ -83,9 +80,7 @@ fn message(size: usize) -> Vec<u8> {
     )
     .into_bytes();
     while m.len() < size {
-        m.extend_from_slice(
-            b"Please update your password at your earliest convenience. Thank you.\r\n",
-        );
+        m.extend_from_slice(b"Please update your password at your earliest convenience. Thank you.\r\n");
     }
     m
 }

@@ -79,11 +79,7 @@ async fn execute(request: &str, deliverer: &Deliverer) -> Result<usize, String> 
         (Some("retry"), w, None) => deliverer.retry(id(w)?).await.map_err(|e| e.to_string()),
         (Some("delete"), Some(w), None) => {
             let id = id(Some(w))?.expect("given");
-            deliverer
-                .delete(id)
-                .await
-                .map(usize::from)
-                .map_err(|e| e.to_string())
+            deliverer.delete(id).await.map(usize::from).map_err(|e| e.to_string())
         }
         _ => Err(format!("unknown request {request:?}")),
     }

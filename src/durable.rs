@@ -74,10 +74,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-async fn sync_worker(
-    dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<io::Result<()>>>,
-) {
+async fn sync_worker(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<io::Result<()>>>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -126,10 +123,6 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_reports_the_error() {
         let sync = DirSync::new(PathBuf::from("/nonexistent/dir"));
-        assert!(
-            sync.write_file("x", vec![Bytes::from_static(b"data")])
-                .await
-                .is_err()
-        );
+        assert!(sync.write_file("x", vec![Bytes::from_static(b"data")]).await.is_err());
     }
 }

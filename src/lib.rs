@@ -106,11 +106,7 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RunError> {
 /// Run the relay on `listeners` until `shutdown` is cancelled, then shut down in two phases:
 /// stop accepting and close idle sessions, let transactions and deliveries in progress finish
 /// within `server.shutdown_grace`, then stop the rest (undelivered mail stays spooled).
-pub async fn run(
-    config: Config,
-    listeners: Vec<TcpListener>,
-    shutdown: CancellationToken,
-) -> Result<(), RunError> {
+pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> Result<(), RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let upstream = Arc::new(Upstream::from_config(&config)?);
     let socket_path = spool.paths().control_socket();
@@ -127,11 +123,7 @@ pub async fn run(
         phases.clone(),
         deliveries.clone(),
     );
-    tokio::spawn(control::serve(
-        control,
-        deliverer.clone(),
-        phases.soft.clone(),
-    ));
+    tokio::spawn(control::serve(control, deliverer.clone(), phases.soft.clone()));
     let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
     let intake = Arc::new(relay::Relay::new(
@@ -148,12 +140,7 @@ pub async fn run(
         }
     }
     let sessions = TaskTracker::new();
-    let server = tokio::spawn(smtp::serve(
-        listeners,
-        front,
-        phases.clone(),
-        sessions.clone(),
-    ));
+    let server = tokio::spawn(smtp::serve(listeners, front, phases.clone(), sessions.clone()));
 
     shutdown.cancelled().await;
     info!("shutting down: no new connections, finishing transactions and deliveries in progress");

@@ -11,12 +11,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(arg) => serve(&arg),
-        Command::CheckConfig(arg) => {
-            cli::check_config(&arg, &mut std::io::stdout(), &mut std::io::stderr())
-        }
-        Command::Check(args) => {
-            cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr())
-        }
+        Command::CheckConfig(arg) => cli::check_config(&arg, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Check(args) => cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Queue(command) => cli::queue::run(&command, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::HashPassword => cli::hash_password(
             &mut std::io::stdin().lock(),
             &mut std::io::stdout(),
@@ -61,10 +58,7 @@ fn serve(arg: &ConfigArg) -> u8 {
 /// Cancel on the first SIGTERM or SIGINT; a second one exits at once.
 async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     for round in 0..2 {

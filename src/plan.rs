@@ -55,12 +55,7 @@ pub struct Plan {
 
 impl Plan {
     /// The plan for a decision; `None` when the message is to be rejected.
-    pub fn build(
-        decision: &Decision,
-        headers: &Headers,
-        recipients: &[String],
-        policy: &Policy,
-    ) -> Option<Plan> {
+    pub fn build(decision: &Decision, headers: &Headers, recipients: &[String], policy: &Policy) -> Option<Plan> {
         let everyone = (0..recipients.len()).collect();
         match decision.action {
             Action::Reject => None,
@@ -77,26 +72,20 @@ impl Plan {
     /// One transaction for all recipients.
     fn single(recipients: Vec<usize>, rewrite: Rewrite) -> Plan {
         Plan {
-            transactions: vec![Transaction {
-                recipients,
-                rewrite,
-            }],
+            transactions: vec![Transaction { recipients, rewrite }],
             ..Plan::default()
         }
     }
 
     /// Whether any transaction rewrites the addressing.
     pub fn rewrites(&self) -> bool {
-        self.transactions
-            .iter()
-            .any(|t| t.rewrite != Rewrite::Original)
+        self.transactions.iter().any(|t| t.rewrite != Rewrite::Original)
     }
 
     fn keep_internal(&mut self, headers: &Headers, policy: &Policy) {
         if policy.keep_internal_visible {
             self.cc = internal_visible(headers, policy, [FieldKind::To, FieldKind::Cc]);
-            self.resent_cc =
-                internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
+            self.resent_cc = internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
         }
     }
 }
@@ -142,11 +131,7 @@ fn display_names(headers: &Headers) -> HashMap<(String, String), String> {
 }
 
 /// Internal addresses shown in fields of `kinds`, first occurrence of each, in header order.
-fn internal_visible<const N: usize>(
-    headers: &Headers,
-    policy: &Policy,
-    kinds: [FieldKind; N],
-) -> Vec<Mailbox> {
+fn internal_visible<const N: usize>(headers: &Headers, policy: &Policy, kinds: [FieldKind; N]) -> Vec<Mailbox> {
     let mut seen = HashSet::new();
     headers
         .fields

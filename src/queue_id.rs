@@ -26,10 +26,8 @@ impl QueueId {
 
     /// An id read back from the spool or the command line, if it has the right shape.
     pub fn parse(s: &str) -> Option<QueueId> {
-        (s.len() == 16
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()))
-        .then(|| QueueId(s.to_string()))
+        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()))
+            .then(|| QueueId(s.to_string()))
     }
 
     /// The id as text.

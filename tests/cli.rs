@@ -18,8 +18,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn the_shipped_config_file_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/bccguard.toml");
-    let config =
-        bccguard::config::load_str(Some(&std::fs::read_to_string(path).unwrap()), &[]).unwrap();
+    let config = bccguard::config::load_str(Some(&std::fs::read_to_string(path).unwrap()), &[]).unwrap();
     assert_eq!(config.server.listen[0].to_string(), "127.0.0.1:2525");
     assert_eq!(config.policy.internal_domains, ["example.com"]);
     let out = bccguard(&["check-config", "--config", path], &[]);
@@ -58,10 +57,7 @@ fn config_path_from_the_environment_and_overrides() {
     let p = path.to_str().unwrap();
     let out = bccguard(
         &["check-config"],
-        &[
-            ("BCCGUARD_CONFIG", p),
-            ("BCCGUARD__SERVER__MAX_RECIPIENTS", "x"),
-        ],
+        &[("BCCGUARD_CONFIG", p), ("BCCGUARD__SERVER__MAX_RECIPIENTS", "x")],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -119,8 +115,7 @@ fn check_exits_0_without_a_leak_and_1_with_one() {
     );
     assert!(stdout.contains("transactions  50"), "{stdout}");
     assert!(
-        stdout
-            .contains("\n50  customer49@customer-b.test  explode  customer49@customer-b.test  -\n"),
+        stdout.contains("\n50  customer49@customer-b.test  explode  customer49@customer-b.test  -\n"),
         "{stdout}"
     );
 
@@ -128,14 +123,8 @@ fn check_exits_0_without_a_leak_and_1_with_one() {
         &["check", &fixture_path("bulk-50.eml")],
         &[INTERNAL, ("BCCGUARD__POLICY__ACTION", "reject")],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a leak exits 1 whatever the action"
-    );
-    assert!(
-        text(&out.stdout).contains("reply         550 5.7.1 Message refused: it shows 50 external")
-    );
+    assert_eq!(out.status.code(), Some(1), "a leak exits 1 whatever the action");
+    assert!(text(&out.stdout).contains("reply         550 5.7.1 Message refused: it shows 50 external"));
 }
 
 #[test]
@@ -164,10 +153,7 @@ fn check_json_names_the_transactions() {
     assert_eq!(txns.len(), 2);
     assert_eq!(txns[0]["recipients"][0], "ops@example.com");
     assert_eq!(txns[0]["rewrite"], "original");
-    assert_eq!(
-        txns[1]["to"],
-        "=?UTF-8?B?Wm/DqyBDdXN0b21lcg==?= <zoe@client.test>"
-    );
+    assert_eq!(txns[1]["to"], "=?UTF-8?B?Wm/DqyBDdXN0b21lcg==?= <zoe@client.test>");
     assert_eq!(
         txns[1]["cc"],
         "Ops <ops@example.com>, =?UTF-8?B?SMOkbmRsZXI=?= <haendler@example.com>"
@@ -186,10 +172,7 @@ fn check_reads_lf_files_and_reports_errors_with_exit_2() {
     let out = bccguard(&["check", "/nonexistent.eml"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read /nonexistent.eml"));
-    let out = bccguard(
-        &["check", "--rcpt", "not an address", path.to_str().unwrap()],
-        &[],
-    );
+    let out = bccguard(&["check", "--rcpt", "not an address", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--rcpt \"not an address\" is not an address"));
 }

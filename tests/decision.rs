@@ -16,11 +16,7 @@ fn policy() -> Policy {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 #[test]
@@ -44,16 +40,8 @@ fn the_corpus_decides_as_expected() {
         let message = fixture(name);
         let headers = Headers::parse(&message).unwrap();
         let d = decide(&headers, &policy);
-        assert_eq!(
-            (d.leak, d.exposure, &d.reason),
-            (leak, exposure, &reason),
-            "{name}"
-        );
-        assert_eq!(
-            d.action,
-            if leak { Action::Explode } else { Action::Pass },
-            "{name}"
-        );
+        assert_eq!((d.leak, d.exposure, &d.reason), (leak, exposure, &reason), "{name}");
+        assert_eq!(d.action, if leak { Action::Explode } else { Action::Pass }, "{name}");
     }
 }
 
@@ -61,20 +49,10 @@ fn the_corpus_decides_as_expected() {
 fn encoded_display_names_are_decoded_for_the_copies() {
     let message = fixture("encoded-names.eml");
     let headers = Headers::parse(&message).unwrap();
-    let recipients: Vec<String> = [
-        "juergen@muenchen.test",
-        "francois@paris.test",
-        "taro@tokyo.test",
-    ]
-    .map(String::from)
-    .to_vec();
-    let plan = Plan::build(
-        &decide(&headers, &policy()),
-        &headers,
-        &recipients,
-        &policy(),
-    )
-    .unwrap();
+    let recipients: Vec<String> = ["juergen@muenchen.test", "francois@paris.test", "taro@tokyo.test"]
+        .map(String::from)
+        .to_vec();
+    let plan = Plan::build(&decide(&headers, &policy()), &headers, &recipients, &policy()).unwrap();
     let names: Vec<_> = plan
         .transactions
         .iter()
@@ -92,13 +70,7 @@ fn the_bulk_mail_explodes_into_one_transaction_per_customer() {
     let headers = Headers::parse(&message).unwrap();
     let recipients: Vec<String> = headers.visible().map(|m| m.address.clone()).collect();
     assert_eq!(recipients.len(), 50);
-    let plan = Plan::build(
-        &decide(&headers, &policy()),
-        &headers,
-        &recipients,
-        &policy(),
-    )
-    .unwrap();
+    let plan = Plan::build(&decide(&headers, &policy()), &headers, &recipients, &policy()).unwrap();
     assert_eq!(plan.transactions.len(), 50);
     assert!(plan.transactions.iter().all(|t| t.recipients.len() == 1));
     assert!(plan.cc.is_empty());

@@ -31,10 +31,7 @@ async fn lettre_delivers_one_file_per_recipient_byte_for_byte() {
     let relay = TestRelay::start("").await;
     let transport = lettre_to(&relay).build();
     let response = transport
-        .send_raw(
-            &envelope(Some("a@x.test"), &["b@y.test", "c@z.test"]),
-            MESSAGE,
-        )
+        .send_raw(&envelope(Some("a@x.test"), &["b@y.test", "c@z.test"]), MESSAGE)
         .await
         .unwrap();
     assert_eq!(u16::from(response.code()), 250);
@@ -86,8 +83,7 @@ async fn a_pipelined_dialogue_in_two_writes() {
     assert_eq!(c.reply().await, "250 2.1.5 Recipient ok");
     assert_eq!(c.reply().await, "250 2.1.5 Recipient ok");
     assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>");
-    c.send(b"Subject: piped\r\n\r\n..dot\r\n.\r\nQUIT\r\n")
-        .await;
+    c.send(b"Subject: piped\r\n\r\n..dot\r\n.\r\nQUIT\r\n").await;
     assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
     assert_eq!(c.reply().await, "221 2.0.0 Bye");
     let files = relay.wait_outbox(2).await;
@@ -106,11 +102,7 @@ async fn the_null_sender_is_accepted() {
         .await
         .unwrap();
     let files = relay.wait_outbox(1).await;
-    assert!(
-        files[0]
-            .1
-            .starts_with(b"Return-Path: <>\r\nDelivered-To: b@y.test\r\n")
-    );
+    assert!(files[0].1.starts_with(b"Return-Path: <>\r\nDelivered-To: b@y.test\r\n"));
 }
 
 #[tokio::test]
@@ -123,13 +115,8 @@ async fn message_size_limit_at_mail_and_in_data() {
         "552 5.3.4 Message size exceeds fixed maximum message size"
     );
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(2000));
-    let reply = c
-        .transaction("a@x.test", &["b@y.test"], big.as_bytes())
-        .await;
-    assert_eq!(
-        reply,
-        "552 5.3.4 Message size exceeds fixed maximum message size"
-    );
+    let reply = c.transaction("a@x.test", &["b@y.test"], big.as_bytes()).await;
+    assert_eq!(reply, "552 5.3.4 Message size exceeds fixed maximum message size");
     assert!(relay.outbox_files().is_empty(), "nothing kept");
     // The session goes on.
     let reply = c
@@ -146,10 +133,7 @@ async fn recipient_limit() {
     c.cmd("MAIL FROM:<a@x.test>").await;
     assert_eq!(c.cmd("RCPT TO:<r1@y.test>").await, "250 2.1.5 Recipient ok");
     assert_eq!(c.cmd("RCPT TO:<r2@y.test>").await, "250 2.1.5 Recipient ok");
-    assert_eq!(
-        c.cmd("RCPT TO:<r3@y.test>").await,
-        "452 4.5.3 Too many recipients"
-    );
+    assert_eq!(c.cmd("RCPT TO:<r3@y.test>").await, "452 4.5.3 Too many recipients");
 }
 
 #[tokio::test]
@@ -172,10 +156,7 @@ async fn connection_limit() {
     let _a = relay.client().await;
     let _b = relay.client().await;
     let mut c = RawClient::connect(relay.addr, None).await;
-    assert_eq!(
-        c.reply().await,
-        "421 4.7.0 Too many connections, try again later"
-    );
+    assert_eq!(c.reply().await, "421 4.7.0 Too many connections, try again later");
     assert!(c.is_closed().await);
     drop(_a);
     // The slot is freed once the first session ends.
@@ -196,10 +177,7 @@ async fn idle_timeout_closes_with_421() {
     let relay = TestRelay::start("[server]\nidle_timeout = \"1s\"\n").await;
     let mut c = relay.client().await;
     c.cmd("EHLO c").await;
-    assert_eq!(
-        c.reply().await,
-        "421 4.4.2 Idle timeout, closing connection"
-    );
+    assert_eq!(c.reply().await, "421 4.4.2 Idle timeout, closing connection");
     assert!(c.is_closed().await);
 }
 
@@ -209,21 +187,12 @@ async fn relay_denied_outside_relay_networks() {
     let mut outsider = RawClient::connect(relay.addr, Some("127.0.0.2")).await;
     outsider.reply().await;
     outsider.cmd("EHLO c").await;
-    assert_eq!(
-        outsider.cmd("MAIL FROM:<a@x.test>").await,
-        "250 2.1.0 Sender ok"
-    );
-    assert_eq!(
-        outsider.cmd("RCPT TO:<b@y.test>").await,
-        "550 5.7.1 Relaying denied"
-    );
+    assert_eq!(outsider.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender ok");
+    assert_eq!(outsider.cmd("RCPT TO:<b@y.test>").await, "550 5.7.1 Relaying denied");
     let mut insider = relay.client().await;
     insider.cmd("EHLO c").await;
     insider.cmd("MAIL FROM:<a@x.test>").await;
-    assert_eq!(
-        insider.cmd("RCPT TO:<b@y.test>").await,
-        "250 2.1.5 Recipient ok"
-    );
+    assert_eq!(insider.cmd("RCPT TO:<b@y.test>").await, "250 2.1.5 Recipient ok");
 }
 
 /// The configuration for TLS and AUTH tests: a test certificate and one user, `app`/`s3cret`.
@@ -243,12 +212,7 @@ async fn tls_relay(extra: &str) -> (TestRelay, String) {
     (TestRelay::start_with(config, dir).await, pem)
 }
 
-fn lettre_tls(
-    relay: &TestRelay,
-    pem: &str,
-    user: &str,
-    password: &str,
-) -> AsyncSmtpTransport<Tokio1Executor> {
+fn lettre_tls(relay: &TestRelay, pem: &str, user: &str, password: &str) -> AsyncSmtpTransport<Tokio1Executor> {
     let tls = TlsParameters::builder("localhost".into())
         .add_root_certificate(Certificate::from_pem(pem.as_bytes()).unwrap())
         .build()
@@ -302,15 +266,12 @@ async fn auth_is_not_offered_in_the_clear() {
 #[tokio::test]
 async fn input_pipelined_after_starttls_is_discarded() {
     use rustls_pki_types::pem::PemObject;
-    use tokio_rustls::rustls::{
-        ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::ServerName,
-    };
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::ServerName};
     let (relay, pem) = tls_relay("").await;
     let mut c = relay.client().await;
     c.cmd("EHLO c").await;
     // A man in the middle appends a command after STARTTLS, in the clear.
-    c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
-        .await;
+    c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n").await;
     assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
     let mut roots = RootCertStore::empty();
     roots
@@ -345,10 +306,7 @@ async fn input_pipelined_after_starttls_is_discarded() {
             panic!("the injected MAIL was executed: {lines:?}");
         }
     }
-    assert!(
-        lines[0].starts_with("250-bccguard.localdomain"),
-        "{lines:?}"
-    );
+    assert!(lines[0].starts_with("250-bccguard.localdomain"), "{lines:?}");
     assert!(
         lines.iter().any(|l| l.starts_with("250 AUTH PLAIN LOGIN")),
         "AUTH offered under TLS: {lines:?}"
@@ -380,23 +338,14 @@ async fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
     busy.send(b"Subject: in flight\r\n\r\n").await;
 
     relay.begin_shutdown();
-    assert_eq!(
-        idle.reply().await,
-        "421 4.3.2 Service shutting down, try again later"
-    );
+    assert_eq!(idle.reply().await, "421 4.3.2 Service shutting down, try again later");
     assert!(idle.is_closed().await);
     // New connections are refused once the listener is closed.
-    eventually("listener closed", || {
-        std::net::TcpStream::connect(relay.addr).is_err()
-    })
-    .await;
+    eventually("listener closed", || std::net::TcpStream::connect(relay.addr).is_err()).await;
 
     busy.send(b"the rest\r\n.\r\n").await;
     assert!(busy.reply().await.starts_with("250 2.0.0 Ok: queued as "));
-    assert_eq!(
-        busy.reply().await,
-        "421 4.3.2 Service shutting down, try again later"
-    );
+    assert_eq!(busy.reply().await, "421 4.3.2 Service shutting down, try again later");
     assert!(busy.is_closed().await);
     let (result, dir) = relay.shutdown().await;
     result.unwrap();
@@ -416,10 +365,7 @@ async fn shutdown_grace_ends_stuck_transactions() {
     stuck.cmd("EHLO c").await;
     stuck.cmd("MAIL FROM:<a@x.test>").await;
     relay.begin_shutdown();
-    assert_eq!(
-        stuck.reply().await,
-        "421 4.3.2 Service shutting down, try again later"
-    );
+    assert_eq!(stuck.reply().await, "421 4.3.2 Service shutting down, try again later");
     relay.stop().await.unwrap();
 }
 
@@ -450,21 +396,17 @@ async fn smtp_smuggling_sequences_never_start_a_second_transaction() {
         assert!(c.cmd("DATA").await.starts_with("354"));
         let mut data = b"Subject: first\r\n\r\nhello".to_vec();
         data.extend_from_slice(seq);
-        data.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
+        data.extend_from_slice(
+            b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n",
+        );
         c.try_send(&data).await;
         let first = c.reply().await;
-        assert!(
-            first.starts_with("554 5."),
-            "{name}: refused, got {first:?}"
-        );
+        assert!(first.starts_with("554 5."), "{name}: refused, got {first:?}");
         // Either the session was closed, or it is in sync: the next reply is QUIT's, so the
         // smuggled commands were never run.
         if c.try_send(b"QUIT\r\n").await {
             let next = c.reply().await;
-            assert!(
-                next.is_empty() || next == "221 2.0.0 Bye",
-                "{name}: {next:?}"
-            );
+            assert!(next.is_empty() || next == "221 2.0.0 Bye", "{name}: {next:?}");
         }
     }
     assert!(relay.spooled().is_empty(), "nothing accepted");

@@ -43,16 +43,9 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
     let relay = TestRelay::start(POLICY).await;
     let original = fixture("multipart-attachment.eml");
     let external = ["zoe@client.test", "max@other.test", "jörg@beispiel.test"];
-    let internal = [
-        "ops@example.com",
-        "haendler@example.com",
-        "audit@example.com",
-    ];
+    let internal = ["ops@example.com", "haendler@example.com", "audit@example.com"];
     let all: Vec<&str> = external.iter().chain(&internal).copied().collect();
-    assert_eq!(
-        send(&relay, "shop@example.com", &all, &original).await,
-        Ok(250)
-    );
+    assert_eq!(send(&relay, "shop@example.com", &all, &original).await, Ok(250));
 
     let files = relay.wait_outbox(6).await;
     let (_, original_body) = split(&original);
@@ -62,15 +55,15 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
             .replace(
                 "To: \"Zoë Customer\" <zoe@client.test>, Max <max@other.test>, Ops <ops@example.com>\r\n\
                  Cc: \"Händler\" <haendler@example.com>\r\nBcc: audit@example.com\r\n",
-                &format!("To: {to}\r\nCc: Ops <ops@example.com>, {} <haendler@example.com>\r\n", b64("Händler")),
+                &format!(
+                    "To: {to}\r\nCc: Ops <ops@example.com>, {} <haendler@example.com>\r\n",
+                    b64("Händler")
+                ),
             )
             .replace("\r\n\r\n", "\r\nX-Bccguard: exploded\r\n\r\n")
     };
     for (rcpt, to) in [
-        (
-            "zoe@client.test",
-            format!("{} <zoe@client.test>", b64("Zoë Customer")),
-        ),
+        ("zoe@client.test", format!("{} <zoe@client.test>", b64("Zoë Customer"))),
         ("max@other.test", "Max <max@other.test>".to_string()),
         ("jörg@beispiel.test", "jörg@beispiel.test".to_string()),
     ] {
@@ -79,8 +72,7 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
         assert_eq!(String::from_utf8_lossy(head), rewritten(&to), "{rcpt}");
         assert_eq!(body, original_body, "{rcpt}: the body is byte-identical");
     }
-    let original_minus_bcc =
-        String::from_utf8_lossy(&original).replace("Bcc: audit@example.com\r\n", "");
+    let original_minus_bcc = String::from_utf8_lossy(&original).replace("Bcc: audit@example.com\r\n", "");
     for rcpt in internal {
         let copy = delivered_to(&files, rcpt);
         assert_eq!(
@@ -101,10 +93,7 @@ async fn undisclose_sends_one_copy_to_everyone() {
         "third@freemail.test",
         "boss@example.com",
     ];
-    assert_eq!(
-        send(&relay, "app@example.com", &rcpts, &original).await,
-        Ok(250)
-    );
+    assert_eq!(send(&relay, "app@example.com", &rcpts, &original).await, Ok(250));
     let files = relay.wait_outbox(4).await;
     let expected = String::from_utf8_lossy(&original)
         .replace(
@@ -113,11 +102,7 @@ async fn undisclose_sends_one_copy_to_everyone() {
         )
         .replace("\r\n\r\n", "\r\nX-Bccguard: undisclosed\r\n\r\n");
     for rcpt in rcpts {
-        assert_eq!(
-            String::from_utf8_lossy(&delivered_to(&files, rcpt)),
-            expected,
-            "{rcpt}"
-        );
+        assert_eq!(String::from_utf8_lossy(&delivered_to(&files, rcpt)), expected, "{rcpt}");
     }
     let names: std::collections::HashSet<_> = files
         .iter()
@@ -132,9 +117,7 @@ async fn reject_refuses_the_leak_and_the_session_goes_on() {
     let mut c = relay.client().await;
     c.cmd("EHLO c").await;
     let bulk = fixture("bulk-50.eml");
-    let rcpts: Vec<String> = (0..50)
-        .map(|i| format!("customer{i:02}@client.test"))
-        .collect();
+    let rcpts: Vec<String> = (0..50).map(|i| format!("customer{i:02}@client.test")).collect();
     let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
     let reply = c.transaction("support@example.com", &rcpts, &bulk).await;
     assert_eq!(
@@ -144,24 +127,13 @@ async fn reject_refuses_the_leak_and_the_session_goes_on() {
     );
     assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
     let reply = c
-        .transaction(
-            "alice@example.com",
-            &["bob@client.test"],
-            &fixture("conversation.eml"),
-        )
+        .transaction("alice@example.com", &["bob@client.test"], &fixture("conversation.eml"))
         .await;
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     let files = relay.wait_outbox(1).await;
     relay.wait_spool_empty().await;
-    assert_eq!(
-        relay.outbox_files().len(),
-        1,
-        "only the second message was delivered"
-    );
-    assert_eq!(
-        delivered_to(&files, "bob@client.test"),
-        fixture("conversation.eml")
-    );
+    assert_eq!(relay.outbox_files().len(), 1, "only the second message was delivered");
+    assert_eq!(delivered_to(&files, "bob@client.test"), fixture("conversation.eml"));
 }
 
 #[tokio::test]
@@ -169,10 +141,7 @@ async fn monitor_mode_decides_but_delivers_unchanged() {
     let relay = TestRelay::start(&format!("{POLICY}monitor = true\n")).await;
     let original = fixture("group.eml");
     let rcpts = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
-    assert_eq!(
-        send(&relay, "app@example.com", &rcpts, &original).await,
-        Ok(250)
-    );
+    assert_eq!(send(&relay, "app@example.com", &rcpts, &original).await, Ok(250));
     let files = relay.wait_outbox(3).await;
     for rcpt in rcpts {
         assert_eq!(delivered_to(&files, rcpt), original, "{rcpt}: unchanged");
@@ -184,22 +153,12 @@ async fn a_copy_bccguard_made_is_not_processed_again() {
     let relay = TestRelay::start(POLICY).await;
     let original = fixture("already-processed.eml");
     assert_eq!(
-        send(
-            &relay,
-            "app@example.com",
-            &["a@one.test", "b@two.test"],
-            &original
-        )
-        .await,
+        send(&relay, "app@example.com", &["a@one.test", "b@two.test"], &original).await,
         Ok(250)
     );
     let files = relay.wait_outbox(2).await;
     for rcpt in ["a@one.test", "b@two.test"] {
-        assert_eq!(
-            delivered_to(&files, rcpt),
-            original,
-            "{rcpt}: passed as it was"
-        );
+        assert_eq!(delivered_to(&files, rcpt), original, "{rcpt}: passed as it was");
     }
 }
 
@@ -220,13 +179,7 @@ async fn an_exploded_copy_sent_back_through_the_relay_passes_unchanged() {
     let copy = delivered_to(&relay.wait_outbox(2).await, "customer00@gmail.com");
     let second = TestRelay::start(POLICY).await;
     assert_eq!(
-        send(
-            &second,
-            "support@example.com",
-            &["customer00@gmail.com"],
-            &copy
-        )
-        .await,
+        send(&second, "support@example.com", &["customer00@gmail.com"], &copy).await,
         Ok(250)
     );
     let files = second.wait_outbox(1).await;

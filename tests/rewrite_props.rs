@@ -43,10 +43,7 @@ fn raw_mailbox(name: &Option<String>, addr: &str) -> String {
     match name {
         None => addr.to_string(),
         Some(n) if n.is_ascii() && n.len() < 200 && !n.chars().any(|c| c.is_control()) => {
-            format!(
-                "\"{}\" <{addr}>",
-                n.replace('\\', "\\\\").replace('"', "\\\"")
-            )
+            format!("\"{}\" <{addr}>", n.replace('\\', "\\\\").replace('"', "\\\""))
         }
         Some(n) => {
             let words: Vec<String> = n

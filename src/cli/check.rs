@@ -84,12 +84,8 @@ pub fn run(args: &CheckArgs, out: &mut impl Write, err: &mut impl Write) -> u8 {
 }
 
 fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
-    let config = args
-        .config
-        .load()
-        .map_err(|e| e.to_string().trim_end().to_string())?;
-    let raw = std::fs::read(&args.file)
-        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let config = args.config.load().map_err(|e| e.to_string().trim_end().to_string())?;
+    let raw = std::fs::read(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let message = crlf(&raw);
     let headers = Headers::parse(&message).map_err(|e| e.to_string())?;
     let policy = Policy::from_config(&config.policy);
@@ -112,9 +108,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
         sender: args.from.clone().unwrap_or_default(),
         recipients: recipients.len(),
         envelope_from_headers: from_headers,
-        reply: plan
-            .is_none()
-            .then(|| reply::leak_rejected(&decision).to_string()),
+        reply: plan.is_none().then(|| reply::leak_rejected(&decision).to_string()),
         transactions,
         decision,
     };
@@ -166,8 +160,7 @@ fn txn_report(
     rcpts: &[String],
 ) -> TxnReport {
     let block = rewrite::header_block(message, headers, plan, txn, rcpts);
-    let copy =
-        Headers::parse(&block).expect("a rewritten header block is smaller than the original");
+    let copy = Headers::parse(&block).expect("a rewritten header block is smaller than the original");
     let value = |kind: FieldKind| {
         let values: Vec<String> = copy
             .of_kind(kind)

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
 pub mod check;
+pub mod queue;
 mod table;
 
 /// Exit code for a usage, configuration or input error.
@@ -32,6 +33,9 @@ pub enum Command {
     /// Print the leak decision for a message file, and the copies it would make, without
     /// sending anything. Exit 0: no leak; 1: leak; 2: error.
     Check(check::CheckArgs),
+    /// Inspect and act on the queue: list, retry [ID], delete ID.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
 }
@@ -74,10 +78,7 @@ pub fn check_config(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write)
 pub fn hash_password(input: &mut impl BufRead, out: &mut impl Write, err: &mut impl Write) -> u8 {
     let mut line = String::new();
     if input.read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
-        let _ = writeln!(
-            err,
-            "bccguard hash-password: give the password on standard input"
-        );
+        let _ = writeln!(err, "bccguard hash-password: give the password on standard input");
         return EXIT_ERROR;
     }
     match crate::smtp::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {

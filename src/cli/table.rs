@@ -4,11 +4,7 @@ use std::io::{self, Write};
 
 /// Write `rows` under `header`, each column as wide as its widest cell (the last one not
 /// padded), two spaces between columns.
-pub fn write<const N: usize>(
-    out: &mut impl Write,
-    header: &[&str; N],
-    rows: &[[String; N]],
-) -> io::Result<()> {
+pub fn write<const N: usize>(out: &mut impl Write, header: &[&str; N], rows: &[[String; N]]) -> io::Result<()> {
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -42,11 +38,7 @@ mod tests {
         let mut out = Vec::new();
         let rows = [
             ["1".to_string(), "a@x.test".to_string(), "To: a".to_string()],
-            [
-                "10".to_string(),
-                "long@example.test".to_string(),
-                "-".to_string(),
-            ],
+            ["10".to_string(), "long@example.test".to_string(), "-".to_string()],
         ];
         super::write(&mut out, &["#", "RECIPIENT", "TO"], &rows).unwrap();
         assert_eq!(

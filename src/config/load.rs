@@ -55,12 +55,7 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        writeln!(
-            f,
-            "{}: {n} error{}",
-            self.origin,
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{}: {n} error{}", self.origin, if n == 1 { "" } else { "s" })?;
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
@@ -113,10 +108,7 @@ pub fn load(source: ConfigSource) -> Result<Config, ConfigErrors> {
         ConfigSource::Defaults => None,
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
-    load_str(text.as_deref(), &env).map_err(|errors| ConfigErrors {
-        origin: source,
-        errors,
-    })
+    load_str(text.as_deref(), &env).map_err(|errors| ConfigErrors { origin: source, errors })
 }
 
 /// Load and validate a configuration from TOML text (or none) and `(name, value)` variables.
@@ -164,12 +156,7 @@ fn apply_env(table: &mut Table, env: &[(String, String)]) -> HashMap<String, Ove
         if keys.iter().any(String::is_empty) {
             continue;
         }
-        match keys
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
+        match keys.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["upstream", "host"] => remove_key(table, &["upstream", "directory"]),
             ["upstream", "directory"] => remove_key(table, &["upstream", "host"]),
             _ => {}
@@ -194,9 +181,7 @@ fn set_key(table: &mut Table, keys: &[String], value: Value) {
     let (last, parents) = keys.split_last().expect("at least one key");
     let mut node = table;
     for key in parents {
-        let entry = node
-            .entry(key.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
+        let entry = node.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
         if !entry.is_table() {
             *entry = Value::Table(Table::new());
         }
@@ -215,10 +200,7 @@ fn remove_key(table: &mut Table, keys: &[&str]) {
 
 /// Deserialize, and on each error record it, drop the offending value (so its default
 /// applies) and try again, until the tree deserializes: every error is found in one pass.
-fn deserialize_all(
-    mut tree: Value,
-    overrides: &HashMap<String, Override>,
-) -> (Option<Config>, Vec<ConfigError>) {
+fn deserialize_all(mut tree: Value, overrides: &HashMap<String, Override>) -> (Option<Config>, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let mut retyped = Vec::new();
     loop {
@@ -251,10 +233,7 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
-fn parent_and_last<'a>(
-    tree: &'a mut Value,
-    segments: &[Segment],
-) -> Option<(&'a mut Value, Segment)> {
+fn parent_and_last<'a>(tree: &'a mut Value, segments: &[Segment]) -> Option<(&'a mut Value, Segment)> {
     let (last, parents) = segments.split_last()?;
     let mut node = tree;
     for segment in parents {
@@ -293,10 +272,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn errors(text: &str) -> Vec<String> {
@@ -312,9 +288,7 @@ mod tests {
         let c = load_str(Some(""), &[]).unwrap();
         assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:2525");
         assert_eq!(c.server.max_recipients, 1000);
-        assert!(
-            matches!(c.upstream.kind(), super::super::UpstreamKind::Directory(d) if d.as_os_str() == "outbox")
-        );
+        assert!(matches!(c.upstream.kind(), super::super::UpstreamKind::Directory(d) if d.as_os_str() == "outbox"));
     }
 
     #[test]
@@ -351,19 +325,13 @@ mod tests {
             ("BCCGUARD__UPSTREAM__TLS", "none"),
             ("BCCGUARD__UPSTREAM__USERNAME", "12345"),
             ("BCCGUARD__UPSTREAM__PASSWORD", "67890"),
-            (
-                "BCCGUARD__POLICY__INTERNAL_DOMAINS",
-                "[\"a.example\", \"b.example\"]",
-            ),
+            ("BCCGUARD__POLICY__INTERNAL_DOMAINS", "[\"a.example\", \"b.example\"]"),
             ("BCCGUARD__SERVER__MAX_RECIPIENTS", "50"),
             ("OTHER__SERVER__MAX_RECIPIENTS", "7"),
         ]);
         let c = load_str(Some("[upstream]\ndirectory = \"outbox\"\n"), &vars).unwrap();
         assert_eq!(c.upstream.host.as_deref(), Some("smtp.example.com"));
-        assert_eq!(
-            c.upstream.directory, None,
-            "env host replaces the file's directory"
-        );
+        assert_eq!(c.upstream.directory, None, "env host replaces the file's directory");
         assert_eq!(c.upstream.port(), 2587);
         assert_eq!(c.upstream.username.as_deref(), Some("12345"));
         assert_eq!(c.policy.internal_domains, ["a.example", "b.example"]);
@@ -376,9 +344,6 @@ mod tests {
         let errs = load_str(None, &vars).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "server.max_recipients");
-        assert!(
-            errs[0].message.contains("BCCGUARD__SERVER__MAX_RECIPIENTS"),
-            "{errs:?}"
-        );
+        assert!(errs[0].message.contains("BCCGUARD__SERVER__MAX_RECIPIENTS"), "{errs:?}");
     }
 }

@@ -234,9 +234,7 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             dir: "spool".into(),
-            retry: [60, 300, 900, 1800, 3600, 7200]
-                .map(Duration::secs)
-                .to_vec(),
+            retry: [60, 300, 900, 1800, 3600, 7200].map(Duration::secs).to_vec(),
             max_age: Duration::secs(5 * 24 * 3600),
         }
     }

@@ -22,9 +22,7 @@ impl FromStr for ByteSize {
         s.trim()
             .parse::<bytesize::ByteSize>()
             .map(|b| ByteSize(b.as_u64()))
-            .map_err(|_| {
-                format!("invalid size {s:?}: expected a number with a unit, like \"25MiB\"")
-            })
+            .map_err(|_| format!("invalid size {s:?}: expected a number with a unit, like \"25MiB\""))
     }
 }
 
@@ -82,9 +80,7 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, String> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| {
-                format!("invalid duration {s:?}: {e} (write it like \"30s\", \"5m\" or \"2h\")")
-            })
+            .map_err(|e| format!("invalid duration {s:?}: {e} (write it like \"30s\", \"5m\" or \"2h\")"))
     }
 }
 
@@ -134,11 +130,7 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         for (text, secs) in [("30s", 30), ("5m", 300), ("2h", 7200), ("5d", 432_000)] {
-            assert_eq!(
-                text.parse::<Duration>().unwrap(),
-                Duration::secs(secs),
-                "{text}"
-            );
+            assert_eq!(text.parse::<Duration>().unwrap(), Duration::secs(secs), "{text}");
         }
         assert!("5".parse::<Duration>().is_err());
         assert!("soon".parse::<Duration>().is_err());

@@ -18,10 +18,7 @@ impl Config {
         for (i, domain) in self.policy.internal_domains.iter().enumerate() {
             if normalize_domain(domain).is_none() {
                 let path = format!("policy.internal_domains[{i}]");
-                errors.push(ConfigError::new(
-                    path,
-                    format!("{domain:?} is not a domain name"),
-                ));
+                errors.push(ConfigError::new(path, format!("{domain:?} is not a domain name")));
             }
         }
         errors
@@ -30,10 +27,7 @@ impl Config {
 
 fn server(s: &ServerConfig, errors: &mut Vec<ConfigError>) {
     if s.listen.is_empty() {
-        errors.push(ConfigError::new(
-            "server.listen",
-            "at least one address is needed",
-        ));
+        errors.push(ConfigError::new("server.listen", "at least one address is needed"));
     }
     let valid_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
     if s.hostname.is_empty() || !s.hostname.chars().all(valid_name) {
@@ -50,10 +44,7 @@ fn server(s: &ServerConfig, errors: &mut Vec<ConfigError>) {
         }
     }
     if s.idle_timeout.0.is_zero() {
-        errors.push(ConfigError::new(
-            "server.idle_timeout",
-            "must be greater than 0",
-        ));
+        errors.push(ConfigError::new("server.idle_timeout", "must be greater than 0"));
     }
     if let Some(t) = &s.tls
         && let Err(e) = tls::load_server_config(t)
@@ -66,19 +57,13 @@ fn access(a: &AccessConfig, have_tls: bool, errors: &mut Vec<ConfigError>) {
     let mut names = HashSet::new();
     for (i, user) in a.users.iter().enumerate() {
         if user.name.is_empty() {
-            errors.push(ConfigError::new(
-                format!("access.users[{i}].name"),
-                "must not be empty",
-            ));
+            errors.push(ConfigError::new(format!("access.users[{i}].name"), "must not be empty"));
         } else if !names.insert(&user.name) {
             let message = format!("user {:?} is listed twice", user.name);
             errors.push(ConfigError::new(format!("access.users[{i}].name"), message));
         }
         if let Err(e) = auth::PasswordHash::parse(&user.password_hash) {
-            errors.push(ConfigError::new(
-                format!("access.users[{i}].password_hash"),
-                e,
-            ));
+            errors.push(ConfigError::new(format!("access.users[{i}].password_hash"), e));
         }
     }
     let auth_offered = have_tls || a.allow_plaintext_auth;
@@ -108,10 +93,7 @@ fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
         push("upstream.host", "must not be empty");
     }
     if u.password.is_some() && u.password_file.is_some() {
-        push(
-            "upstream.password",
-            "set either password or password_file, not both",
-        );
+        push("upstream.password", "set either password or password_file, not both");
     }
     let has_password = u.password.is_some() || u.password_file.is_some();
     if u.username.is_some() != has_password {
@@ -142,10 +124,7 @@ fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
     if let Some(path) = &u.ca_file
         && let Err(e) = std::fs::read(path)
     {
-        push(
-            "upstream.ca_file",
-            &format!("cannot read {}: {e}", path.display()),
-        );
+        push("upstream.ca_file", &format!("cannot read {}: {e}", path.display()));
     }
     if u.max_connections == 0 {
         push("upstream.max_connections", "must be greater than 0");
@@ -157,17 +136,11 @@ fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
 
 fn spool(s: &SpoolConfig, errors: &mut Vec<ConfigError>) {
     if s.retry.is_empty() {
-        errors.push(ConfigError::new(
-            "spool.retry",
-            "at least one interval is needed",
-        ));
+        errors.push(ConfigError::new("spool.retry", "at least one interval is needed"));
     }
     for (i, d) in s.retry.iter().enumerate() {
         if d.0.is_zero() {
-            errors.push(ConfigError::new(
-                format!("spool.retry[{i}]"),
-                "must be greater than 0",
-            ));
+            errors.push(ConfigError::new(format!("spool.retry[{i}]"), "must be greater than 0"));
         }
     }
 }
@@ -209,10 +182,7 @@ mod tests {
     fn users_need_a_valid_hash_and_a_way_to_be_offered_auth() {
         let errs = errors("[[access.users]]\nname = \"app\"\npassword_hash = \"plaintext\"\n");
         let joined = errs.join("\n");
-        assert!(
-            joined.contains("access.users[0].password_hash:"),
-            "{joined}"
-        );
+        assert!(joined.contains("access.users[0].password_hash:"), "{joined}");
         assert!(
             joined.contains("access.users: AUTH is offered only after STARTTLS"),
             "{joined}"
@@ -221,12 +191,7 @@ mod tests {
 
     #[test]
     fn missing_tls_files_are_named() {
-        let errs = errors(
-            "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
-        );
-        assert!(
-            errs.iter().any(|e| e.starts_with("server.tls.cert:")),
-            "{errs:?}"
-        );
+        let errs = errors("[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+        assert!(errs.iter().any(|e| e.starts_with("server.tls.cert:")), "{errs:?}");
     }
 }

@@ -38,13 +38,7 @@ impl DirectoryUpstream {
     }
 
     /// Write one file per recipient; a write error defers that recipient.
-    pub async fn send(
-        &self,
-        id: &QueueId,
-        sender: &str,
-        rcpts: &[(usize, &str)],
-        parts: &[Bytes],
-    ) -> Vec<Outcome> {
+    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
         let mut writes = JoinSet::new();
         for (slot, &(index, rcpt)) in rcpts.iter().enumerate() {
             let this = self.clone();
@@ -66,9 +60,7 @@ impl DirectoryUpstream {
             };
             outcomes[slot] = match result {
                 Ok(()) => Outcome::Delivered(format!("250 2.0.0 written to {name}")),
-                Err(e) => {
-                    Outcome::Deferred(format!("451 4.3.0 cannot write {name} to the outbox: {e}"))
-                }
+                Err(e) => Outcome::Deferred(format!("451 4.3.0 cannot write {name} to the outbox: {e}")),
             };
         }
         outcomes

@@ -27,7 +27,7 @@ pub struct Report<'a> {
     pub remote: &'a str,
     /// The original message's queue id.
     pub original_id: &'a QueueId,
-    /// When the original was accepted (Unix seconds).
+    /// When the original was accepted (Unix milliseconds).
     pub arrival: i64,
     /// The original sender (the notification's recipient).
     pub sender: &'a str,
@@ -38,7 +38,7 @@ pub struct Report<'a> {
 /// The notification message, CRLF line ends. `message` is the original as spooled.
 pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTime<Utc>) -> Vec<u8> {
     let boundary = format!("{dsn_id}/{}", report.hostname);
-    let arrival = Utc.timestamp_opt(report.arrival, 0).single().unwrap_or(now);
+    let arrival = Utc.timestamp_millis_opt(report.arrival).single().unwrap_or(now);
     let mut out = String::new();
     out.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\nTo: <{sender}>\r\n\
@@ -65,11 +65,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         } else {
             ""
         };
-        out.push_str(&format!(
-            "<{}>: {why}{}\r\n",
-            f.recipient,
-            one_line(&f.reply)
-        ));
+        out.push_str(&format!("<{}>: {why}{}\r\n", f.recipient, one_line(&f.reply)));
     }
     out.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -89,10 +85,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         if !report.remote.is_empty() {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", report.remote));
         }
-        out.push_str(&format!(
-            "Diagnostic-Code: smtp; {}\r\n",
-            one_line(&f.reply)
-        ));
+        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply)));
     }
     out.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
@@ -125,9 +118,7 @@ fn status_of(f: &Failure) -> String {
 
 /// Reply text on one line, without control characters.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// The original header block without To, Cc, Bcc and Resent-* fields (and without the empty
@@ -152,8 +143,7 @@ mod tests {
 
     #[test]
     fn the_report_names_only_the_failed_recipient() {
-        let message =
-            b"Received: x\r\nFrom: shop@example.com\r\nTo: a@x.test, b@y.test\r\nCc: c@z.test\r\n\
+        let message = b"Received: x\r\nFrom: shop@example.com\r\nTo: a@x.test, b@y.test\r\nCc: c@z.test\r\n\
             Subject: offer\r\n\r\nbody\r\n";
         let id = QueueId::generate();
         let failures = [Failure {
@@ -169,17 +159,12 @@ mod tests {
             sender: "shop@example.com",
             failures: &failures,
         };
-        let text =
-            String::from_utf8(build(&report, &QueueId::generate(), message, Utc::now())).unwrap();
+        let text = String::from_utf8(build(&report, &QueueId::generate(), message, Utc::now())).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
-        assert!(text.contains(
-            "\r\nFinal-Recipient: rfc822; b@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        ));
+        assert!(text.contains("\r\nFinal-Recipient: rfc822; b@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
         assert!(text.contains("Remote-MTA: dns; smtp.test:25\r\n"));
-        assert!(
-            text.contains("\r\nReceived: x\r\nFrom: shop@example.com\r\nSubject: offer\r\n\r\n--")
-        );
+        assert!(text.contains("\r\nReceived: x\r\nFrom: shop@example.com\r\nSubject: offer\r\n\r\n--"));
         assert!(
             !text.contains("a@x.test") && !text.contains("c@z.test"),
             "no other recipient: {text}"

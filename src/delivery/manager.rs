@@ -28,6 +28,9 @@ const MAX_PASSES: usize = 512;
 /// beyond it they are read back from the spool when their turn comes.
 const READY_IN_MEMORY: usize = 1024;
 
+/// Wait before a message whose pass panicked is tried again.
+const PANIC_WAIT: i64 = 60_000;
+
 /// Delivery settings.
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
@@ -80,26 +83,20 @@ impl Deliverer {
             state,
         };
         // After shutdown began the message simply stays spooled for the next start.
-        let _ = self
-            .tx
-            .send(Command::Submit(loaded.meta.id.clone(), loaded));
+        let _ = self.tx.send(Command::Submit(loaded.meta.id.clone(), loaded));
     }
 
     /// Try one message (or all) now, whatever their schedule; returns how many.
     pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, ManagerStopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Retry(id, tx))
-            .map_err(|_| ManagerStopped)?;
+        self.tx.send(Command::Retry(id, tx)).map_err(|_| ManagerStopped)?;
         rx.await.map_err(|_| ManagerStopped)
     }
 
     /// Remove a message from the queue; false if it is not there.
     pub async fn delete(&self, id: QueueId) -> Result<bool, ManagerStopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Delete(id, tx))
-            .map_err(|_| ManagerStopped)?;
+        self.tx.send(Command::Delete(id, tx)).map_err(|_| ManagerStopped)?;
         rx.await.map_err(|_| ManagerStopped)
     }
 }
@@ -169,10 +166,7 @@ impl Manager {
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             let sleep = async move {
                 match next_timer {
-                    Some(at) => {
-                        tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64))
-                            .await
-                    }
+                    Some(at) => tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -255,10 +249,21 @@ impl Manager {
             self.running += 1;
             let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
             self.tracker.spawn(async move {
+                let pass = {
+                    let id = id.clone();
+                    tokio::spawn(async move { pass::run(&ctx, &id, loaded, force).await })
+                };
+                let abort = pass.abort_handle();
                 let end = tokio::select! {
-                    end = pass::run(&ctx, &id, loaded, force) => end,
+                    end = pass => end.unwrap_or_else(|e| {
+                        error!(queue_id = %id, error = %e, "a delivery pass failed; trying again later");
+                        PassEnd::Later(now_ms() + PANIC_WAIT)
+                    }),
                     // Interrupted: the message stays spooled as it is.
-                    _ = hard.cancelled() => PassEnd::Later(now_ms()),
+                    _ = hard.cancelled() => {
+                        abort.abort();
+                        PassEnd::Later(now_ms())
+                    }
                 };
                 let _ = done.send((id, end));
             });
@@ -284,9 +289,7 @@ impl Manager {
         match (entry, end) {
             (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
             (_, PassEnd::Done | PassEnd::Gone) => {}
-            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => {
-                self.make_ready(id, None, true)
-            }
+            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => self.make_ready(id, None, true),
             (_, PassEnd::Later(at)) => self.schedule(id, at),
         }
         self.start_ready();

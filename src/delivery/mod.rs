@@ -80,13 +80,7 @@ impl Upstream {
 
     /// Deliver one copy (`parts` concatenated) to `rcpts` (envelope index, address): one
     /// outcome per recipient, in order.
-    pub async fn send(
-        &self,
-        id: &QueueId,
-        sender: &str,
-        rcpts: &[(usize, &str)],
-        parts: &[Bytes],
-    ) -> Vec<Outcome> {
+    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
         match self {
             Upstream::Directory(d) => d.send(id, sender, rcpts, parts).await,
             Upstream::Smtp(s) => {

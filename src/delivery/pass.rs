@@ -161,10 +161,7 @@ async fn attempt(
         let parts = [Bytes::from(head), body.clone()];
         let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
         sends.spawn(async move {
-            let rcpts: Vec<(usize, &str)> = pending
-                .iter()
-                .map(|&i| (i, meta.recipients[i].as_str()))
-                .collect();
+            let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
             let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &parts).await;
             (t, pending, outcomes)
         });
@@ -181,13 +178,7 @@ async fn attempt(
 
 /// Journal records for a chunk's outcomes: temporary failures are scheduled on
 /// `spool.retry`, or fail once the message is older than `spool.max_age`.
-fn records_for(
-    config: &DeliveryConfig,
-    meta: &Meta,
-    state: &State,
-    results: Vec<Attempted>,
-    now: i64,
-) -> Vec<Record> {
+fn records_for(config: &DeliveryConfig, meta: &Meta, state: &State, results: Vec<Attempted>, now: i64) -> Vec<Record> {
     let mut records = Vec::new();
     let expired = now - meta.received_at >= config.max_age.as_millis() as i64;
     for (txn, rcpts, outcomes) in results {

@@ -12,11 +12,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use super::Outcome;
 use crate::config::{Config, UpstreamTls};
@@ -43,6 +51,7 @@ pub struct SmtpUpstream {
     port: u16,
     mode: UpstreamTls,
     tls: Option<TlsParameters>,
+    implicit_tls: Option<TlsConnector>,
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
@@ -69,12 +78,17 @@ impl SmtpUpstream {
     pub fn from_config(config: &Config) -> Result<SmtpUpstream, SmtpSetupError> {
         let u = &config.upstream;
         let host = u.host.clone().unwrap_or_default();
-        let tls = match u.tls {
-            UpstreamTls::None => None,
-            UpstreamTls::Starttls | UpstreamTls::Tls => {
-                Some(tls_parameters(&host, u.ca_file.as_deref())?)
-            }
+        let extra_roots = match &u.ca_file {
+            Some(path) => read_ca_file(path)?,
+            None => Vec::new(),
         };
+        let tls = match u.tls {
+            UpstreamTls::Starttls => Some(tls_parameters(&host, &extra_roots)?),
+            UpstreamTls::None | UpstreamTls::Tls => None,
+        };
+        let implicit_tls = (u.tls == UpstreamTls::Tls)
+            .then(|| tls_connector(&extra_roots))
+            .transpose()?;
         let password = match (&u.password, &u.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(path)) => {
@@ -96,6 +110,7 @@ impl SmtpUpstream {
             host,
             mode: u.tls,
             tls,
+            implicit_tls,
             credentials,
             hello: ClientId::Domain(config.server.hostname.clone()),
             timeout: u.timeout.0,
@@ -111,11 +126,7 @@ impl SmtpUpstream {
 
     /// Deliver one copy to `rcpts`: one outcome per recipient, in order.
     pub async fn send(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Vec<Outcome> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         let attempt = async {
             match self.take_idle() {
                 Some(idle) => match self.on_connection(idle, sender, rcpts, parts).await {
@@ -140,12 +151,7 @@ impl SmtpUpstream {
         }
     }
 
-    async fn fresh(
-        &self,
-        sender: &str,
-        rcpts: &[&str],
-        parts: &[Bytes],
-    ) -> Result<Vec<Outcome>, Stop> {
+    async fn fresh(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Result<Vec<Outcome>, Stop> {
         let conn = self.connect().await?;
         match self
             .on_connection(
@@ -175,21 +181,29 @@ impl SmtpUpstream {
         None
     }
 
+    /// Open a connection: TCP with `TCP_NODELAY` (lettre writes the data and its final dot
+    /// separately; with Nagle's algorithm each message would wait for a delayed ACK), then
+    /// implicit TLS or STARTTLS, then AUTH.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Stop> {
-        let wrapper = (self.mode == UpstreamTls::Tls)
-            .then(|| self.tls.clone())
-            .flatten();
-        let deferred =
-            |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&self.describe(), &e));
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(self.timeout),
-            &self.hello,
-            wrapper,
-            None,
-        )
-        .await
-        .map_err(deferred)?;
+        let remote = self.describe();
+        let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| io_err("connect", e))?;
+        tcp.set_nodelay(true).map_err(|e| io_err("connect", e))?;
+        let stream: Box<dyn AsyncTokioStream> = match &self.implicit_tls {
+            Some(connector) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| Stop::All(Outcome::Deferred(format!("{remote}: {e}"))))?;
+                let tls = connector.connect(name, tcp).await.map_err(|e| io_err("TLS", e))?;
+                Box::new(TlsSocket(tls))
+            }
+            None => Box::new(tcp),
+        };
+        let deferred = |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&remote, &e));
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+            .await
+            .map_err(deferred)?;
         if self.mode == UpstreamTls::Starttls {
             let params = self.tls.clone().expect("starttls has TLS parameters");
             conn.starttls(params, &self.hello).await.map_err(deferred)?;
@@ -313,24 +327,84 @@ fn outcome_of_error(upstream: &str, e: &lettre::transport::smtp::Error) -> Outco
     }
 }
 
-fn tls_parameters(
-    host: &str,
-    ca_file: Option<&std::path::Path>,
-) -> Result<TlsParameters, SmtpSetupError> {
+/// Certificates from `upstream.ca_file`, as DER.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, SmtpSetupError> {
+    let err = |message: String| SmtpSetupError {
+        key: "upstream.ca_file",
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("bad PEM in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(err(format!("no certificate in {}", path.display())));
+    }
+    Ok(certs)
+}
+
+/// STARTTLS parameters: the webpki roots plus the extra ones.
+fn tls_parameters(host: &str, extra_roots: &[CertificateDer<'static>]) -> Result<TlsParameters, SmtpSetupError> {
     let mut builder = TlsParameters::builder(host.to_string());
-    if let Some(path) = ca_file {
-        let err = |message: String| SmtpSetupError {
+    for der in extra_roots {
+        let cert = Certificate::from_der(der.to_vec()).map_err(|e| SmtpSetupError {
             key: "upstream.ca_file",
-            message,
-        };
-        let pem =
-            std::fs::read(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-        let cert = Certificate::from_pem(&pem)
-            .map_err(|e| err(format!("bad certificate in {}: {e}", path.display())))?;
+            message: e.to_string(),
+        })?;
         builder = builder.add_root_certificate(cert);
     }
     builder.build().map_err(|e| SmtpSetupError {
         key: "upstream.host",
         message: e.to_string(),
     })
+}
+
+/// Implicit TLS: the same trust anchors, with bccguard's crypto provider.
+fn tls_connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsConnector, SmtpSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in extra_roots {
+        roots.add(der.clone()).map_err(|e| SmtpSetupError {
+            key: "upstream.ca_file",
+            message: e.to_string(),
+        })?;
+    }
+    let config = ClientConfig::builder_with_provider(crate::smtp::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SmtpSetupError {
+            key: "upstream.tls",
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// An implicit-TLS socket as lettre's stream type (lettre sees a plain stream; the TLS is
+/// ours).
+#[derive(Debug)]
+struct TlsSocket(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncTokioStream for TlsSocket {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

@@ -40,11 +40,7 @@ fn unquote(local: &str) -> String {
             let mut out = String::with_capacity(inner.len());
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
-                out.push(if c == '\\' {
-                    chars.next().unwrap_or('\\')
-                } else {
-                    c
-                });
+                out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
             }
             out
         }
@@ -54,10 +50,8 @@ fn unquote(local: &str) -> String {
 
 /// RFC 5322 dot-atom, with non-ASCII allowed as in RFC 6532.
 fn is_dot_atom(s: &str) -> bool {
-    let atext =
-        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
-    s.split('.')
-        .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
 /// The local part and domain of a canonical address.

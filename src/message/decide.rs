@@ -93,16 +93,9 @@ impl fmt::Display for Decision {
             Reason::WithinLimit => {
                 write!(f, "{n} external address{s} visible, at most {max} allowed")
             }
-            Reason::TooManyVisible => write!(
-                f,
-                "{n} external address{s} visible, more than {max} allowed"
-            ),
+            Reason::TooManyVisible => write!(f, "{n} external address{s} visible, more than {max} allowed"),
             Reason::Unparseable { fields } => {
-                write!(
-                    f,
-                    "{} cannot be parsed, so what it shows is unknown",
-                    fields.join(", ")
-                )
+                write!(f, "{} cannot be parsed, so what it shows is unknown", fields.join(", "))
             }
         }
     }
@@ -120,23 +113,14 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
     let (leak, reason) = if headers.already_processed() {
         (false, Reason::AlreadyProcessed)
     } else if !unparseable.is_empty() {
-        (
-            true,
-            Reason::Unparseable {
-                fields: unparseable,
-            },
-        )
+        (true, Reason::Unparseable { fields: unparseable })
     } else if exposure > policy.max_visible_external {
         (true, Reason::TooManyVisible)
     } else {
         (false, Reason::WithinLimit)
     };
     let monitor = leak && policy.monitor;
-    let action = if leak && !monitor {
-        policy.action
-    } else {
-        Action::Pass
-    };
+    let action = if leak && !monitor { policy.action } else { Action::Pass };
     Decision {
         leak,
         action,

@@ -12,10 +12,7 @@ pub fn normalize_domain(domain: &str) -> Option<String> {
     }
     let ascii = idna::domain_to_ascii(domain).ok()?;
     let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     ascii.split('.').all(label_ok).then_some(ascii)
 }
@@ -30,10 +27,7 @@ impl InternalDomains {
     /// Build the set from configured names; names that are not domains are skipped (the
     /// configuration check reports them).
     pub fn new<S: AsRef<str>>(names: &[S]) -> Self {
-        let domains = names
-            .iter()
-            .filter_map(|n| normalize_domain(n.as_ref()))
-            .collect();
+        let domains = names.iter().filter_map(|n| normalize_domain(n.as_ref())).collect();
         InternalDomains { domains }
     }
 
@@ -59,26 +53,14 @@ mod tests {
 
     #[test]
     fn domains_normalize_to_ascii_lowercase() {
-        assert_eq!(
-            normalize_domain("Example.COM").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            normalize_domain("example.com.").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            normalize_domain("bücher.de").as_deref(),
-            Some("xn--bcher-kva.de")
-        );
+        assert_eq!(normalize_domain("Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(normalize_domain("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(normalize_domain("bücher.de").as_deref(), Some("xn--bcher-kva.de"));
         assert_eq!(
             normalize_domain("XN--BCHER-KVA.de").as_deref(),
             Some("xn--bcher-kva.de")
         );
-        assert_eq!(
-            normalize_domain("[192.0.2.1]").as_deref(),
-            Some("[192.0.2.1]")
-        );
+        assert_eq!(normalize_domain("[192.0.2.1]").as_deref(), Some("[192.0.2.1]"));
         for bad in ["", "a b.com", "a..b", "x@y", "a\u{0}b.com"] {
             assert!(normalize_domain(bad).is_none(), "{bad:?}");
         }

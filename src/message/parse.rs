@@ -52,10 +52,7 @@ impl FieldKind {
 
     /// Whether this is one of the Resent-* fields.
     pub fn is_resent(self) -> bool {
-        matches!(
-            self,
-            FieldKind::ResentTo | FieldKind::ResentCc | FieldKind::ResentBcc
-        )
+        matches!(self, FieldKind::ResentTo | FieldKind::ResentCc | FieldKind::ResentBcc)
     }
 
     fn of(name: &HeaderName<'_>) -> Option<FieldKind> {
@@ -128,11 +125,7 @@ impl Headers {
         let mut fields = Vec::new();
         let mut mark = None;
         if let Some(parsed) = MessageParser::new().parse(block) {
-            let headers = parsed
-                .parts
-                .first()
-                .map(|p| p.headers.as_slice())
-                .unwrap_or_default();
+            let headers = parsed.parts.first().map(|p| p.headers.as_slice()).unwrap_or_default();
             for header in headers {
                 let Some(kind) = FieldKind::of(&header.name) else {
                     continue;
@@ -238,10 +231,7 @@ impl Collector {
         }
         // An address written in a display name or comment is visible too.
         for address in name.into_iter().flat_map(addresses_in_text) {
-            self.mailboxes.push(Mailbox {
-                name: None,
-                address,
-            });
+            self.mailboxes.push(Mailbox { name: None, address });
         }
     }
 }

@@ -60,10 +60,7 @@ pub fn mailbox(m: &Mailbox) -> Vec<String> {
 
 /// Control characters (CR, LF, NUL, TAB, ...) become spaces; runs of space collapse.
 fn clean_name(name: &str) -> String {
-    let spaced: String = name
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let spaced: String = name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     spaced.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -72,17 +69,10 @@ fn clean_name(name: &str) -> String {
 /// into something else later.
 fn phrase(name: &str) -> Vec<String> {
     let plain = name.is_ascii() && name.len() <= MAX_PLAIN_NAME && !name.contains("=?");
-    if plain
-        && name
-            .split(' ')
-            .all(|w| !w.is_empty() && w.chars().all(is_atext))
-    {
+    if plain && name.split(' ').all(|w| !w.is_empty() && w.chars().all(is_atext)) {
         name.split(' ').map(str::to_string).collect()
     } else if plain {
-        vec![format!(
-            "\"{}\"",
-            name.replace('\\', "\\\\").replace('"', "\\\"")
-        )]
+        vec![format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))]
     } else {
         encoded_words(name)
     }
@@ -126,14 +116,8 @@ mod tests {
     fn names_are_written_as_atoms_quoted_or_encoded() {
         assert_eq!(to(None, "a@x.test"), "To: a@x.test\r\n");
         assert_eq!(to(None, "\"a b\"@x.test"), "To: <\"a b\"@x.test>\r\n");
-        assert_eq!(
-            to(Some("Bob Smith"), "b@x.test"),
-            "To: Bob Smith <b@x.test>\r\n"
-        );
-        assert_eq!(
-            to(Some("Smith, Bob"), "b@x.test"),
-            "To: \"Smith, Bob\" <b@x.test>\r\n"
-        );
+        assert_eq!(to(Some("Bob Smith"), "b@x.test"), "To: Bob Smith <b@x.test>\r\n");
+        assert_eq!(to(Some("Smith, Bob"), "b@x.test"), "To: \"Smith, Bob\" <b@x.test>\r\n");
         assert_eq!(
             to(Some("say \"hi\""), "b@x.test"),
             "To: \"say \\\"hi\\\"\" <b@x.test>\r\n"

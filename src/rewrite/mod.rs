@@ -84,10 +84,7 @@ fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<
             };
             (encode::mailbox(&mailbox), MARK_EXPLODED)
         }
-        Rewrite::Undisclose => (
-            vec!["undisclosed-recipients:;".to_string()],
-            MARK_UNDISCLOSED,
-        ),
+        Rewrite::Undisclose => (vec!["undisclosed-recipients:;".to_string()], MARK_UNDISCLOSED),
     };
     let to_and_cc = |to_name: &str, cc_name: &str, cc: &[Mailbox]| {
         let mut text = encode::field(to_name, std::slice::from_ref(&to));

@@ -26,11 +26,7 @@ fn copies(message: &str, recipients: &[&str], policy: &Policy) -> Vec<(Vec<Strin
         .map(|t| {
             let mut copy = header_block(message, &headers, &plan, t, &recipients);
             copy.extend_from_slice(&message[headers.body_start..]);
-            let rcpts = t
-                .recipients
-                .iter()
-                .map(|&i| recipients[i].clone())
-                .collect();
+            let rcpts = t.recipients.iter().map(|&i| recipients[i].clone()).collect();
             (rcpts, String::from_utf8(copy).unwrap())
         })
         .collect()
@@ -52,15 +48,8 @@ fn explode_gives_each_external_recipient_a_copy_addressed_to_them_alone() {
         "x@d.test",
     ];
     let out = copies(BULK, &rcpts, &policy(Action::Explode, true));
-    assert_eq!(
-        out.len(),
-        5,
-        "one for the internal recipients, one per external"
-    );
-    assert_eq!(
-        out[0].0,
-        ["boss@example.com", "team@example.com", "audit@example.com"]
-    );
+    assert_eq!(out.len(), 5, "one for the internal recipients, one per external");
+    assert_eq!(out[0].0, ["boss@example.com", "team@example.com", "audit@example.com"]);
     assert_eq!(
         out[0].1,
         BULK.replace("Bcc: audit@example.com\r\n", ""),
@@ -153,21 +142,13 @@ fn repeated_and_folded_to_fields_become_one() {
 fn a_message_without_address_fields_or_body_still_gets_to() {
     let message = "Subject: s\r\nTo: bob\r\n";
     let out = copies(message, &["a@x.test"], &policy(Action::Explode, true));
-    assert_eq!(
-        out[0].1,
-        "Subject: s\r\nTo: a@x.test\r\nX-Bccguard: exploded\r\n"
-    );
+    assert_eq!(out[0].1, "Subject: s\r\nTo: a@x.test\r\nX-Bccguard: exploded\r\n");
 }
 
 #[test]
 fn a_name_that_shows_another_address_is_dropped() {
-    let message =
-        "To: \"carol@c.test\" <alice@a.test>, \"bob@b.test\" <bob@b.test>\r\n\r\nbody\r\n";
-    let out = copies(
-        message,
-        &["alice@a.test", "bob@b.test"],
-        &policy(Action::Explode, true),
-    );
+    let message = "To: \"carol@c.test\" <alice@a.test>, \"bob@b.test\" <bob@b.test>\r\n\r\nbody\r\n";
+    let out = copies(message, &["alice@a.test", "bob@b.test"], &policy(Action::Explode, true));
     assert!(out[0].1.starts_with("To: alice@a.test\r\n"), "{}", out[0].1);
     assert!(
         out[1].1.starts_with("To: \"bob@b.test\" <bob@b.test>\r\n"),

@@ -28,19 +28,18 @@ impl PasswordHash {
         } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| s.starts_with(p)) && s.len() == 60 {
             Ok(PasswordHash::Bcrypt(s.to_string()))
         } else {
-            Err(
-                "expected an argon2 ($argon2id$...) or bcrypt ($2b$...) hash; \
+            Err("expected an argon2 ($argon2id$...) or bcrypt ($2b$...) hash; \
                  make one with `bccguard hash-password`"
-                    .into(),
-            )
+                .into())
         }
     }
 
     /// Whether `password` matches. Slow by design: call it off the async threads.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
-            PasswordHash::Argon2(s) => argon2::PasswordHash::new(s)
-                .is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok()),
+            PasswordHash::Argon2(s) => {
+                argon2::PasswordHash::new(s).is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
+            }
             PasswordHash::Bcrypt(s) => bcrypt::verify(password, s).unwrap_or(false),
         }
     }
@@ -68,9 +67,7 @@ impl Users {
             .iter()
             .filter_map(|u| Some((u.name.clone(), PasswordHash::parse(&u.password_hash).ok()?)))
             .collect();
-        Users {
-            users: Arc::new(users),
-        }
+        Users { users: Arc::new(users) }
     }
 
     /// Whether any account exists.
@@ -96,9 +93,7 @@ impl Users {
 
 fn dummy_hash() -> &'static PasswordHash {
     static DUMMY: std::sync::OnceLock<PasswordHash> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        PasswordHash::Argon2(hash_password("bccguard-dummy").expect("argon2 hashes a constant"))
-    })
+    DUMMY.get_or_init(|| PasswordHash::Argon2(hash_password("bccguard-dummy").expect("argon2 hashes a constant")))
 }
 
 /// A user name and password from AUTH.
@@ -155,10 +150,7 @@ mod tests {
     #[test]
     fn plain_responses_decode() {
         let creds = decode_plain(&BASE64.encode("\0app\0s3cret")).unwrap();
-        assert_eq!(
-            (creds.user.as_str(), creds.password.as_str()),
-            ("app", "s3cret")
-        );
+        assert_eq!((creds.user.as_str(), creds.password.as_str()), ("app", "s3cret"));
         assert!(decode_plain(&BASE64.encode("app\0app\0pw")).is_some());
         assert!(decode_plain(&BASE64.encode("other\0app\0pw")).is_none());
         assert!(decode_plain(&BASE64.encode("\0\0pw")).is_none());

@@ -197,14 +197,8 @@ mod tests {
 
     #[test]
     fn nul_is_flagged_at_the_end() {
-        assert_eq!(
-            run(&[b"a\r\n\0.\r\n.\r\n"], 100).0,
-            DataEvent::End(DataOutcome::Nul)
-        );
-        assert_eq!(
-            run(&[b"a\r\n.\0\r\n.\r\n"], 100).0,
-            DataEvent::End(DataOutcome::Nul)
-        );
+        assert_eq!(run(&[b"a\r\n\0.\r\n.\r\n"], 100).0, DataEvent::End(DataOutcome::Nul));
+        assert_eq!(run(&[b"a\r\n.\0\r\n.\r\n"], 100).0, DataEvent::End(DataOutcome::Nul));
     }
 
     #[test]

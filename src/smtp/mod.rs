@@ -52,8 +52,7 @@ impl Access {
         let users = Users::new(&config.access.users);
         let params = SessionParams {
             hostname: config.server.hostname.clone(),
-            max_message_size: usize::try_from(config.server.max_message_size.0)
-                .unwrap_or(usize::MAX),
+            max_message_size: usize::try_from(config.server.max_message_size.0).unwrap_or(usize::MAX),
             max_recipients: config.server.max_recipients,
             tls_available,
             relay_networks: config.access.relay_networks.clone(),
@@ -111,21 +110,11 @@ impl Frontend {
 
 /// Accept connections on every listener until the soft shutdown; each session runs on the
 /// tracker so the caller can wait for them to drain.
-pub async fn serve(
-    listeners: Vec<TcpListener>,
-    front: Arc<Frontend>,
-    shutdown: Shutdown,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listeners: Vec<TcpListener>, front: Arc<Frontend>, shutdown: Shutdown, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(front.max_connections));
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (front, shutdown, tracker, limit) = (
-            front.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-            limit.clone(),
-        );
+        let (front, shutdown, tracker, limit) = (front.clone(), shutdown.clone(), tracker.clone(), limit.clone());
         loops.spawn(accept_loop(listener, front, shutdown, tracker, limit));
     }
     while loops.join_next().await.is_some() {}

@@ -106,20 +106,11 @@ pub const READY_FOR_TLS: Reply = Reply::new(220, Status(2, 0, 0), "Ready to star
 pub const AUTH_OK: Reply = Reply::new(235, Status(2, 7, 0), "Authentication successful");
 
 /// 421 when `server.max_connections` sessions are already open.
-pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(
-    421,
-    Status(4, 7, 0),
-    "Too many connections, try again later",
-);
+pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, Status(4, 7, 0), "Too many connections, try again later");
 /// 421 when the client was silent for `server.idle_timeout`.
-pub const IDLE_TIMEOUT: Reply =
-    Reply::new(421, Status(4, 4, 2), "Idle timeout, closing connection");
+pub const IDLE_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Idle timeout, closing connection");
 /// 421 when the relay is shutting down.
-pub const SHUTTING_DOWN: Reply = Reply::new(
-    421,
-    Status(4, 3, 2),
-    "Service shutting down, try again later",
-);
+pub const SHUTTING_DOWN: Reply = Reply::new(421, Status(4, 3, 2), "Service shutting down, try again later");
 /// 421 after repeated AUTH failures.
 pub const TOO_MANY_AUTH_FAILURES: Reply = Reply::new(
     421,
@@ -148,11 +139,7 @@ pub const BAD_SENDER: Reply = Reply::new(501, Status(5, 1, 7), "Bad sender addre
 /// 501 to a malformed recipient address.
 pub const BAD_RECIPIENT: Reply = Reply::new(501, Status(5, 1, 3), "Bad recipient address syntax");
 /// 501 to an AUTH response that is not base64 or not well formed.
-pub const BAD_AUTH_RESPONSE: Reply = Reply::new(
-    501,
-    Status(5, 5, 2),
-    "Cannot decode the authentication response",
-);
+pub const BAD_AUTH_RESPONSE: Reply = Reply::new(501, Status(5, 5, 2), "Cannot decode the authentication response");
 /// 501 when the client cancels AUTH with `*`.
 pub const AUTH_CANCELLED: Reply = Reply::new(501, Status(5, 7, 0), "Authentication cancelled");
 /// 502 to commands bccguard does not implement.
@@ -168,22 +155,13 @@ pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, Status(5, 5, 1), "TLS alre
 /// 503 to AUTH once authenticated.
 pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, Status(5, 5, 1), "Already authenticated");
 /// 503 to AUTH inside a transaction.
-pub const AUTH_IN_TRANSACTION: Reply = Reply::new(
-    503,
-    Status(5, 5, 1),
-    "AUTH not allowed during a mail transaction",
-);
+pub const AUTH_IN_TRANSACTION: Reply = Reply::new(503, Status(5, 5, 1), "AUTH not allowed during a mail transaction");
 /// 504 to an AUTH mechanism other than PLAIN and LOGIN.
-pub const UNKNOWN_MECHANISM: Reply = Reply::new(
-    504,
-    Status(5, 5, 4),
-    "Unrecognized authentication mechanism",
-);
+pub const UNKNOWN_MECHANISM: Reply = Reply::new(504, Status(5, 5, 4), "Unrecognized authentication mechanism");
 /// 530 to MAIL when `access.require_auth` is set and the client has not authenticated.
 pub const AUTH_REQUIRED: Reply = Reply::new(530, Status(5, 7, 0), "Authentication required");
 /// 535 to bad credentials.
-pub const AUTH_FAILED: Reply =
-    Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid");
+pub const AUTH_FAILED: Reply = Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid");
 /// 538 to AUTH without TLS when plaintext AUTH is not allowed.
 pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
     538,
@@ -193,14 +171,9 @@ pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
 /// 550 to RCPT from a client that may not relay.
 pub const RELAY_DENIED: Reply = Reply::new(550, Status(5, 7, 1), "Relaying denied");
 /// 552 to SIZE= or data over `server.max_message_size`.
-pub const MESSAGE_TOO_BIG: Reply = Reply::new(
-    552,
-    Status(5, 3, 4),
-    "Message size exceeds fixed maximum message size",
-);
+pub const MESSAGE_TOO_BIG: Reply = Reply::new(552, Status(5, 3, 4), "Message size exceeds fixed maximum message size");
 /// 552 to a message whose header block is too large to inspect.
-pub const HEADERS_TOO_LARGE: Reply =
-    Reply::new(552, Status(5, 3, 4), "Message header block too large");
+pub const HEADERS_TOO_LARGE: Reply = Reply::new(552, Status(5, 3, 4), "Message header block too large");
 /// 553 to a non-ASCII address without SMTPUTF8.
 pub const NEED_SMTPUTF8: Reply = Reply::new(
     553,
@@ -216,17 +189,10 @@ pub const BARE_LINE_ENDING: Reply = Reply::new(
     "Bare CR or LF not allowed: lines must end with CRLF; closing connection",
 );
 /// 554 to a message holding a NUL byte.
-pub const NUL_IN_DATA: Reply = Reply::new(
-    554,
-    Status(5, 6, 0),
-    "Message contains NUL characters, refused",
-);
+pub const NUL_IN_DATA: Reply = Reply::new(554, Status(5, 6, 0), "Message contains NUL characters, refused");
 /// 555 to a MAIL or RCPT parameter bccguard does not support.
-pub const UNSUPPORTED_PARAMETER: Reply = Reply::new(
-    555,
-    Status(5, 5, 4),
-    "Parameter not recognized or not implemented",
-);
+pub const UNSUPPORTED_PARAMETER: Reply =
+    Reply::new(555, Status(5, 5, 4), "Parameter not recognized or not implemented");
 
 /// 220 greeting.
 pub fn greeting(hostname: &str) -> Reply {

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use ipnet::IpNet;
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo,
-    Request,
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request,
 };
 
 use super::auth::{self, Credentials};
@@ -218,10 +217,7 @@ impl Session {
 
     fn end_of_data(&mut self, outcome: DataOutcome) -> Step {
         self.state = State::Command;
-        let tx = self
-            .tx
-            .take()
-            .expect("DATA is only entered inside a transaction");
+        let tx = self.tx.take().expect("DATA is only entered inside a transaction");
         match outcome {
             DataOutcome::TooBig => Step::Reply(reply::MESSAGE_TOO_BIG),
             DataOutcome::Nul => Step::Reply(reply::NUL_IN_DATA),
@@ -293,9 +289,7 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.params.auth_enabled
-            && self.user.is_none()
-            && (self.tls || self.params.allow_plaintext_auth)
+        self.params.auth_enabled && self.user.is_none() && (self.tls || self.params.allow_plaintext_auth)
     }
 
     fn may_relay(&self) -> bool {
@@ -438,9 +432,7 @@ impl Session {
 
     fn login_user(&mut self, response: &str) -> Step {
         match auth::decode_response(response) {
-            Some(user) if !user.is_empty() => {
-                self.challenge(Sasl::LoginPassword(user), "Password:")
-            }
+            Some(user) if !user.is_empty() => self.challenge(Sasl::LoginPassword(user), "Password:"),
             _ => Step::Reply(reply::BAD_AUTH_RESPONSE),
         }
     }
@@ -479,9 +471,7 @@ fn declared_size(line: &[u8]) -> Option<u128> {
             value
                 .bytes()
                 .take_while(u8::is_ascii_digit)
-                .fold(0u128, |n, d| {
-                    n.saturating_mul(10).saturating_add(u128::from(d - b'0'))
-                })
+                .fold(0u128, |n, d| n.saturating_mul(10).saturating_add(u128::from(d - b'0')))
         })
     })
 }

@@ -38,17 +38,10 @@ pub fn load_server_config(config: &ServerTlsConfig) -> Result<Arc<ServerConfig>,
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(format!("bad PEM in {}: {e}", config.cert.display())))?;
     if certs.is_empty() {
-        return Err(cert_err(format!(
-            "no certificate in {}",
-            config.cert.display()
-        )));
+        return Err(cert_err(format!("no certificate in {}", config.cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-        key_err(format!(
-            "no usable private key in {}: {e}",
-            config.key.display()
-        ))
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|e| key_err(format!("no usable private key in {}: {e}", config.key.display())))?;
     let server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| cert_err(e.to_string()))?

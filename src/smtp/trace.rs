@@ -38,11 +38,7 @@ fn sanitize_helo(helo: &str) -> String {
             }
         })
         .collect();
-    if clean.is_empty() {
-        "unknown".into()
-    } else {
-        clean
-    }
+    if clean.is_empty() { "unknown".into() } else { clean }
 }
 
 #[cfg(test)]

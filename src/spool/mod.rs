@@ -88,12 +88,7 @@ impl SpoolPaths {
         let mut ids: Vec<QueueId> = match fs::read_dir(self.queue()) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(".msg")
-                        .and_then(QueueId::parse)
-                })
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".msg").and_then(QueueId::parse))
                 .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
@@ -118,9 +113,7 @@ impl SpoolPaths {
         File::open(self.message_file(id))?.read_to_end(&mut data)?;
         let data = Bytes::from(data);
         let newline = memchr::memchr(b'\n', &data).ok_or_else(|| corrupt("no envelope line"))?;
-        let meta = parse_meta(
-            std::str::from_utf8(&data[..newline]).map_err(|_| corrupt("envelope is not UTF-8"))?,
-        )?;
+        let meta = parse_meta(std::str::from_utf8(&data[..newline]).map_err(|_| corrupt("envelope is not UTF-8"))?)?;
         let state = State::replay(&meta, &self.journal(id)?);
         Ok((meta, data.slice(newline + 1..), state))
     }
@@ -133,10 +126,7 @@ impl SpoolPaths {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
     /// Append records to a message's journal and fsync it (and, when the journal is new, the
@@ -247,9 +237,7 @@ impl Spool {
                 pid,
             });
         };
-        let _ = lock
-            .set_len(0)
-            .and_then(|()| write!(lock, "{}", std::process::id()));
+        let _ = lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id()));
         let sync = DirSync::new(paths.queue());
         Ok(Spool {
             paths,

@@ -149,6 +149,8 @@ pub struct State {
     pub rcpts: Vec<RcptState>,
     /// Per plan transaction.
     pub txns: Vec<TxnState>,
+    /// The most recent reply or error of any attempt.
+    pub last_reply: Option<String>,
 }
 
 /// How a transaction stands, for listings.
@@ -168,6 +170,7 @@ impl State {
         State {
             rcpts: vec![RcptState::Pending; meta.recipients.len()],
             txns: vec![TxnState::default(); meta.plan.transactions.len()],
+            last_reply: None,
         }
     }
 
@@ -192,10 +195,7 @@ impl State {
         match record {
             Record::Delivered { rcpts, .. } => set(&mut self.rcpts, rcpts, RcptState::Delivered),
             Record::Failed {
-                rcpts,
-                reply,
-                expired,
-                ..
+                rcpts, reply, expired, ..
             } => {
                 let failed = RcptState::Failed {
                     reply: reply.clone(),
@@ -228,10 +228,14 @@ impl State {
             }
             Record::Retry { at } => self.txns.iter_mut().for_each(|t| t.next = t.next.min(*at)),
         }
-        if let Record::Delivered { txn, reply, .. } | Record::Failed { txn, reply, .. } = record
-            && let Some(t) = self.txns.get_mut(*txn)
+        if let Record::Delivered { txn, reply, .. }
+        | Record::Failed { txn, reply, .. }
+        | Record::Deferred { txn, reply, .. } = record
         {
-            t.last_reply = Some(reply.clone());
+            if let Some(t) = self.txns.get_mut(*txn) {
+                t.last_reply = Some(reply.clone());
+            }
+            self.last_reply = Some(reply.clone());
         }
     }
 
@@ -269,12 +273,9 @@ impl State {
 
     /// Every recipient delivered or failed, and every failure reported.
     pub fn is_done(&self) -> bool {
-        self.rcpts.iter().all(|r| {
-            matches!(
-                r,
-                RcptState::Delivered | RcptState::Failed { bounced: true, .. }
-            )
-        })
+        self.rcpts
+            .iter()
+            .all(|r| matches!(r, RcptState::Delivered | RcptState::Failed { bounced: true, .. }))
     }
 
     /// How transaction `txn` stands.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,21 +36,43 @@ impl TestRelay {
 
     /// Start a relay with a configuration already built (see [`test_config`]).
     pub async fn start_with(config: Config, dir: tempfile::TempDir) -> TestRelay {
+        if std::env::var_os("BCCGUARD_TEST_LOG").is_some() {
+            bccguard::logging::init(&config.log);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(bccguard::run(
-            config.clone(),
-            vec![listener],
-            shutdown.clone(),
-        ));
-        TestRelay {
+        let handle = tokio::spawn(bccguard::run(config.clone(), vec![listener], shutdown.clone()));
+        let relay = TestRelay {
             addr,
             dir,
             config,
             shutdown,
             handle,
+        };
+        relay.wait_ready().await;
+        relay
+    }
+
+    /// Wait until the relay greets (spool, control socket and listeners are up); panic if it
+    /// stopped instead.
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            assert!(!self.handle.is_finished(), "the relay did not start");
+            let connect = TcpStream::connect(self.addr);
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                let mut c = RawClient {
+                    stream: BufReader::new(stream),
+                };
+                let greeting = tokio::time::timeout(Duration::from_millis(500), c.reply()).await;
+                if greeting.is_ok_and(|g| g.starts_with("220 ")) {
+                    c.send(b"QUIT\r\n").await;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        panic!("the relay did not greet");
     }
 
     /// Where the directory upstream writes.
@@ -63,17 +87,9 @@ impl TestRelay {
 
     /// Wait until the outbox holds `n` files, then return them.
     pub async fn wait_outbox(&self, n: usize) -> Vec<(String, Vec<u8>)> {
-        eventually(&format!("{n} files in the outbox"), || {
-            self.outbox_files().len() >= n
-        })
-        .await;
+        eventually(&format!("{n} files in the outbox"), || self.outbox_files().len() >= n).await;
         let files = self.outbox_files();
-        assert_eq!(
-            files.len(),
-            n,
-            "{:?}",
-            files.iter().map(|f| &f.0).collect::<Vec<_>>()
-        );
+        assert_eq!(files.len(), n, "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
         files
     }
 
@@ -121,16 +137,23 @@ impl TestRelay {
 
 /// A configuration from `toml` with the outbox and spool placed under `dir`.
 pub fn test_config(toml: &str, dir: &Path) -> Config {
-    let mut text = toml.to_string();
-    if !text.contains("[upstream]") {
-        text.push_str(&format!(
-            "\n[upstream]\ndirectory = {:?}\n",
-            dir.join("outbox")
-        ));
+    let mut table: toml::Table = toml::from_str(toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let mut section = |name: &str| -> toml::Table {
+        let t = table.remove(name).and_then(|v| v.as_table().cloned());
+        t.unwrap_or_default()
+    };
+    let mut spool = section("spool");
+    let mut upstream = section("upstream");
+    spool
+        .entry("dir")
+        .or_insert(dir.join("spool").display().to_string().into());
+    if !upstream.contains_key("host") {
+        let outbox = dir.join("outbox").display().to_string();
+        upstream.entry("directory").or_insert(outbox.into());
     }
-    if !text.contains("[spool]") {
-        text.push_str(&format!("\n[spool]\ndir = {:?}\n", dir.join("spool")));
-    }
+    table.insert("spool".into(), spool.into());
+    table.insert("upstream".into(), upstream.into());
+    let text = toml::to_string(&table).unwrap();
     config::load_str(Some(&text), &[]).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"))
 }
 
@@ -180,11 +203,7 @@ pub fn delivered_to(files: &[(String, Vec<u8>)], rcpt: &str) -> Vec<u8> {
 
 /// A fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// Wait until `check` holds, polling; panics after 20 seconds.
@@ -231,10 +250,9 @@ impl RawClient {
         let mut reply = String::new();
         loop {
             let mut line = String::new();
-            let read =
-                tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
-                    .await
-                    .expect("a reply within 30s");
+            let read = tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
+                .await
+                .expect("a reply within 30s");
             match read {
                 Ok(0) | Err(_) => return reply.trim_end().to_string(),
                 Ok(_) => {}

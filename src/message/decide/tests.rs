@@ -36,11 +36,7 @@ fn exposure_counts_distinct_external_visible_addresses() {
         ("To: list@example.com\r\n", 0),
         ("", 0),
     ] {
-        assert_eq!(
-            decide_headers(headers, &p).exposure,
-            exposure,
-            "{headers:?}"
-        );
+        assert_eq!(decide_headers(headers, &p).exposure, exposure, "{headers:?}");
     }
 }
 

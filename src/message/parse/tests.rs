@@ -26,10 +26,7 @@ fn well_formed_fields() {
         ),
         ("undisclosed-recipients:;", vec![]),
         ("=?UTF-8?B?SsO8cmdlbg==?= <j@x.de>", vec!["j@x.de"]),
-        (
-            "x@y.test (comment) , <z@w.test>",
-            vec!["x@y.test", "z@w.test"],
-        ),
+        ("x@y.test (comment) , <z@w.test>", vec!["x@y.test", "z@w.test"]),
         (
             "a@x.test,\r\n b@y.test,\r\n\t\"C\" <c@z.test>",
             vec!["a@x.test", "b@y.test", "c@z.test"],
@@ -54,10 +51,7 @@ fn addresses_in_names_and_comments_are_visible() {
         to_field("(x <evil@e.test>) real@r.test").0,
         ["real@r.test", "evil@e.test"]
     );
-    assert_eq!(
-        to_field("'a@x.test' <a@x.test>").0,
-        ["a@x.test", "a@x.test"]
-    );
+    assert_eq!(to_field("'a@x.test' <a@x.test>").0, ["a@x.test", "a@x.test"]);
 }
 
 #[test]
@@ -85,10 +79,7 @@ fn encoded_names_decoding_to_crlf_keep_the_address() {
     let headers = Headers::parse(message).unwrap();
     let field = &headers.fields[0];
     assert_eq!(field.mailboxes[0].address, "e@x.test");
-    assert_eq!(
-        field.mailboxes[0].name.as_deref(),
-        Some("Evil\r\nBcc: x@y.test")
-    );
+    assert_eq!(field.mailboxes[0].name.as_deref(), Some("Evil\r\nBcc: x@y.test"));
     assert_eq!(
         field.mailboxes[1].address, "x@y.test",
         "the address in the name is visible"
@@ -104,14 +95,8 @@ fn every_address_field_and_the_mark_are_found_in_order() {
     let headers = Headers::parse(message).unwrap();
     let kinds: Vec<_> = headers.fields.iter().map(|f| f.kind).collect();
     use FieldKind::*;
-    assert_eq!(
-        kinds,
-        [To, Cc, Bcc, ResentTo, ResentCc, ResentBcc, To, Mark]
-    );
-    assert_eq!(
-        &message[headers.fields[1].range.clone()],
-        b"CC: b@x.test\r\n"
-    );
+    assert_eq!(kinds, [To, Cc, Bcc, ResentTo, ResentCc, ResentBcc, To, Mark]);
+    assert_eq!(&message[headers.fields[1].range.clone()], b"CC: b@x.test\r\n");
     assert_eq!(headers.visible().count(), 7);
     assert!(headers.already_processed());
     assert_eq!(&message[headers.header_end..headers.body_start], b"\r\n");

@@ -82,9 +82,7 @@ impl Harness {
 
     /// Send one command line and return the reply (code and text).
     fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes())
-            .trim_end()
-            .to_string()
+        self.send(format!("{line}\r\n").as_bytes()).trim_end().to_string()
     }
 }
 
@@ -107,10 +105,7 @@ fn a_whole_transaction() {
     );
     assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok");
     assert_eq!(h.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
-    assert_eq!(
-        h.cmd("Subject: hi\r\n\r\nbody\r\n."),
-        "250 2.0.0 Ok: queued as ID"
-    );
+    assert_eq!(h.cmd("Subject: hi\r\n\r\nbody\r\n."), "250 2.0.0 Ok: queued as ID");
     assert_eq!(h.messages[0].sender, "a@x.test");
     assert_eq!(h.messages[0].recipients, ["b@y.test"]);
     assert_eq!(h.messages[0].data, b"Subject: hi\r\n\r\nbody\r\n");
@@ -138,18 +133,12 @@ fn pipelined_commands_get_replies_in_order() {
 #[test]
 fn sequence_errors() {
     let mut h = Harness::local();
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test>"),
-        "503 5.5.1 Send EHLO or HELO first"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "503 5.5.1 Send EHLO or HELO first");
     assert_eq!(h.cmd("HELO c"), "250 relay.test");
     assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "503 5.5.1 Send MAIL first");
     assert_eq!(h.cmd("DATA"), "503 5.5.1 Send MAIL first");
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test>"),
-        "503 5.5.1 Sender already given"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "503 5.5.1 Sender already given");
     assert_eq!(h.cmd("DATA"), "554 5.5.1 No valid recipients");
     assert_eq!(h.cmd("RSET"), "250 2.0.0 Ok");
     assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "503 5.5.1 Send MAIL first");
@@ -190,33 +179,18 @@ fn parameters_and_addresses() {
         h.cmd("MAIL FROM:<üser@x.test>"),
         "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
     );
-    assert_eq!(
-        h.cmd("MAIL FROM:<üser@x.test> SMTPUTF8"),
-        "250 2.1.0 Sender ok"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<üser@x.test> SMTPUTF8"), "250 2.1.0 Sender ok");
     assert_eq!(
         h.cmd("RCPT TO:<b@y.test> NOTIFY=NEVER"),
         "555 5.5.4 Parameter not recognized or not implemented"
     );
-    assert_eq!(
-        h.cmd("RCPT TO:<>"),
-        "501 5.1.3 Bad recipient address syntax"
-    );
-    assert_eq!(
-        h.cmd("RCPT TO:<nodomain>"),
-        "501 5.1.3 Bad recipient address syntax"
-    );
-    assert_eq!(
-        h.cmd("RCPT TO:<\"john doe\"@y.test>"),
-        "250 2.1.5 Recipient ok"
-    );
+    assert_eq!(h.cmd("RCPT TO:<>"), "501 5.1.3 Bad recipient address syntax");
+    assert_eq!(h.cmd("RCPT TO:<nodomain>"), "501 5.1.3 Bad recipient address syntax");
+    assert_eq!(h.cmd("RCPT TO:<\"john doe\"@y.test>"), "250 2.1.5 Recipient ok");
     assert_eq!(h.cmd("RCPT TO:<ü@y.test>"), "250 2.1.5 Recipient ok");
     h.cmd("DATA");
     h.send(b"x\r\n.\r\n");
-    assert_eq!(
-        h.messages[0].recipients,
-        ["\"john doe\"@y.test", "ü@y.test"]
-    );
+    assert_eq!(h.messages[0].recipients, ["\"john doe\"@y.test", "ü@y.test"]);
 }
 
 #[test]
@@ -226,22 +200,12 @@ fn recipient_limit_and_duplicates() {
     h.cmd("MAIL FROM:<a@x.test>");
     // Domains compare case-insensitively, local parts as written; a repeat is not counted.
     for r in ["r1@y.test", "r2@y.test", "R2@Y.TEST", "r2@y.TEST"] {
-        assert_eq!(
-            h.cmd(&format!("RCPT TO:<{r}>")),
-            "250 2.1.5 Recipient ok",
-            "{r}"
-        );
+        assert_eq!(h.cmd(&format!("RCPT TO:<{r}>")), "250 2.1.5 Recipient ok", "{r}");
     }
-    assert_eq!(
-        h.cmd("RCPT TO:<r3@y.test>"),
-        "452 4.5.3 Too many recipients"
-    );
+    assert_eq!(h.cmd("RCPT TO:<r3@y.test>"), "452 4.5.3 Too many recipients");
     h.cmd("DATA");
     h.send(b"x\r\n.\r\n");
-    assert_eq!(
-        h.messages[0].recipients,
-        ["r1@y.test", "r2@y.test", "R2@Y.TEST"]
-    );
+    assert_eq!(h.messages[0].recipients, ["r1@y.test", "r2@y.test", "R2@Y.TEST"]);
 }
 
 #[test]
@@ -318,10 +282,7 @@ fn starttls_is_offered_and_resets_the_session() {
     assert!(h.starttls);
     h.session.tls_started();
     assert!(!h.session.in_transaction());
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test>"),
-        "503 5.5.1 Send EHLO or HELO first"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "503 5.5.1 Send EHLO or HELO first");
     let ehlo = h.cmd("EHLO c");
     assert!(
         !ehlo.contains("STARTTLS") && ehlo.ends_with("250 AUTH PLAIN LOGIN"),
@@ -345,11 +306,7 @@ fn auth_needs_tls_unless_plaintext_is_allowed() {
         },
         "192.0.2.7:1",
     );
-    assert!(
-        plain_ok
-            .cmd("EHLO c")
-            .ends_with("250-STARTTLS\r\n250 AUTH PLAIN LOGIN")
-    );
+    assert!(plain_ok.cmd("EHLO c").ends_with("250-STARTTLS\r\n250 AUTH PLAIN LOGIN"));
     assert_eq!(
         plain_ok.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right"))),
         "235 2.7.0 Authentication successful"
@@ -393,14 +350,8 @@ fn auth_plain_and_login_exchanges() {
         h.cmd("AUTH PLAIN !!!"),
         "501 5.5.2 Cannot decode the authentication response"
     );
-    assert_eq!(
-        h.cmd(&format!("AUTH LOGIN {}", b64("app"))),
-        "334 UGFzc3dvcmQ6"
-    );
-    assert_eq!(
-        h.cmd(&b64("x")),
-        "535 5.7.8 Authentication credentials invalid"
-    );
+    assert_eq!(h.cmd(&format!("AUTH LOGIN {}", b64("app"))), "334 UGFzc3dvcmQ6");
+    assert_eq!(h.cmd(&b64("x")), "535 5.7.8 Authentication credentials invalid");
     h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0y")));
     assert_eq!(
         h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0z"))),
@@ -418,10 +369,7 @@ fn require_auth_refuses_mail_from_anyone_unauthenticated() {
     };
     let mut h = Harness::new(p, "127.0.0.1:1");
     h.cmd("EHLO c");
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test>"),
-        "530 5.7.0 Authentication required"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "530 5.7.0 Authentication required");
     h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right")));
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
 }

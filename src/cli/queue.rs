@@ -1,0 +1,292 @@
+//! `bccguard queue list | retry [ID] | delete ID`: inspect and act on the spool, whether the
+//! relay runs or not. Listing reads the spool files (they are never rewritten in place);
+//! retry and delete go through the running relay's control socket, or, when no relay holds
+//! the spool, act on the files directly.
+
+use std::io::{self, Write};
+
+use chrono::{TimeZone, Utc};
+use serde::Serialize;
+
+use super::{ConfigArg, EXIT_ERROR};
+use crate::control;
+use crate::events::Redaction;
+use crate::queue_id::QueueId;
+use crate::spool::SpoolPaths;
+use crate::spool::record::{Record, TxnStatus};
+
+/// Longest reply text shown in the table (JSON has it whole).
+const MAX_REPLY_SHOWN: usize = 60;
+
+/// `bccguard queue ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueCommand {
+    /// List the messages in the queue.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try one message (or every message) now, whatever its schedule.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue id [default: every message].
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering it.
+    Delete {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue id.
+        id: String,
+    },
+}
+
+/// One message, as listed.
+#[derive(Debug, Serialize)]
+struct Entry {
+    id: String,
+    received_at: String,
+    age_seconds: i64,
+    sender: String,
+    recipients: usize,
+    transactions: Counts,
+    next_attempt: Option<String>,
+    last_reply: Option<String>,
+    #[serde(skip)]
+    next_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Counts {
+    pending: usize,
+    delivered: usize,
+    failed: usize,
+}
+
+/// Run a queue subcommand; returns the exit code.
+pub fn run(command: &QueueCommand, out: &mut impl Write, err: &mut impl Write) -> u8 {
+    let result = match command {
+        QueueCommand::List { config, json } => list(config, *json, out),
+        QueueCommand::Retry { config, id } => retry(config, id.as_deref(), out),
+        QueueCommand::Delete { config, id } => delete(config, id, out),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = writeln!(err, "bccguard queue: {message}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn spool(config: &ConfigArg) -> Result<(SpoolPaths, Redaction), String> {
+    let config = config.load().map_err(|e| e.to_string().trim_end().to_string())?;
+    Ok((
+        SpoolPaths::new(&config.spool.dir),
+        Redaction(config.log.redact_addresses),
+    ))
+}
+
+fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), String> {
+    let (paths, redaction) = spool(config)?;
+    let now = Utc::now().timestamp_millis();
+    let ids = paths.ids().map_err(|e| format!("cannot read the spool: {e}"))?;
+    let entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut *out, &entries)
+            .map_err(io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        table(&entries, now, out)
+    };
+    written.map_err(|e| e.to_string())
+}
+
+/// A message's listing entry; `None` if it vanished meanwhile (delivered).
+fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Option<Entry> {
+    let (meta, state) = paths.load_meta(id).ok()?;
+    let mut counts = Counts::default();
+    for t in 0..meta.plan.transactions.len() {
+        match state.txn_status(&meta.plan, t) {
+            TxnStatus::Pending => counts.pending += 1,
+            TxnStatus::Delivered => counts.delivered += 1,
+            TxnStatus::Failed => counts.failed += 1,
+        }
+    }
+    let next_ms = state.next_attempt(&meta.plan);
+    let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339());
+    Some(Entry {
+        id: id.to_string(),
+        received_at: rfc3339(meta.received_at).unwrap_or_default(),
+        age_seconds: (now - meta.received_at) / 1000,
+        sender: redaction.address(&meta.sender),
+        recipients: meta.recipients.len(),
+        transactions: counts,
+        next_attempt: next_ms.and_then(|ms| rfc3339(ms.max(meta.received_at))),
+        last_reply: state.last_reply,
+        next_ms,
+    })
+}
+
+fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
+    if entries.is_empty() {
+        return writeln!(out, "The queue is empty.");
+    }
+    let rows: Vec<[String; 9]> = entries
+        .iter()
+        .map(|e| {
+            let next = match e.next_ms {
+                None => "-".to_string(),
+                Some(ms) if ms <= now => "now".to_string(),
+                Some(ms) => format!("in {}", short_duration((ms - now) / 1000)),
+            };
+            let reply = e.last_reply.as_deref().map_or("-".to_string(), shorten);
+            [
+                e.id.clone(),
+                short_duration(e.age_seconds),
+                e.sender.clone(),
+                e.recipients.to_string(),
+                e.transactions.pending.to_string(),
+                e.transactions.delivered.to_string(),
+                e.transactions.failed.to_string(),
+                next,
+                reply,
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "AGE",
+        "SENDER",
+        "RCPTS",
+        "PENDING",
+        "DELIVERED",
+        "FAILED",
+        "NEXT",
+        "LAST REPLY",
+    ];
+    super::table::write(out, &header, &rows)?;
+    let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
+    let n = entries.len();
+    writeln!(
+        out,
+        "\n{n} message{}, {pending} transaction{} pending",
+        plural(n),
+        plural(pending)
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn shorten(reply: &str) -> String {
+    if reply.chars().count() <= MAX_REPLY_SHOWN {
+        reply.to_string()
+    } else {
+        let cut: String = reply.chars().take(MAX_REPLY_SHOWN - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// `45s`, `12m`, `3h`, `2d`.
+fn short_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// Ask the running relay; `Ok(None)` when no relay listens on the spool's socket.
+fn ask_relay(paths: &SpoolPaths, request: &str) -> Result<Option<usize>, String> {
+    match control::request(&paths.control_socket(), request) {
+        Ok(reply) => match reply.strip_prefix("ok ").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(Some(n)),
+            None => Err(reply.strip_prefix("error: ").unwrap_or(&reply).to_string()),
+        },
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e) => Err(format!("cannot reach the relay: {e}")),
+    }
+}
+
+fn parse_id(id: &str) -> Result<QueueId, String> {
+    QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits, as `queue list` shows)"))
+}
+
+/// Take the spool's lock for direct changes; fails if a relay holds it.
+fn lock(paths: &SpoolPaths) -> Result<std::fs::File, String> {
+    paths
+        .try_lock()
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "a bccguard relay holds the spool but its control socket does not answer; try again".to_string())
+}
+
+fn retry(config: &ConfigArg, id: Option<&str>, out: &mut impl Write) -> Result<(), String> {
+    let (paths, _) = spool(config)?;
+    let id = id.map(parse_id).transpose()?;
+    let request = match &id {
+        Some(id) => format!("retry {id}"),
+        None => "retry".to_string(),
+    };
+    if let Some(n) = ask_relay(&paths, &request)? {
+        return writeln!(out, "Retrying {n} message{} now.", plural(n)).map_err(|e| e.to_string());
+    }
+    let _lock = lock(&paths)?;
+    let ids = match id {
+        Some(id) => vec![id],
+        None => paths.ids().map_err(|e| e.to_string())?,
+    };
+    let at = Utc::now().timestamp_millis();
+    let mut n = 0;
+    for id in &ids {
+        match paths.append_blocking(id, &[Record::Retry { at }]) {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(format!("{id} is not in the queue")),
+            Err(e) => return Err(format!("{id}: {e}")),
+        }
+    }
+    writeln!(
+        out,
+        "Marked {n} message{} to be tried as soon as bccguard starts.",
+        plural(n)
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn delete(config: &ConfigArg, id: &str, out: &mut impl Write) -> Result<(), String> {
+    let (paths, _) = spool(config)?;
+    let id = parse_id(id)?;
+    let found = match ask_relay(&paths, &format!("delete {id}"))? {
+        Some(n) => n > 0,
+        None => {
+            let _lock = lock(&paths)?;
+            match paths.remove(&id) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(format!("{id}: {e}")),
+            }
+        }
+    };
+    if !found {
+        return Err(format!("{id} is not in the queue"));
+    }
+    writeln!(out, "Deleted {id}.").map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short() {
+        let shown: Vec<String> = [5, 125, 7200, 200_000].into_iter().map(short_duration).collect();
+        assert_eq!(shown, ["5s", "2m", "2h", "2d"]);
+    }
+}

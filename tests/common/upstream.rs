@@ -1,0 +1,232 @@
+//! An SMTP upstream under the test's control: scripted replies per recipient and per
+//! attempt, a silent mode (accepts connections, never answers), and a record of what it
+//! accepted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Where in the transaction a scripted reply applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The reply to `RCPT TO`.
+    Rcpt,
+    /// The reply after the data.
+    Data,
+}
+
+/// A script: `(stage, recipient, attempt number for that recipient, from 1)` to a reply
+/// line such as `"451 4.3.0 later"`, or `None` for the normal `250`.
+pub type Script = Box<dyn Fn(Stage, &str, u32) -> Option<String> + Send + Sync>;
+
+/// One accepted message.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    deliveries: Vec<Delivery>,
+    attempts: HashMap<String, u32>,
+    silent: bool,
+    connections: usize,
+    delay: std::time::Duration,
+}
+
+/// The upstream; stops when dropped.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    script: Arc<Script>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    /// Accept everything.
+    pub async fn start() -> TestUpstream {
+        Self::scripted(Box::new(|_, _, _| None)).await
+    }
+
+    /// Reply as `script` says.
+    pub async fn scripted(script: Script) -> TestUpstream {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), script)
+    }
+
+    /// Serve on a listener already bound (to come up on a port the relay already uses).
+    pub fn on(listener: TcpListener, script: Script) -> TestUpstream {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let script = Arc::new(script);
+        let (s, sc) = (state.clone(), script.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, sc) = (s.clone(), sc.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, s, sc).await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            state,
+            script,
+            task,
+        }
+    }
+
+    /// Stop answering new connections (they stay open, silent).
+    pub fn set_silent(&self, silent: bool) {
+        self.state.lock().unwrap().silent = silent;
+    }
+
+    /// Take this long before answering the data (a slow relay).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Every accepted message so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.lock().unwrap().deliveries.clone()
+    }
+
+    /// Accepted messages for one recipient.
+    pub fn delivered_to(&self, rcpt: &str) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.rcpts.iter().any(|r| r == rcpt))
+            .collect()
+    }
+
+    /// RCPT attempts seen for a recipient.
+    pub fn attempts(&self, rcpt: &str) -> u32 {
+        self.state.lock().unwrap().attempts.get(rcpt).copied().unwrap_or(0)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// The `[upstream]` section pointing at this server.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{extra}\n",
+            self.addr.port()
+        )
+    }
+
+    #[allow(dead_code)]
+    fn script(&self) -> &Script {
+        &self.script
+    }
+}
+
+async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>) -> std::io::Result<()> {
+    let silent = {
+        let mut s = state.lock().unwrap();
+        s.connections += 1;
+        s.silent
+    };
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    if silent {
+        // Hold the connection open without a word until the client gives up.
+        let mut sink = String::new();
+        while read.read_line(&mut sink).await? > 0 {}
+        return Ok(());
+    }
+    write.write_all(b"220 upstream.test ESMTP test\r\n").await?;
+    let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
+    loop {
+        let mut line = String::new();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            "250-upstream.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n".to_string()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = between_brackets(&line);
+            rcpts.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = between_brackets(&line);
+            let attempt = {
+                let mut s = state.lock().unwrap();
+                let n = s.attempts.entry(rcpt.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            match script(Stage::Rcpt, &rcpt, attempt) {
+                Some(r) => format!("{r}\r\n"),
+                None => {
+                    rcpts.push(rcpt);
+                    "250 2.1.5 ok\r\n".into()
+                }
+            }
+        } else if upper.starts_with("DATA") {
+            write.write_all(b"354 go ahead\r\n").await?;
+            let data = read_data(&mut read).await?;
+            let delay = state.lock().unwrap().delay;
+            tokio::time::sleep(delay).await;
+            let scripted = rcpts.iter().find_map(|r| {
+                let attempt = state.lock().unwrap().attempts.get(r).copied().unwrap_or(1);
+                script(Stage::Data, r, attempt)
+            });
+            match scripted {
+                Some(r) => format!("{r}\r\n"),
+                None => {
+                    let delivery = Delivery {
+                        from: from.clone(),
+                        rcpts: rcpts.clone(),
+                        data,
+                    };
+                    state.lock().unwrap().deliveries.push(delivery);
+                    "250 2.0.0 accepted\r\n".into()
+                }
+            }
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "250 2.0.0 ok\r\n".into()
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn between_brackets(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line.rfind('>').unwrap_or(line.len());
+    line[start..end].to_string()
+}
+
+async fn read_data(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if read.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(data);
+        }
+        if line == b".\r\n" {
+            return Ok(data);
+        }
+        let line = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+        data.extend_from_slice(line);
+    }
+}
