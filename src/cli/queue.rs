@@ -103,7 +103,11 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     } else {
         table(&entries, now, out)
     };
-    written.map_err(|e| e.to_string())
+    match written {
+        // The reader went away (`| head`): not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// A message's listing entry; `None` if it vanished meanwhile (delivered).
