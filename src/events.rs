@@ -1,5 +1,5 @@
-//! Internal events: one struct per event, emitting its log line (addresses redacted unless
-//! `log.redact_addresses = false`).
+//! Internal events: one struct per event, emitting both its log line (addresses redacted
+//! unless `log.redact_addresses = false`) and its metrics.
 
 use std::net::SocketAddr;
 
@@ -7,6 +7,7 @@ use tracing::info;
 
 use crate::message::address;
 use crate::message::decide::Decision;
+use crate::metrics::{MessageLabels, OutcomeLabels, metrics};
 use crate::queue_id::QueueId;
 
 /// How addresses appear in logs.
@@ -43,12 +44,22 @@ pub struct MessageDecided<'a> {
     pub decision: &'a Decision,
     /// Upstream transactions planned (0 when rejected).
     pub transactions: usize,
+    /// Of those, the ones with a rewritten copy (explode, undisclose).
+    pub copies: usize,
 }
 
 impl MessageDecided<'_> {
-    /// Write the log line.
+    /// Write the log line and count the message.
     pub fn emit(&self, redaction: Redaction) {
         let d = self.decision;
+        let m = metrics();
+        let labels = MessageLabels {
+            action: d.action.as_str().into(),
+            leak: d.leak.to_string(),
+        };
+        m.messages.get_or_create(&labels).inc();
+        m.exposure.observe(d.exposure as f64);
+        m.copies.inc_by(self.copies as u64);
         let outcome = if self.transactions == 0 {
             "message rejected"
         } else {
@@ -85,9 +96,20 @@ pub struct DeliveryAttempt<'a> {
 }
 
 impl DeliveryAttempt<'_> {
-    /// Write the log line (warn for failures).
+    /// Write the log line (warn for failures) and count the attempt.
     pub fn emit(&self, redaction: Redaction) {
         use crate::delivery::Outcome;
+        let outcome = match self.outcome {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Deferred(_) => "deferred",
+            Outcome::Failed(_) => "failed",
+        };
+        metrics()
+            .deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
         let to = redaction.address(self.recipient);
         match self.outcome {
             Outcome::Delivered(reply) => {
@@ -117,8 +139,9 @@ pub struct BounceQueued<'a> {
 }
 
 impl BounceQueued<'_> {
-    /// Write the log line.
+    /// Write the log line and count the bounce.
     pub fn emit(&self, redaction: Redaction) {
+        metrics().bounces.inc();
         info!(
             queue_id = %self.id,
             dsn = %self.dsn,

@@ -10,14 +10,17 @@
 //! - [`delivery`]: the queue manager, delivery passes, the upstream transports (directory,
 //!   SMTP via lettre), retries and bounces.
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
+//! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
+//!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
 //! - [`plan`]: which recipients go together in one upstream transaction (pure).
 //! - [`rewrite`]: the header block of each copy (pure); bodies are shared, never copied.
 //! - [`config`]: the TOML file, environment overrides, and validation with key paths.
 //! - [`cli`]: the command line.
 //!
-//! [`run`] wires them together on listeners the caller has already bound, so tests can bind
-//! `127.0.0.1:0`.
+//! [`start`] wires them together on listeners the caller has already bound (so tests can bind
+//! `127.0.0.1:0`) and returns a [`Running`] relay that can be reloaded and stopped; [`run`]
+//! does the same until a cancellation token fires.
 
 #![forbid(unsafe_code)]
 
@@ -27,8 +30,10 @@ pub mod control;
 pub mod delivery;
 pub mod durable;
 pub mod events;
+pub mod http;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod plan;
 pub mod queue_id;
 pub mod relay;
@@ -37,18 +42,27 @@ pub mod smtp;
 pub mod spool;
 
 use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use config::Config;
 use delivery::{DeliveryConfig, Upstream};
 use events::Redaction;
+use metrics::Health;
+use relay::Relay;
 use smtp::Frontend;
 use spool::Spool;
+
+/// How often readiness is checked (spool writable, upstream reachable).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// The two phases of shutdown.
 #[derive(Clone, Debug, Default)]
@@ -68,7 +82,7 @@ pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         /// Why.
         source: io::Error,
     },
@@ -95,18 +109,44 @@ pub enum RunError {
 pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RunError> {
     let mut listeners = Vec::new();
     for &addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, source })?;
-        listeners.push(listener);
+        listeners.push(bind_one(addr).await?);
     }
     Ok(listeners)
 }
 
-/// Run the relay on `listeners` until `shutdown` is cancelled, then shut down in two phases:
-/// stop accepting and close idle sessions, let transactions and deliveries in progress finish
-/// within `server.shutdown_grace`, then stop the rest (undelivered mail stays spooled).
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
+}
+
+/// Run the relay on `listeners` until `shutdown` is cancelled, then [`Running::stop`].
 pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> Result<(), RunError> {
+    let running = start(config, listeners).await?;
+    shutdown.cancelled().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A relay that is serving.
+pub struct Running {
+    config: Config,
+    smtp_addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    phases: Shutdown,
+    background: CancellationToken,
+    sessions: TaskTracker,
+    deliveries: TaskTracker,
+    server: JoinHandle<()>,
+    front: Arc<Frontend>,
+    relay: Arc<Relay>,
+    health: Arc<Health>,
+    socket_path: PathBuf,
+}
+
+/// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
+/// start delivery, the control socket, the metrics endpoint and the SMTP front door.
+pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let upstream = Arc::new(Upstream::from_config(&config)?);
     let socket_path = spool.paths().control_socket();
@@ -114,52 +154,154 @@ pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: Cancella
         path: socket_path.display().to_string(),
         source,
     })?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind_one(addr).await?),
+        None => None,
+    };
     let phases = Shutdown::default();
+    let background = CancellationToken::new();
     let deliveries = TaskTracker::new();
     let deliverer = delivery::start(
         spool.clone(),
-        upstream,
+        upstream.clone(),
         DeliveryConfig::from_config(&config),
         phases.clone(),
         deliveries.clone(),
     );
-    tokio::spawn(control::serve(control, deliverer.clone(), phases.soft.clone()));
+    tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
     let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
-    let intake = Arc::new(relay::Relay::new(
+    let relay = Arc::new(Relay::new(
         config.server.hostname.clone(),
         policy,
         spool.clone(),
         deliverer,
         redaction,
     ));
-    let front = Arc::new(Frontend::new(&config, intake)?);
-    for l in &listeners {
-        if let Ok(addr) = l.local_addr() {
-            info!(%addr, "listening");
-        }
+    let front = Arc::new(Frontend::new(&config, relay.clone())?);
+    let health = Arc::new(Health::default());
+    tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(http::serve(listener, health.clone(), background.clone()));
+    }
+    let smtp_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    for addr in &smtp_addrs {
+        info!(%addr, "listening");
+    }
+    if let Some(addr) = metrics_addr {
+        info!(%addr, "metrics and health on http://{addr}/metrics, /healthz, /readyz");
     }
     let sessions = TaskTracker::new();
-    let server = tokio::spawn(smtp::serve(listeners, front, phases.clone(), sessions.clone()));
+    let server = tokio::spawn(smtp::serve(listeners, front.clone(), phases.clone(), sessions.clone()));
+    health.set_listening(true);
+    Ok(Running {
+        config,
+        smtp_addrs,
+        metrics_addr,
+        phases,
+        background,
+        sessions,
+        deliveries,
+        server,
+        front,
+        relay,
+        health,
+        socket_path,
+    })
+}
 
-    shutdown.cancelled().await;
-    info!("shutting down: no new connections, finishing transactions and deliveries in progress");
-    phases.soft.cancel();
-    let _ = server.await;
-    sessions.close();
-    deliveries.close();
-    let grace = config.server.shutdown_grace;
-    let drained = tokio::time::timeout(grace.0, async {
-        sessions.wait().await;
-        deliveries.wait().await;
-    });
-    if drained.await.is_err() {
-        info!(grace = %grace, "grace period over, stopping what is left");
-        phases.hard.cancel();
-        sessions.wait().await;
-        deliveries.wait().await;
+/// Check the spool and the upstream every few seconds for `/readyz`.
+async fn probe(spool: Arc<Spool>, upstream: Arc<Upstream>, health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        health.set_spool_writable(spool.probe().await);
+        if upstream.probe().await {
+            health.upstream_reached(chrono::Utc::now().timestamp_millis());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
     }
-    let _ = std::fs::remove_file(&socket_path);
-    info!("stopped");
-    Ok(())
+}
+
+impl Running {
+    /// The SMTP addresses served.
+    pub fn smtp_addrs(&self) -> &[SocketAddr] {
+        &self.smtp_addrs
+    }
+
+    /// The metrics endpoint's address, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Apply a new, validated configuration's `[policy]` and `[access]` to the messages and
+    /// sessions that start from now on; sessions already open go on undisturbed. Changes to
+    /// other sections need a restart, and are named in the log.
+    pub fn reload(&mut self, new: Config) {
+        let old = &self.config;
+        let restart: Vec<&str> = [
+            ("server", old.server != new.server),
+            ("upstream", old.upstream != new.upstream),
+            ("spool", old.spool != new.spool),
+            ("log", old.log != new.log),
+            ("metrics", old.metrics != new.metrics),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        self.relay.set_policy(message::decide::Policy::from_config(&new.policy));
+        self.front.reload_access(&new.access);
+        let policy_changed = old.policy != new.policy;
+        let access_changed = old.access != new.access;
+        info!(policy_changed, access_changed, "configuration reloaded");
+        if !restart.is_empty() {
+            warn!(
+                sections = restart.join(", "),
+                "these sections changed and take effect only at restart"
+            );
+        }
+        let (server, upstream, spool, log, metrics) = (
+            old.server.clone(),
+            old.upstream.clone(),
+            old.spool.clone(),
+            old.log.clone(),
+            old.metrics.clone(),
+        );
+        self.config = Config {
+            server,
+            upstream,
+            spool,
+            log,
+            metrics,
+            ..new
+        };
+    }
+
+    /// Shut down in two phases: stop accepting and close idle sessions; let transactions and
+    /// deliveries in progress finish within `server.shutdown_grace`; then stop the rest
+    /// (undelivered mail stays spooled).
+    pub async fn stop(self) {
+        info!("shutting down: no new connections, finishing transactions and deliveries in progress");
+        self.health.set_listening(false);
+        self.phases.soft.cancel();
+        let _ = self.server.await;
+        self.sessions.close();
+        self.deliveries.close();
+        let grace = self.config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace.0, async {
+            self.sessions.wait().await;
+            self.deliveries.wait().await;
+        });
+        if drained.await.is_err() {
+            info!(grace = %grace, "grace period over, stopping what is left");
+            self.phases.hard.cancel();
+            self.sessions.wait().await;
+            self.deliveries.wait().await;
+        }
+        self.background.cancel();
+        let _ = std::fs::remove_file(&self.socket_path);
+        info!("stopped");
+    }
 }

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use bccguard::cli::{self, Cli, Command, ConfigArg, EXIT_ERROR};
 
@@ -12,6 +11,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve(arg) => serve(&arg),
         Command::CheckConfig(arg) => cli::check_config(&arg, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Health(arg) => cli::health(&arg, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Check(args) => cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Queue(command) => cli::queue::run(&command, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::HashPassword => cli::hash_password(
@@ -39,13 +39,7 @@ fn serve(arg: &ConfigArg) -> u8 {
             return 1;
         }
     };
-    let result = runtime.block_on(async {
-        let listeners = bccguard::bind(&config).await?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        bccguard::run(config, listeners, shutdown).await
-    });
-    match result {
+    match runtime.block_on(serve_until_signalled(arg, config)) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "bccguard stopped");
@@ -55,21 +49,43 @@ fn serve(arg: &ConfigArg) -> u8 {
     }
 }
 
-/// Cancel on the first SIGTERM or SIGINT; a second one exits at once.
-async fn on_signal(shutdown: CancellationToken) {
+/// Serve until SIGTERM or SIGINT (a second one exits at once); SIGHUP reloads `[policy]` and
+/// `[access]` from the same file, keeping the running configuration if the file has errors.
+async fn serve_until_signalled(arg: &ConfigArg, config: bccguard::config::Config) -> Result<(), bccguard::RunError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
+    let listeners = bccguard::bind(&config).await?;
+    let mut running = bccguard::start(config, listeners).await?;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        running.stop().await;
+        return Ok(());
     };
-    for round in 0..2 {
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match arg.load() {
+                Ok(new) => running.reload(new),
+                Err(errors) => {
+                    for e in &errors.errors {
+                        tracing::error!(error = %e, "configuration not reloaded: {}", errors.origin);
+                    }
+                    tracing::warn!("the running configuration stays in effect");
+                }
+            },
+        }
+    }
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        if round == 0 {
-            shutdown.cancel();
-        }
-    }
-    eprintln!("bccguard: second signal, exiting now");
-    std::process::exit(1);
+        eprintln!("bccguard: second signal, exiting now");
+        std::process::exit(1);
+    });
+    running.stop().await;
+    Ok(())
 }

@@ -80,6 +80,7 @@ impl Relay {
                 size: message.len(),
                 decision: &decision,
                 transactions: 0,
+                copies: 0,
             };
             rejected.emit(self.redaction);
             return reply::leak_rejected(&decision);
@@ -111,6 +112,12 @@ impl Relay {
             size: message.len(),
             decision: &decision,
             transactions: meta.plan.transactions.len(),
+            copies: meta
+                .plan
+                .transactions
+                .iter()
+                .filter(|t| t.rewrite != crate::plan::Rewrite::Original)
+                .count(),
         };
         accepted.emit(self.redaction);
         self.deliverer.submit(meta, message);

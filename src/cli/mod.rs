@@ -30,6 +30,9 @@ pub enum Command {
     Serve(ConfigArg),
     /// Check the configuration: exit 0 if valid, else list every error and exit 2.
     CheckConfig(ConfigArg),
+    /// Exit 0 if the relay answers on its first listen address with a 220 greeting, else 1
+    /// (for container health checks).
+    Health(ConfigArg),
     /// Print the leak decision for a message file, and the copies it would make, without
     /// sending anything. Exit 0: no leak; 1: leak; 2: error.
     Check(check::CheckArgs),
@@ -70,6 +73,55 @@ pub fn check_config(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write)
         Err(errors) => {
             let _ = write!(err, "{errors}");
             EXIT_ERROR
+        }
+    }
+}
+
+/// `bccguard health`: connect to the first `server.listen` address (an unspecified address
+/// means this host) and expect a 220 greeting within 5 seconds.
+pub fn health(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write) -> u8 {
+    use std::io::{BufRead, BufReader, Write as _};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
+    use std::time::Duration;
+    let config = match arg.load() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write!(err, "{e}");
+            return EXIT_ERROR;
+        }
+    };
+    let Some(mut addr) = config.server.listen.first().copied() else {
+        return EXIT_ERROR;
+    };
+    if addr.ip().is_unspecified() {
+        let local = if addr.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        };
+        addr.set_ip(local);
+    }
+    let timeout = Duration::from_secs(5);
+    let check = || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut greeting = String::new();
+        BufReader::new(&stream).read_line(&mut greeting)?;
+        let _ = stream.write_all(b"QUIT\r\n");
+        Ok(greeting.trim_end().to_string())
+    };
+    match check() {
+        Ok(greeting) if greeting.starts_with("220 ") => {
+            let _ = writeln!(out, "ok: {addr}: {greeting}");
+            0
+        }
+        Ok(other) => {
+            let _ = writeln!(err, "bccguard health: {addr}: unexpected greeting {other:?}");
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(err, "bccguard health: {addr}: {e}");
+            1
         }
     }
 }

@@ -18,7 +18,7 @@ pub use load::{ConfigError, ConfigErrors, ConfigSource, DEFAULT_PATH, load, load
 pub use units::{ByteSize, Duration};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The SMTP front door.
@@ -38,7 +38,7 @@ pub struct Config {
 }
 
 /// `[server]`: the SMTP listener and its limits.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to listen on, e.g. `["127.0.0.1:2525"]`.
@@ -75,7 +75,7 @@ impl Default for ServerConfig {
 }
 
 /// `[server.tls]`: PEM files for STARTTLS.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsConfig {
     /// PEM certificate chain, leaf first.
@@ -85,7 +85,7 @@ pub struct ServerTlsConfig {
 }
 
 /// `[access]`: relay permission.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Client networks that may relay without authenticating.
@@ -113,7 +113,7 @@ impl Default for AccessConfig {
 }
 
 /// One `[[access.users]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The user name given in AUTH.
@@ -124,7 +124,7 @@ pub struct UserConfig {
 }
 
 /// `[upstream]`: a directory (the default) or an SMTP relay.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Write one `.eml` file per recipient into this directory. The default when `host` is unset.
@@ -219,7 +219,7 @@ impl UpstreamConfig {
 }
 
 /// `[spool]`: the durable queue.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Directory of the queue; created if missing.
@@ -241,7 +241,7 @@ impl Default for SpoolConfig {
 }
 
 /// `[policy]`: when a message leaks and what bccguard does about it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Domains (and their subdomains) whose addresses are internal.
@@ -296,7 +296,7 @@ impl Action {
 }
 
 /// `[log]`: log output.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` for people, `json` for log collectors.
@@ -329,7 +329,7 @@ pub enum LogFormat {
 }
 
 /// `[metrics]`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address to serve on, e.g. `"127.0.0.1:9325"`; no endpoint when unset.

@@ -37,6 +37,14 @@ impl DirectoryUpstream {
         })
     }
 
+    /// Whether a file can be written into the outbox.
+    pub async fn probe(&self) -> bool {
+        let path = self.sync.dir().join(".bccguard-probe.tmp");
+        tokio::task::spawn_blocking(move || std::fs::write(&path, b"probe").and_then(|()| std::fs::remove_file(&path)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Write one file per recipient; a write error defers that recipient.
     pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
         let mut writes = JoinSet::new();

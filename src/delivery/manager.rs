@@ -163,6 +163,7 @@ impl Manager {
     ) {
         self.recover().await;
         loop {
+            crate::metrics::metrics().spool_messages.set(self.entries.len() as i64);
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             let sleep = async move {
                 match next_timer {

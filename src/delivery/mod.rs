@@ -78,6 +78,15 @@ impl Upstream {
         }
     }
 
+    /// Whether the upstream can be reached now: the outbox takes a file, or the relay accepts
+    /// a TCP connection within 5 seconds.
+    pub async fn probe(&self) -> bool {
+        match self {
+            Upstream::Directory(d) => d.probe().await,
+            Upstream::Smtp(s) => s.probe().await,
+        }
+    }
+
     /// Deliver one copy (`parts` concatenated) to `rcpts` (envelope index, address): one
     /// outcome per recipient, in order.
     pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
@@ -85,7 +94,12 @@ impl Upstream {
             Upstream::Directory(d) => d.send(id, sender, rcpts, parts).await,
             Upstream::Smtp(s) => {
                 let addresses: Vec<&str> = rcpts.iter().map(|(_, a)| *a).collect();
-                s.send(sender, &addresses, parts).await
+                let started = std::time::Instant::now();
+                let outcomes = s.send(sender, &addresses, parts).await;
+                crate::metrics::metrics()
+                    .upstream_latency
+                    .observe(started.elapsed().as_secs_f64());
+                outcomes
             }
         }
     }

@@ -119,6 +119,12 @@ impl SmtpUpstream {
         })
     }
 
+    /// Whether the relay accepts a TCP connection within 5 seconds.
+    pub async fn probe(&self) -> bool {
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        matches!(tokio::time::timeout(Duration::from_secs(5), connect).await, Ok(Ok(_)))
+    }
+
     /// `host:port`, for logs and bounces.
     pub fn describe(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -32,7 +32,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, front: Arc<Frontend>, s
     async move {
         let snapshot = front.snapshot();
         let mut session = Session::new(snapshot.params.clone(), peer);
-        let mut conn = Conn::new(stream, front.idle_timeout);
+        let mut conn = Conn::new(stream, front.idle_timeout());
         session.greeting().write_to(&mut conn.output);
         let ctx = Ctx {
             front: &front,

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::Shutdown;
-use crate::config::Config;
+use crate::config::{AccessConfig, Config, ServerConfig};
 use auth::Users;
 use reply::Reply;
 use session::{Incoming, SessionParams};
@@ -47,17 +47,17 @@ pub struct Access {
 }
 
 impl Access {
-    /// The rules in `config`.
-    pub fn from_config(config: &Config, tls_available: bool) -> Access {
-        let users = Users::new(&config.access.users);
+    /// The rules of `[access]` under the limits of `[server]`.
+    pub fn new(server: &ServerConfig, access: &AccessConfig, tls_available: bool) -> Access {
+        let users = Users::new(&access.users);
         let params = SessionParams {
-            hostname: config.server.hostname.clone(),
-            max_message_size: usize::try_from(config.server.max_message_size.0).unwrap_or(usize::MAX),
-            max_recipients: config.server.max_recipients,
+            hostname: server.hostname.clone(),
+            max_message_size: usize::try_from(server.max_message_size.0).unwrap_or(usize::MAX),
+            max_recipients: server.max_recipients,
             tls_available,
-            relay_networks: config.access.relay_networks.clone(),
-            require_auth: config.access.require_auth,
-            allow_plaintext_auth: config.access.allow_plaintext_auth,
+            relay_networks: access.relay_networks.clone(),
+            require_auth: access.require_auth,
+            allow_plaintext_auth: access.allow_plaintext_auth,
             auth_enabled: !users.is_empty(),
         };
         Access {
@@ -69,15 +69,12 @@ impl Access {
 
 /// Everything the listeners and sessions share.
 pub struct Frontend {
+    server: ServerConfig,
     access: ArcSwap<Access>,
     /// STARTTLS, when `[server.tls]` is set.
     pub tls: Option<TlsAcceptor>,
     /// Where messages go.
     pub intake: Arc<dyn Intake>,
-    /// `server.idle_timeout`.
-    pub idle_timeout: Duration,
-    /// `server.max_connections`.
-    pub max_connections: usize,
 }
 
 impl Frontend {
@@ -87,12 +84,12 @@ impl Frontend {
             Some(t) => Some(TlsAcceptor::from(tls::load_server_config(t)?)),
             None => None,
         };
+        let access = Access::new(&config.server, &config.access, tls.is_some());
         Ok(Frontend {
-            access: ArcSwap::from_pointee(Access::from_config(config, tls.is_some())),
+            server: config.server.clone(),
+            access: ArcSwap::from_pointee(access),
             tls,
             intake,
-            idle_timeout: config.server.idle_timeout.0,
-            max_connections: config.server.max_connections,
         })
     }
 
@@ -101,17 +98,23 @@ impl Frontend {
         self.access.load_full()
     }
 
-    /// Replace the access rules for sessions that start from now on.
-    pub fn reload(&self, config: &Config) {
+    /// Replace the `[access]` rules for sessions that start from now on (sessions already
+    /// open keep theirs).
+    pub fn reload_access(&self, access: &AccessConfig) {
         self.access
-            .store(Arc::new(Access::from_config(config, self.tls.is_some())));
+            .store(Arc::new(Access::new(&self.server, access, self.tls.is_some())));
+    }
+
+    /// `server.idle_timeout`.
+    pub fn idle_timeout(&self) -> Duration {
+        self.server.idle_timeout.0
     }
 }
 
 /// Accept connections on every listener until the soft shutdown; each session runs on the
 /// tracker so the caller can wait for them to drain.
 pub async fn serve(listeners: Vec<TcpListener>, front: Arc<Frontend>, shutdown: Shutdown, tracker: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(front.max_connections));
+    let limit = Arc::new(Semaphore::new(front.server.max_connections));
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let (front, shutdown, tracker, limit) = (front.clone(), shutdown.clone(), tracker.clone(), limit.clone());
@@ -150,7 +153,7 @@ async fn accept_loop(
                 });
             }
             Err(_) => {
-                tracker.spawn(conn::refuse_busy(stream, front.idle_timeout));
+                tracker.spawn(conn::refuse_busy(stream, front.idle_timeout()));
             }
         }
     }

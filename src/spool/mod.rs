@@ -262,6 +262,14 @@ impl Spool {
             .await
     }
 
+    /// Whether a file can be written into the queue directory now.
+    pub async fn probe(&self) -> bool {
+        let path = self.paths.queue().join(".probe.tmp");
+        tokio::task::spawn_blocking(move || std::fs::write(&path, b"probe").and_then(|()| std::fs::remove_file(&path)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Append journal records, durably (on a blocking thread).
     pub async fn append(&self, id: &QueueId, records: Vec<Record>) -> io::Result<()> {
         let (paths, id) = (self.paths.clone(), id.clone());

@@ -23,6 +23,8 @@ pub struct TestRelay {
     pub config: Config,
     shutdown: CancellationToken,
     handle: JoinHandle<Result<(), RunError>>,
+    /// The metrics endpoint, when `[metrics] listen` is set (use port 0).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl TestRelay {
@@ -42,13 +44,23 @@ impl TestRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(bccguard::run(config.clone(), vec![listener], shutdown.clone()));
+        let running = bccguard::start(config.clone(), vec![listener])
+            .await
+            .expect("the relay starts");
+        let metrics = running.metrics_addr();
+        let stop = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            stop.cancelled().await;
+            running.stop().await;
+            Ok(())
+        });
         let relay = TestRelay {
             addr,
             dir,
             config,
             shutdown,
             handle,
+            metrics,
         };
         relay.wait_ready().await;
         relay

@@ -1,0 +1,201 @@
+//! Prometheus metrics (process-wide, updated by the events in [`crate::events`]) and the
+//! readiness state of a running relay.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `bccguard_messages_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// explode, undisclose, reject or pass.
+    pub action: String,
+    /// "true" when the message leaked.
+    pub leak: String,
+}
+
+/// Labels of `bccguard_deliveries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// delivered, deferred or failed.
+    pub outcome: String,
+}
+
+/// Every metric bccguard exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages decided, by action and leak.
+    pub messages: Family<MessageLabels, Counter>,
+    /// Exposure (distinct external visible addresses) of each message.
+    pub exposure: Histogram,
+    /// Rewritten copies planned (explode and undisclose transactions).
+    pub copies: Counter,
+    /// Recipient delivery attempts, by outcome.
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Bounces queued.
+    pub bounces: Counter,
+    /// Messages in the spool.
+    pub spool_messages: Gauge,
+    /// Time per upstream transaction attempt, in seconds.
+    pub upstream_latency: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("bccguard");
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages decided, by action and whether they leaked",
+            messages.clone(),
+        );
+        let exposure = Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0]);
+        registry.register(
+            "message_exposure",
+            "Distinct external addresses visible per message",
+            exposure.clone(),
+        );
+        let copies = Counter::default();
+        registry.register(
+            "copies_created",
+            "Rewritten copies planned (explode, undisclose)",
+            copies.clone(),
+        );
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Recipient delivery attempts, by outcome",
+            deliveries.clone(),
+        );
+        let bounces = Counter::default();
+        registry.register("bounces", "Delivery status notifications queued", bounces.clone());
+        let spool_messages = Gauge::default();
+        registry.register("spool_messages", "Messages in the spool", spool_messages.clone());
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "upstream_latency_seconds",
+            "Time per upstream transaction attempt",
+            upstream_latency.clone(),
+        );
+        // Every known series exists from the start, at 0.
+        for action in ["explode", "undisclose", "reject", "pass"] {
+            for leak in ["true", "false"] {
+                let _ = messages.get_or_create(&MessageLabels {
+                    action: action.into(),
+                    leak: leak.into(),
+                });
+            }
+        }
+        for outcome in ["delivered", "deferred", "failed"] {
+            let _ = deliveries.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        Metrics {
+            registry,
+            messages,
+            exposure,
+            copies,
+            deliveries,
+            bounces,
+            spool_messages,
+            upstream_latency,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// How long an upstream check stays good.
+pub const UPSTREAM_FRESH_MS: i64 = 90_000;
+
+/// Readiness of one running relay: listening, the spool writable, the upstream reachable
+/// recently.
+#[derive(Debug, Default)]
+pub struct Health {
+    listening: AtomicBool,
+    spool_writable: AtomicBool,
+    upstream_ok_at: AtomicI64,
+}
+
+impl Health {
+    /// Record whether the SMTP listeners accept connections.
+    pub fn set_listening(&self, yes: bool) {
+        self.listening.store(yes, Ordering::Relaxed);
+    }
+
+    /// Record the last spool probe.
+    pub fn set_spool_writable(&self, yes: bool) {
+        self.spool_writable.store(yes, Ordering::Relaxed);
+    }
+
+    /// Record that the upstream was reached at `now_ms`.
+    pub fn upstream_reached(&self, now_ms: i64) {
+        self.upstream_ok_at.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// Each check with whether it passes, and the overall verdict.
+    pub fn checks(&self, now_ms: i64) -> (bool, Vec<(&'static str, bool)>) {
+        let upstream = now_ms - self.upstream_ok_at.load(Ordering::Relaxed) <= UPSTREAM_FRESH_MS;
+        let checks = vec![
+            ("listening", self.listening.load(Ordering::Relaxed)),
+            ("spool writable", self.spool_writable.load(Ordering::Relaxed)),
+            ("upstream reachable", upstream),
+        ];
+        (checks.iter().all(|(_, ok)| *ok), checks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_every_check() {
+        let h = Health::default();
+        assert!(!h.checks(1000).0);
+        h.set_listening(true);
+        h.set_spool_writable(true);
+        h.upstream_reached(1000);
+        assert!(h.checks(1000 + UPSTREAM_FRESH_MS).0);
+        assert!(
+            !h.checks(1001 + UPSTREAM_FRESH_MS).0,
+            "an old upstream check goes stale"
+        );
+    }
+
+    #[test]
+    fn the_exposition_names_every_metric() {
+        let m = metrics();
+        m.copies.inc();
+        let text = m.encode();
+        for (name, kind) in [
+            ("bccguard_messages", "counter"),
+            ("bccguard_message_exposure", "histogram"),
+            ("bccguard_copies_created", "counter"),
+            ("bccguard_deliveries", "counter"),
+            ("bccguard_bounces", "counter"),
+            ("bccguard_spool_messages", "gauge"),
+            ("bccguard_upstream_latency_seconds", "histogram"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} in {text}");
+        }
+    }
+}
