@@ -16,9 +16,7 @@ fn main() {
     let recipients: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30_000);
     let rss_before = peak_rss_kib();
     let message = message(100 * 1024);
-    let rcpts: Vec<String> = (0..recipients)
-        .map(|i| format!("customer{i:05}@domain{}.test", i % 500))
-        .collect();
+    let rcpts: Vec<String> = (0..recipients).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
     let policy = Policy::from_config(&PolicyConfig {
         internal_domains: vec!["example.com".into()],
         max_visible_external: 1,
@@ -48,12 +46,7 @@ fn main() {
         message.len(),
         headers.visible().count()
     );
-    println!(
-        "decision: leak={} exposure={} action={}",
-        decision.leak,
-        decision.exposure,
-        decision.action.as_str()
-    );
+    println!("decision: leak={} exposure={} action={}", decision.leak, decision.exposure, decision.action.as_str());
     println!("parse+decide+plan: {:.1} ms", planned.as_secs_f64() * 1e3);
     println!(
         "explode: {copies} copies, {:.1} MiB written to the sink in {:.2} s ({:.0} copies/s)",
@@ -70,9 +63,7 @@ fn main() {
 
 /// A 100 KiB-ish message whose To shows 1,000 external customers (a batch like the 2019 leak).
 fn message(size: usize) -> Vec<u8> {
-    let to: Vec<String> = (0..1000)
-        .map(|i| format!("customer{i:05}@domain{}.test", i % 500))
-        .collect();
+    let to: Vec<String> = (0..1000).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
     let mut m = format!(
         "From: Support <support@example.com>\r\nTo: {}\r\nCc: Ops <ops@example.com>\r\nSubject: Security update\r\n\
          Date: Mon, 18 Nov 2019 09:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",

@@ -59,9 +59,7 @@ pub async fn serve(listener: UnixListener, deliverer: Deliverer, stop: Cancellat
 async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
+    AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST)).read_line(&mut line).await?;
     let reply = match execute(line.trim(), &deliverer).await {
         Ok(n) => format!("ok {n}\n"),
         Err(e) => format!("error: {e}\n"),
@@ -71,10 +69,8 @@ async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
 
 async fn execute(request: &str, deliverer: &Deliverer) -> Result<usize, String> {
     let mut words = request.split_whitespace();
-    let id = |w: Option<&str>| {
-        w.map(|s| QueueId::parse(s).ok_or_else(|| format!("{s:?} is not a queue id")))
-            .transpose()
-    };
+    let id =
+        |w: Option<&str>| w.map(|s| QueueId::parse(s).ok_or_else(|| format!("{s:?} is not a queue id"))).transpose();
     match (words.next(), words.next(), words.next()) {
         (Some("retry"), w, None) => deliverer.retry(id(w)?).await.map_err(|e| e.to_string()),
         (Some("delete"), Some(w), None) => {

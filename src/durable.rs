@@ -34,11 +34,8 @@ impl DirSync {
     /// Wait until a directory fsync that started after this call has completed.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(tx)
-            .map_err(|_| io::Error::other("directory sync worker stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("directory sync worker stopped"))?
+        self.requests.send(tx).map_err(|_| io::Error::other("directory sync worker stopped"))?;
+        rx.await.map_err(|_| io::Error::other("directory sync worker stopped"))?
     }
 
     /// Write `parts` as the file `name` in the directory, durably: the file's data and its
@@ -46,9 +43,7 @@ impl DirSync {
     pub async fn write_file(&self, name: &str, parts: Vec<Bytes>) -> io::Result<()> {
         let target = self.dir.join(name);
         let temp = self.dir.join(format!(".{name}.tmp"));
-        tokio::task::spawn_blocking(move || write_synced(&temp, &target, &parts))
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || write_synced(&temp, &target, &parts)).await.map_err(io::Error::other)??;
         self.sync().await
     }
 }
@@ -81,9 +76,8 @@ async fn sync_worker(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<oneshot::Send
             waiters.push(more);
         }
         let d = dir.clone();
-        let result = tokio::task::spawn_blocking(move || sync_dir(&d))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let result =
+            tokio::task::spawn_blocking(move || sync_dir(&d)).await.unwrap_or_else(|e| Err(io::Error::other(e)));
         for w in waiters {
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -111,10 +105,7 @@ mod tests {
         while let Some(r) = writes.join_next().await {
             r.unwrap().unwrap();
         }
-        let mut names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names.len(), 20, "no temporary files left: {names:?}");
         assert_eq!(fs::read(dir.path().join("f7")).unwrap(), b"head\r\nbody");

@@ -53,18 +53,11 @@ impl MessageDecided<'_> {
     pub fn emit(&self, redaction: Redaction) {
         let d = self.decision;
         let m = metrics();
-        let labels = MessageLabels {
-            action: d.action.as_str().into(),
-            leak: d.leak.to_string(),
-        };
+        let labels = MessageLabels { action: d.action.as_str().into(), leak: d.leak.to_string() };
         m.messages.get_or_create(&labels).inc();
         m.exposure.observe(d.exposure as f64);
         m.copies.inc_by(self.copies as u64);
-        let outcome = if self.transactions == 0 {
-            "message rejected"
-        } else {
-            "message accepted"
-        };
+        let outcome = if self.transactions == 0 { "message rejected" } else { "message accepted" };
         info!(
             queue_id = %self.id,
             client = %self.client.ip().to_canonical(),
@@ -104,12 +97,7 @@ impl DeliveryAttempt<'_> {
             Outcome::Deferred(_) => "deferred",
             Outcome::Failed(_) => "failed",
         };
-        metrics()
-            .deliveries
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
+        metrics().deliveries.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
         let to = redaction.address(self.recipient);
         match self.outcome {
             Outcome::Delivered(reply) => {

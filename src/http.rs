@@ -52,29 +52,17 @@ async fn answer(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<
     };
     let plain = "text/plain; charset=utf-8";
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics().encode(),
-        ),
+        (&Method::GET, "/metrics") => {
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics().encode())
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, plain, "ok\n".into()),
         (&Method::GET, "/readyz") => {
             let (ready, checks) = health.checks(chrono::Utc::now().timestamp_millis());
-            let body: String = checks
-                .iter()
-                .map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "FAILING" }))
-                .collect();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let body: String =
+                checks.iter().map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "FAILING" })).collect();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             text(status, plain, body)
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            plain,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
+        _ => text(StatusCode::NOT_FOUND, plain, "not found: try /metrics, /healthz or /readyz\n".into()),
     })
 }

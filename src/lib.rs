@@ -105,19 +105,29 @@ pub enum RunError {
     Tls(#[from] smtp::tls::TlsConfigError),
 }
 
-/// Bind every `server.listen` address.
+/// Bind every `server.listen` address, with a listen backlog of `server.max_connections`
+/// (at least 1024).
 pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RunError> {
+    let backlog = u32::try_from(config.server.max_connections).unwrap_or(u32::MAX).max(MIN_BACKLOG);
     let mut listeners = Vec::new();
     for &addr in &config.server.listen {
-        listeners.push(bind_one(addr).await?);
+        listeners.push(listen(addr, backlog).map_err(|source| RunError::Bind { addr, source })?);
     }
     Ok(listeners)
 }
 
-async fn bind_one(addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })
+/// The smallest listen backlog used. tokio's and std's `bind` use 128: a burst of more
+/// connections than that overflows the accept queue, and Linux then drops the handshake's
+/// last ACK, so a client that believes it is connected waits up to half a minute for the
+/// server's retransmitted SYN-ACK before its session even starts.
+pub const MIN_BACKLOG: u32 = 1024;
+
+/// A listening socket on `addr` with this backlog (the kernel caps it at `somaxconn`).
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Run the relay on `listeners` until `shutdown` is cancelled, then [`Running::stop`].
@@ -148,14 +158,18 @@ pub struct Running {
 /// start delivery, the control socket, the metrics endpoint and the SMTP front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
+    // Before any session can be writing a temporary file into the spool.
+    match spool.paths().clean() {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed crash leftovers from the spool"),
+        Err(e) => warn!(error = %e, "cannot clean the spool"),
+    }
     let upstream = Arc::new(Upstream::from_config(&config)?);
     let socket_path = spool.paths().control_socket();
-    let control = control::listen(&socket_path).map_err(|source| RunError::Control {
-        path: socket_path.display().to_string(),
-        source,
-    })?;
+    let control = control::listen(&socket_path)
+        .map_err(|source| RunError::Control { path: socket_path.display().to_string(), source })?;
     let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(bind_one(addr).await?),
+        Some(addr) => Some(listen(addr, MIN_BACKLOG).map_err(|source| RunError::Bind { addr, source })?),
         None => None,
     };
     let phases = Shutdown::default();
@@ -171,13 +185,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
     let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
-    let relay = Arc::new(Relay::new(
-        config.server.hostname.clone(),
-        policy,
-        spool.clone(),
-        deliverer,
-        redaction,
-    ));
+    let relay = Arc::new(Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction));
     let front = Arc::new(Frontend::new(&config, relay.clone())?);
     let health = Arc::new(Health::default());
     tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
@@ -257,26 +265,11 @@ impl Running {
         let access_changed = old.access != new.access;
         info!(policy_changed, access_changed, "configuration reloaded");
         if !restart.is_empty() {
-            warn!(
-                sections = restart.join(", "),
-                "these sections changed and take effect only at restart"
-            );
+            warn!(sections = restart.join(", "), "these sections changed and take effect only at restart");
         }
-        let (server, upstream, spool, log, metrics) = (
-            old.server.clone(),
-            old.upstream.clone(),
-            old.spool.clone(),
-            old.log.clone(),
-            old.metrics.clone(),
-        );
-        self.config = Config {
-            server,
-            upstream,
-            spool,
-            log,
-            metrics,
-            ..new
-        };
+        let (server, upstream, spool, log, metrics) =
+            (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
+        self.config = Config { server, upstream, spool, log, metrics, ..new };
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and

@@ -14,11 +14,9 @@ fn main() -> ExitCode {
         Command::Health(arg) => cli::health(&arg, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Check(args) => cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Queue(command) => cli::queue::run(&command, &mut std::io::stdout(), &mut std::io::stderr()),
-        Command::HashPassword => cli::hash_password(
-            &mut std::io::stdin().lock(),
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        ),
+        Command::HashPassword => {
+            cli::hash_password(&mut std::io::stdin().lock(), &mut std::io::stdout(), &mut std::io::stderr())
+        }
     };
     ExitCode::from(code)
 }
@@ -55,11 +53,9 @@ async fn serve_until_signalled(arg: &ConfigArg, config: bccguard::config::Config
     use tokio::signal::unix::{SignalKind, signal};
     let listeners = bccguard::bind(&config).await?;
     let mut running = bccguard::start(config, listeners).await?;
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         running.stop().await;
         return Ok(());
     };

@@ -50,29 +50,13 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("bccguard");
         let messages = Family::<MessageLabels, Counter>::default();
-        registry.register(
-            "messages",
-            "Messages decided, by action and whether they leaked",
-            messages.clone(),
-        );
+        registry.register("messages", "Messages decided, by action and whether they leaked", messages.clone());
         let exposure = Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0]);
-        registry.register(
-            "message_exposure",
-            "Distinct external addresses visible per message",
-            exposure.clone(),
-        );
+        registry.register("message_exposure", "Distinct external addresses visible per message", exposure.clone());
         let copies = Counter::default();
-        registry.register(
-            "copies_created",
-            "Rewritten copies planned (explode, undisclose)",
-            copies.clone(),
-        );
+        registry.register("copies_created", "Rewritten copies planned (explode, undisclose)", copies.clone());
         let deliveries = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "deliveries",
-            "Recipient delivery attempts, by outcome",
-            deliveries.clone(),
-        );
+        registry.register("deliveries", "Recipient delivery attempts, by outcome", deliveries.clone());
         let bounces = Counter::default();
         registry.register("bounces", "Delivery status notifications queued", bounces.clone());
         let spool_messages = Gauge::default();
@@ -86,27 +70,13 @@ impl Metrics {
         // Every known series exists from the start, at 0.
         for action in ["explode", "undisclose", "reject", "pass"] {
             for leak in ["true", "false"] {
-                let _ = messages.get_or_create(&MessageLabels {
-                    action: action.into(),
-                    leak: leak.into(),
-                });
+                let _ = messages.get_or_create(&MessageLabels { action: action.into(), leak: leak.into() });
             }
         }
         for outcome in ["delivered", "deferred", "failed"] {
-            let _ = deliveries.get_or_create(&OutcomeLabels {
-                outcome: outcome.into(),
-            });
+            let _ = deliveries.get_or_create(&OutcomeLabels { outcome: outcome.into() });
         }
-        Metrics {
-            registry,
-            messages,
-            exposure,
-            copies,
-            deliveries,
-            bounces,
-            spool_messages,
-            upstream_latency,
-        }
+        Metrics { registry, messages, exposure, copies, deliveries, bounces, spool_messages, upstream_latency }
     }
 
     /// The OpenMetrics text exposition.
@@ -175,10 +145,7 @@ mod tests {
         h.set_spool_writable(true);
         h.upstream_reached(1000);
         assert!(h.checks(1000 + UPSTREAM_FRESH_MS).0);
-        assert!(
-            !h.checks(1001 + UPSTREAM_FRESH_MS).0,
-            "an old upstream check goes stale"
-        );
+        assert!(!h.checks(1001 + UPSTREAM_FRESH_MS).0, "an old upstream check goes stale");
     }
 
     #[test]

@@ -71,15 +71,7 @@ impl Plan {
 
     /// One transaction for all recipients.
     fn single(recipients: Vec<usize>, rewrite: Rewrite) -> Plan {
-        Plan {
-            transactions: vec![Transaction { recipients, rewrite }],
-            ..Plan::default()
-        }
-    }
-
-    /// Whether any transaction rewrites the addressing.
-    pub fn rewrites(&self) -> bool {
-        self.transactions.iter().any(|t| t.rewrite != Rewrite::Original)
+        Plan { transactions: vec![Transaction { recipients, rewrite }], ..Plan::default() }
     }
 
     fn keep_internal(&mut self, headers: &Headers, policy: &Policy) {
@@ -98,22 +90,13 @@ fn explode(headers: &Headers, recipients: &[String], policy: &Policy) -> Plan {
         (0..recipients.len()).partition(|&i| policy.is_internal(&recipients[i]));
     let mut transactions = Vec::with_capacity(external.len() + 1);
     if !internal.is_empty() {
-        transactions.push(Transaction {
-            recipients: internal,
-            rewrite: Rewrite::Original,
-        });
+        transactions.push(Transaction { recipients: internal, rewrite: Rewrite::Original });
     }
     for i in external {
         let name = names.get(&address::key(&recipients[i])).cloned();
-        transactions.push(Transaction {
-            recipients: vec![i],
-            rewrite: Rewrite::Explode { name },
-        });
+        transactions.push(Transaction { recipients: vec![i], rewrite: Rewrite::Explode { name } });
     }
-    let mut plan = Plan {
-        transactions,
-        ..Plan::default()
-    };
+    let mut plan = Plan { transactions, ..Plan::default() };
     plan.keep_internal(headers, policy);
     plan
 }

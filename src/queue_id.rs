@@ -16,10 +16,7 @@ impl QueueId {
     /// A new id, unique within this process and across restarts.
     pub fn generate() -> QueueId {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or_default();
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFF;
         QueueId(format!("{:013X}{n:03X}", micros & 0xF_FFFF_FFFF_FFFF))
     }

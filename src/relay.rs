@@ -44,13 +44,7 @@ impl Relay {
         deliverer: Deliverer,
         redaction: Redaction,
     ) -> Relay {
-        Relay {
-            hostname,
-            policy: ArcSwap::from_pointee(policy),
-            spool,
-            deliverer,
-            redaction,
-        }
+        Relay { hostname, policy: ArcSwap::from_pointee(policy), spool, deliverer, redaction }
     }
 
     /// Decide messages by `policy` from now on.
@@ -92,11 +86,7 @@ impl Relay {
             client: incoming.peer.ip().to_canonical().to_string(),
             sender: incoming.sender,
             recipients: incoming.recipients,
-            decision: DecisionSummary {
-                leak: decision.leak,
-                action: decision.action,
-                exposure: decision.exposure,
-            },
+            decision: DecisionSummary { leak: decision.leak, action: decision.action, exposure: decision.exposure },
             plan,
             dsn: false,
         };
@@ -112,15 +102,10 @@ impl Relay {
             size: message.len(),
             decision: &decision,
             transactions: meta.plan.transactions.len(),
-            copies: meta
-                .plan
-                .transactions
-                .iter()
-                .filter(|t| t.rewrite != crate::plan::Rewrite::Original)
-                .count(),
+            copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
         accepted.emit(self.redaction);
-        self.deliverer.submit(meta, message);
+        self.deliverer.submit(meta, message, Some(headers));
         reply::queued(id.as_str())
     }
 }

@@ -39,12 +39,7 @@ fn check_config_lists_every_error_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("4 errors"), "{err}");
-    for key in [
-        "server.max_message_size:",
-        "server.max_connections:",
-        "policy.action:",
-        "policy.bogus:",
-    ] {
+    for key in ["server.max_message_size:", "server.max_connections:", "policy.action:", "policy.bogus:"] {
         assert!(err.contains(key), "{key} in {err}");
     }
 }
@@ -55,16 +50,9 @@ fn config_path_from_the_environment_and_overrides() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, "[server]\nmax_recipients = 5\n").unwrap();
     let p = path.to_str().unwrap();
-    let out = bccguard(
-        &["check-config"],
-        &[("BCCGUARD_CONFIG", p), ("BCCGUARD__SERVER__MAX_RECIPIENTS", "x")],
-    );
+    let out = bccguard(&["check-config"], &[("BCCGUARD_CONFIG", p), ("BCCGUARD__SERVER__MAX_RECIPIENTS", "x")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("BCCGUARD__SERVER__MAX_RECIPIENTS"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("BCCGUARD__SERVER__MAX_RECIPIENTS"), "{}", text(&out.stderr));
     let out = bccguard(&["check-config", "--config", "/nonexistent.toml"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read the file"));
@@ -109,20 +97,11 @@ fn check_exits_0_without_a_leak_and_1_with_one() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("decision      leak: explode"), "{stdout}");
-    assert!(
-        stdout.contains("exposure      50 external (at most 1 allowed)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("exposure      50 external (at most 1 allowed)"), "{stdout}");
     assert!(stdout.contains("transactions  50"), "{stdout}");
-    assert!(
-        stdout.contains("\n50  customer49@customer-b.test  explode  customer49@customer-b.test  -\n"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("\n50  customer49@customer-b.test  explode  customer49@customer-b.test  -\n"), "{stdout}");
 
-    let out = bccguard(
-        &["check", &fixture_path("bulk-50.eml")],
-        &[INTERNAL, ("BCCGUARD__POLICY__ACTION", "reject")],
-    );
+    let out = bccguard(&["check", &fixture_path("bulk-50.eml")], &[INTERNAL, ("BCCGUARD__POLICY__ACTION", "reject")]);
     assert_eq!(out.status.code(), Some(1), "a leak exits 1 whatever the action");
     assert!(text(&out.stdout).contains("reply         550 5.7.1 Message refused: it shows 50 external"));
 }
@@ -154,10 +133,7 @@ fn check_json_names_the_transactions() {
     assert_eq!(txns[0]["recipients"][0], "ops@example.com");
     assert_eq!(txns[0]["rewrite"], "original");
     assert_eq!(txns[1]["to"], "=?UTF-8?B?Wm/DqyBDdXN0b21lcg==?= <zoe@client.test>");
-    assert_eq!(
-        txns[1]["cc"],
-        "Ops <ops@example.com>, =?UTF-8?B?SMOkbmRsZXI=?= <haendler@example.com>"
-    );
+    assert_eq!(txns[1]["cc"], "Ops <ops@example.com>, =?UTF-8?B?SMOkbmRsZXI=?= <haendler@example.com>");
 }
 
 #[test]

@@ -28,11 +28,7 @@ async fn wait_listening(addr: std::net::SocketAddr) {
 
 /// The recipients of message `n`: two external (exploded into a copy each), one internal.
 fn recipients(n: usize) -> Vec<String> {
-    vec![
-        format!("m{n}a@alpha.test"),
-        format!("m{n}b@beta.test"),
-        format!("m{n}c@example.com"),
-    ]
+    vec![format!("m{n}a@alpha.test"), format!("m{n}b@beta.test"), format!("m{n}c@example.com")]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,11 +36,7 @@ async fn a_killed_relay_delivers_everything_it_accepted_after_a_restart() {
     let upstream = TestUpstream::start().await;
     upstream.set_delay(Duration::from_millis(5));
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = dir.path().join("bccguard.toml");
     std::fs::write(
@@ -108,10 +100,7 @@ async fn a_killed_relay_delivers_everything_it_accepted_after_a_restart() {
     while clients.join_next().await.is_some() {}
     let accepted = accepted.lock().unwrap().clone();
     assert!(accepted.len() > 20, "the load got going: {} accepted", accepted.len());
-    let spooled = bccguard::spool::SpoolPaths::new(&dir.path().join("spool"))
-        .ids()
-        .unwrap()
-        .len();
+    let spooled = bccguard::spool::SpoolPaths::new(&dir.path().join("spool")).ids().unwrap().len();
 
     let mut relay = spawn_relay(&config, &log);
     wait_listening(addr).await;
@@ -138,11 +127,7 @@ async fn a_killed_relay_delivers_everything_it_accepted_after_a_restart() {
     let mut copies: HashMap<(String, String), usize> = HashMap::new();
     for d in upstream.deliveries() {
         let text = String::from_utf8_lossy(&d.data);
-        let subject = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .unwrap_or_default()
-            .to_string();
+        let subject = text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_string();
         for r in d.rcpts {
             *copies.entry((subject.clone(), r)).or_insert(0) += 1;
         }
@@ -162,10 +147,6 @@ async fn a_killed_relay_delivers_everything_it_accepted_after_a_restart() {
         accepted.len(),
         copies.values().sum::<usize>()
     );
-    assert!(
-        missing.is_empty(),
-        "accepted but not delivered: {missing:?}\n{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    assert!(missing.is_empty(), "accepted but not delivered: {missing:?}\n{}", std::fs::read_to_string(&log).unwrap());
     assert!(delivered.len() >= accepted.len());
 }

@@ -49,9 +49,8 @@ fn the_corpus_decides_as_expected() {
 fn encoded_display_names_are_decoded_for_the_copies() {
     let message = fixture("encoded-names.eml");
     let headers = Headers::parse(&message).unwrap();
-    let recipients: Vec<String> = ["juergen@muenchen.test", "francois@paris.test", "taro@tokyo.test"]
-        .map(String::from)
-        .to_vec();
+    let recipients: Vec<String> =
+        ["juergen@muenchen.test", "francois@paris.test", "taro@tokyo.test"].map(String::from).to_vec();
     let plan = Plan::build(&decide(&headers, &policy()), &headers, &recipients, &policy()).unwrap();
     let names: Vec<_> = plan
         .transactions

@@ -34,20 +34,13 @@ async fn temporary_failures_are_retried_and_delivered_exactly_once() {
     }))
     .await;
     let relay = relay_to(&upstream, "").await;
-    assert!(
-        send(&relay, "app@example.com", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;
     assert_eq!(upstream.attempts("customer@client.test"), 3, "451, 451, 250");
     let delivered = upstream.delivered_to("customer@client.test");
     assert_eq!(delivered.len(), 1, "delivered exactly once");
     assert_eq!(delivered[0].from, "app@example.com");
-    assert!(
-        delivered[0].data.ends_with(b"Subject: hi\r\n\r\nhello\r\n"),
-        "exact bytes at the upstream"
-    );
+    assert!(delivered[0].data.ends_with(b"Subject: hi\r\n\r\nhello\r\n"), "exact bytes at the upstream");
 }
 
 #[tokio::test]
@@ -58,11 +51,7 @@ async fn a_permanent_failure_bounces_naming_only_that_recipient() {
     .await;
     let relay = relay_to(&upstream, "").await;
     let rcpts = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
-    assert!(
-        send(&relay, "app@example.com", &rcpts, &fixture("group.eml"))
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &rcpts, &fixture("group.eml")).await.starts_with("250 "));
     relay.wait_spool_empty().await;
 
     for ok in ["ann@alpha.test", "cat@gamma.test"] {
@@ -75,63 +64,33 @@ async fn a_permanent_failure_bounces_naming_only_that_recipient() {
     assert_eq!(bounces.len(), 1, "one DSN to the sender");
     let dsn = String::from_utf8_lossy(&bounces[0].data).into_owned();
     assert_eq!(bounces[0].from, "", "a bounce is sent with the null sender");
-    assert!(
-        dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"),
-        "{dsn}"
-    );
-    assert!(
-        dsn.contains("Final-Recipient: rfc822; ben@beta.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"),
-        "{dsn}"
-    );
-    assert!(
-        dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"),
-        "{dsn}"
-    );
-    assert!(
-        !dsn.contains("ann@alpha.test") && !dsn.contains("cat@gamma.test"),
-        "no other recipient: {dsn}"
-    );
+    assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"), "{dsn}");
+    assert!(dsn.contains("Final-Recipient: rfc822; ben@beta.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"), "{dsn}");
+    assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"), "{dsn}");
+    assert!(!dsn.contains("ann@alpha.test") && !dsn.contains("cat@gamma.test"), "no other recipient: {dsn}");
 }
 
 #[tokio::test]
 async fn no_bounce_for_the_null_sender() {
-    let upstream = TestUpstream::scripted(Box::new(|stage, _, _| {
-        (stage == Stage::Data).then(|| "554 5.7.1 refused".to_string())
-    }))
-    .await;
+    let upstream =
+        TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Data).then(|| "554 5.7.1 refused".to_string())))
+            .await;
     let relay = relay_to(&upstream, "").await;
-    assert!(
-        send(&relay, "", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(upstream.deliveries().is_empty(), "no DSN: {:?}", upstream.deliveries());
-    assert_eq!(
-        upstream.attempts("customer@client.test"),
-        1,
-        "a permanent failure is not retried"
-    );
+    assert_eq!(upstream.attempts("customer@client.test"), 1, "a permanent failure is not retried");
 }
 
 #[tokio::test]
 async fn an_upstream_that_comes_up_later_gets_the_mail() {
     // Reserve a port, then close it: the relay's first attempts are refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let relay = TestRelay::start(&format!(
-        "[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n{FAST}{POLICY}"
-    ))
-    .await;
-    assert!(
-        send(&relay, "app@example.com", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let relay =
+        TestRelay::start(&format!("[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n{FAST}{POLICY}"))
+            .await;
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(relay.spooled().len(), 1, "kept while the upstream is down");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -145,11 +104,7 @@ async fn a_silent_upstream_times_out_and_the_copy_is_retried() {
     let upstream = TestUpstream::start().await;
     upstream.set_silent(true);
     let relay = relay_to(&upstream, "timeout = \"1s\"\n").await;
-    assert!(
-        send(&relay, "app@example.com", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("a timed-out attempt", || upstream.connections() >= 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(upstream.deliveries().is_empty());
@@ -166,27 +121,15 @@ async fn messages_older_than_max_age_bounce_as_expired() {
         (stage == Stage::Rcpt && rcpt == "customer@client.test").then(|| "451 4.2.1 mailbox busy".to_string())
     }))
     .await;
-    let relay = TestRelay::start(&format!(
-        "{}[spool]\nretry = [\"200ms\"]\nmax_age = \"1s\"\n{POLICY}",
-        upstream.config("")
-    ))
-    .await;
-    assert!(
-        send(&relay, "app@example.com", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    let relay =
+        TestRelay::start(&format!("{}[spool]\nretry = [\"200ms\"]\nmax_age = \"1s\"\n{POLICY}", upstream.config("")))
+            .await;
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;
-    assert!(
-        upstream.attempts("customer@client.test") >= 2,
-        "retried until it expired"
-    );
+    assert!(upstream.attempts("customer@client.test") >= 2, "retried until it expired");
     let dsn = String::from_utf8_lossy(&upstream.delivered_to("app@example.com")[0].data).into_owned();
     assert!(dsn.contains("Status: 4.4.7\r\n"), "{dsn}");
-    assert!(
-        dsn.contains("undeliverable for too long; last reply: 451 4.2.1 mailbox busy"),
-        "{dsn}"
-    );
+    assert!(dsn.contains("undeliverable for too long; last reply: 451 4.2.1 mailbox busy"), "{dsn}");
 }
 
 #[tokio::test]
@@ -198,10 +141,7 @@ async fn a_spool_that_cannot_be_written_gives_451_and_nothing_is_delivered() {
     std::fs::remove_dir_all(&queue).unwrap();
     std::fs::write(&queue, b"not a directory").unwrap();
     let reply = send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await;
-    assert_eq!(
-        reply,
-        "451 4.3.0 Temporary failure storing the message, try again later"
-    );
+    assert_eq!(reply, "451 4.3.0 Temporary failure storing the message, try again later");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(upstream.deliveries().is_empty(), "nothing delivered");
 }
@@ -212,12 +152,14 @@ fn bccguard_queue_list(relay: &TestRelay) -> String {
 }
 
 fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
-    let config = relay.dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!("[spool]\ndir = {:?}\n", relay.dir.path().join("spool")),
-    )
-    .unwrap();
+    let (code, out, err) = queue_cli_in(relay.dir.path(), args);
+    (code, out + &err)
+}
+
+/// `bccguard queue ARGS` on the spool under `dir`: (exit code, stdout, stderr).
+fn queue_cli_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let config = dir.join("cli.toml");
+    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
         .arg("queue")
         .args(args)
@@ -225,12 +167,8 @@ fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
         .arg(&config)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 // Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
@@ -242,16 +180,8 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     .await;
     // A long retry interval: only `queue retry` makes the next attempt happen soon.
     let relay = TestRelay::start(&format!("{}[spool]\nretry = [\"1h\"]\n{POLICY}", upstream.config(""))).await;
-    assert!(
-        send(&relay, "app@example.com", &["slow1@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
-    assert!(
-        send(&relay, "app@example.com", &["slow2@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &["slow1@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(send(&relay, "app@example.com", &["slow2@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("two first attempts", || {
         upstream.attempts("slow2@client.test") == 1 && upstream.attempts("slow1@client.test") == 1
     })
@@ -261,22 +191,10 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     let listed = bccguard_queue_list(&relay);
     let lines: Vec<&str> = listed.lines().collect();
     assert!(lines[0].starts_with("ID  "), "{listed}");
-    for column in [
-        "AGE",
-        "SENDER",
-        "RCPTS",
-        "PENDING",
-        "DELIVERED",
-        "FAILED",
-        "NEXT",
-        "LAST REPLY",
-    ] {
+    for column in ["AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"] {
         assert!(lines[0].contains(column), "{listed}");
     }
-    assert!(
-        lines[1].contains("a***@example.com"),
-        "the sender is redacted: {listed}"
-    );
+    assert!(lines[1].contains("a***@example.com"), "the sender is redacted: {listed}");
     assert!(lines[1].contains("in 59m") || lines[1].contains("in 1h"), "{listed}");
     assert!(listed.contains("2 messages, 2 transactions pending"), "{listed}");
     let ids = relay.spooled();
@@ -304,40 +222,21 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
 
 #[tokio::test]
 async fn queue_commands_work_on_the_files_when_no_relay_runs() {
-    let upstream = TestUpstream::scripted(Box::new(|stage, _, _| {
-        (stage == Stage::Rcpt).then(|| "451 4.4.1 later".to_string())
-    }))
-    .await;
+    let upstream =
+        TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Rcpt).then(|| "451 4.4.1 later".to_string())))
+            .await;
     let relay = TestRelay::start(&format!("{}[spool]\nretry = [\"1h\"]\n{POLICY}", upstream.config(""))).await;
-    assert!(
-        send(&relay, "app@example.com", &["c@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &["c@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("an attempt", || upstream.attempts("c@client.test") == 1).await;
     eventually("journaled", || bccguard_queue_list(&relay).contains("451 4.4.1")).await;
     let id = relay.spooled()[0].clone();
     let (result, dir) = relay.shutdown().await;
     result.unwrap();
     let cli = |args: &[&str]| {
-        let config = dir.path().join("cli.toml");
-        std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.path().join("spool"))).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = queue_cli_in(dir.path(), args);
+        (code, out)
     };
-    assert_eq!(
-        cli(&["retry"]),
-        (0, "Marked 1 message to be tried as soon as bccguard starts.\n".into())
-    );
+    assert_eq!(cli(&["retry"]), (0, "Marked 1 message to be tried as soon as bccguard starts.\n".into()));
     let listed = cli(&["list"]).1;
     assert!(listed.lines().nth(1).unwrap().contains(" now "), "{listed}");
     assert_eq!(cli(&["delete", &id]), (0, format!("Deleted {id}.\n")));
@@ -349,19 +248,12 @@ async fn shutdown_lets_deliveries_in_flight_finish_and_keeps_the_rest() {
     let upstream = TestUpstream::start().await;
     upstream.set_silent(true);
     let relay = relay_to(&upstream, "timeout = \"30s\"\n[server]\nshutdown_grace = \"1s\"\n").await;
-    assert!(
-        send(&relay, "app@example.com", &["customer@client.test"], SIMPLE)
-            .await
-            .starts_with("250 ")
-    );
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("an attempt in flight", || upstream.connections() >= 1).await;
     let started = std::time::Instant::now();
     let (result, dir) = relay.shutdown().await;
     result.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the grace period bounds the wait"
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the grace period bounds the wait");
     let spool = bccguard::spool::SpoolPaths::new(&dir.path().join("spool"));
     assert_eq!(spool.ids().unwrap().len(), 1, "the undelivered message stays spooled");
 }

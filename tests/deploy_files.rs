@@ -19,11 +19,7 @@ fn the_compose_overrides_apply_to_the_shipped_config() {
     let compose = read("docker/compose.yaml");
     let env: Vec<(String, String)> = compose
         .lines()
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("BCCGUARD__")
-                .map(|rest| format!("BCCGUARD__{rest}"))
-        })
+        .filter_map(|l| l.trim().strip_prefix("BCCGUARD__").map(|rest| format!("BCCGUARD__{rest}")))
         .filter_map(|l| {
             let (k, v) = l.split_once(": ")?;
             let v = v.trim();
@@ -50,10 +46,7 @@ fn the_kubernetes_configmap_is_valid() {
         .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
         .collect();
     let secret = tempfile::NamedTempFile::new().unwrap();
-    let toml = toml.replace(
-        "/run/secrets/bccguard/upstream-password",
-        secret.path().to_str().unwrap(),
-    );
+    let toml = toml.replace("/run/secrets/bccguard/upstream-password", secret.path().to_str().unwrap());
     let config = load_str(Some(&toml), &[]).unwrap();
     assert!(matches!(config.upstream.kind(), UpstreamKind::Smtp("smtp.example.com")));
     assert_eq!(config.metrics.listen.unwrap().port(), 9325);

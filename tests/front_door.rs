@@ -19,21 +19,14 @@ fn lettre_to(relay: &TestRelay) -> lettre::transport::smtp::AsyncSmtpTransportBu
 }
 
 fn envelope(from: Option<&str>, to: &[&str]) -> Envelope {
-    Envelope::new(
-        from.map(|f| f.parse().unwrap()),
-        to.iter().map(|t| t.parse().unwrap()).collect(),
-    )
-    .unwrap()
+    Envelope::new(from.map(|f| f.parse().unwrap()), to.iter().map(|t| t.parse().unwrap()).collect()).unwrap()
 }
 
 #[tokio::test]
 async fn lettre_delivers_one_file_per_recipient_byte_for_byte() {
     let relay = TestRelay::start("").await;
     let transport = lettre_to(&relay).build();
-    let response = transport
-        .send_raw(&envelope(Some("a@x.test"), &["b@y.test", "c@z.test"]), MESSAGE)
-        .await
-        .unwrap();
+    let response = transport.send_raw(&envelope(Some("a@x.test"), &["b@y.test", "c@z.test"]), MESSAGE).await.unwrap();
     assert_eq!(u16::from(response.code()), 250);
     let text = response.message().next().unwrap().to_string();
     let id = text.split("queued as ").nth(1).unwrap().to_string();
@@ -45,10 +38,7 @@ async fn lettre_delivers_one_file_per_recipient_byte_for_byte() {
         assert_eq!(name, &format!("{id}-{i}.eml"));
         let (envelope_lines, received, rest) = common::split_delivered(bytes);
         let rcpt = ["b@y.test", "c@z.test"][i];
-        assert_eq!(
-            envelope_lines,
-            format!("Return-Path: <a@x.test>\r\nDelivered-To: {rcpt}\r\n")
-        );
+        assert_eq!(envelope_lines, format!("Return-Path: <a@x.test>\r\nDelivered-To: {rcpt}\r\n"));
         assert!(
             received.starts_with(&format!(
                 "Received: from [127.0.0.1] ([127.0.0.1])\r\n\tby bccguard.localdomain (bccguard) with ESMTP id {id};\r\n\t"
@@ -65,20 +55,10 @@ async fn a_pipelined_dialogue_in_two_writes() {
     let relay = TestRelay::start("").await;
     let mut c = relay.client().await;
     let ehlo = c.cmd("EHLO client.test").await;
-    for ext in [
-        "PIPELINING",
-        "SIZE 26214400",
-        "8BITMIME",
-        "SMTPUTF8",
-        "ENHANCEDSTATUSCODES",
-    ] {
-        assert!(
-            ehlo.contains(&format!("250-{ext}")) || ehlo.contains(&format!("250 {ext}")),
-            "{ehlo}"
-        );
+    for ext in ["PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"] {
+        assert!(ehlo.contains(&format!("250-{ext}")) || ehlo.contains(&format!("250 {ext}")), "{ehlo}");
     }
-    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n")
-        .await;
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n").await;
     assert_eq!(c.reply().await, "250 2.1.0 Sender ok");
     assert_eq!(c.reply().await, "250 2.1.5 Recipient ok");
     assert_eq!(c.reply().await, "250 2.1.5 Recipient ok");
@@ -87,20 +67,14 @@ async fn a_pipelined_dialogue_in_two_writes() {
     assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
     assert_eq!(c.reply().await, "221 2.0.0 Bye");
     let files = relay.wait_outbox(2).await;
-    assert!(
-        files[0].1.ends_with(b"Subject: piped\r\n\r\n.dot\r\n"),
-        "dot stuffing undone"
-    );
+    assert!(files[0].1.ends_with(b"Subject: piped\r\n\r\n.dot\r\n"), "dot stuffing undone");
 }
 
 #[tokio::test]
 async fn the_null_sender_is_accepted() {
     let relay = TestRelay::start("").await;
     let transport = lettre_to(&relay).build();
-    transport
-        .send_raw(&envelope(None, &["b@y.test"]), MESSAGE)
-        .await
-        .unwrap();
+    transport.send_raw(&envelope(None, &["b@y.test"]), MESSAGE).await.unwrap();
     let files = relay.wait_outbox(1).await;
     assert!(files[0].1.starts_with(b"Return-Path: <>\r\nDelivered-To: b@y.test\r\n"));
 }
@@ -119,9 +93,7 @@ async fn message_size_limit_at_mail_and_in_data() {
     assert_eq!(reply, "552 5.3.4 Message size exceeds fixed maximum message size");
     assert!(relay.outbox_files().is_empty(), "nothing kept");
     // The session goes on.
-    let reply = c
-        .transaction("a@x.test", &["b@y.test"], b"Subject: small\r\n\r\nok\r\n")
-        .await;
+    let reply = c.transaction("a@x.test", &["b@y.test"], b"Subject: small\r\n\r\nok\r\n").await;
     assert!(reply.starts_with("250 "), "{reply}");
 }
 
@@ -143,11 +115,7 @@ async fn command_lines_over_512_octets() {
     let line = format!("NOOP {}", "a".repeat(506));
     assert_eq!(line.len() + 2, 513);
     assert_eq!(c.cmd(&line).await, "500 5.5.2 Line too long");
-    assert_eq!(
-        c.cmd(&line[..line.len() - 1]).await,
-        "250 2.0.0 Ok",
-        "512 octets are fine"
-    );
+    assert_eq!(c.cmd(&line[..line.len() - 1]).await, "250 2.0.0 Ok", "512 octets are fine");
 }
 
 #[tokio::test]
@@ -229,19 +197,13 @@ async fn starttls_then_auth_with_lettre() {
     // Only authenticated clients may relay here, so AUTH must have worked.
     let (relay, pem) = tls_relay("require_auth = true").await;
     let good = lettre_tls(&relay, &pem, "app", "s3cret");
-    let response = good
-        .send_raw(&envelope(Some("a@x.test"), &["b@y.test"]), MESSAGE)
-        .await
-        .unwrap();
+    let response = good.send_raw(&envelope(Some("a@x.test"), &["b@y.test"]), MESSAGE).await.unwrap();
     assert_eq!(u16::from(response.code()), 250);
     let files = relay.wait_outbox(1).await;
     assert!(String::from_utf8_lossy(&files[0].1).contains("with ESMTPSA id"));
 
     let bad = lettre_tls(&relay, &pem, "app", "wrong");
-    let err = bad
-        .send_raw(&envelope(Some("a@x.test"), &["b@y.test"]), MESSAGE)
-        .await
-        .unwrap_err();
+    let err = bad.send_raw(&envelope(Some("a@x.test"), &["b@y.test"]), MESSAGE).await.unwrap_err();
     assert_eq!(err.status().map(u16::from), Some(535), "{err}");
     assert!(relay.spooled().is_empty(), "nothing more accepted");
     assert_eq!(relay.outbox_files().len(), 1, "nothing more delivered");
@@ -252,10 +214,7 @@ async fn auth_is_not_offered_in_the_clear() {
     let (relay, _) = tls_relay("").await;
     let mut c = relay.client().await;
     let ehlo = c.cmd("EHLO c").await;
-    assert!(
-        ehlo.contains("250-STARTTLS") || ehlo.ends_with("250 STARTTLS"),
-        "{ehlo}"
-    );
+    assert!(ehlo.contains("250-STARTTLS") || ehlo.ends_with("250 STARTTLS"), "{ehlo}");
     assert!(!ehlo.contains("AUTH"), "{ehlo}");
     assert_eq!(
         c.cmd("AUTH PLAIN AGFwcABzM2NyZXQ=").await,
@@ -274,25 +233,17 @@ async fn input_pipelined_after_starttls_is_discarded() {
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n").await;
     assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
     let config = ClientConfig::builder_with_provider(bccguard::smtp::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), c.into_inner())
-        .await
-        .unwrap();
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), c.into_inner()).await.unwrap();
     let mut tls = tokio::io::BufReader::new(tls);
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    tls.get_mut()
-        .write_all(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n")
-        .await
-        .unwrap();
+    tls.get_mut().write_all(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n").await.unwrap();
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
@@ -307,10 +258,7 @@ async fn input_pipelined_after_starttls_is_discarded() {
         }
     }
     assert!(lines[0].starts_with("250-bccguard.localdomain"), "{lines:?}");
-    assert!(
-        lines.iter().any(|l| l.starts_with("250 AUTH PLAIN LOGIN")),
-        "AUTH offered under TLS: {lines:?}"
-    );
+    assert!(lines.iter().any(|l| l.starts_with("250 AUTH PLAIN LOGIN")), "AUTH offered under TLS: {lines:?}");
 }
 
 #[tokio::test]
@@ -318,10 +266,7 @@ async fn bare_lf_in_a_command_is_refused_and_closes() {
     let relay = TestRelay::start("").await;
     let mut c = relay.client().await;
     c.send(b"EHLO c\nMAIL FROM:<a@x.test>\r\n").await;
-    assert_eq!(
-        c.reply().await,
-        "554 5.5.2 Bare CR or LF not allowed: lines must end with CRLF; closing connection"
-    );
+    assert_eq!(c.reply().await, "554 5.5.2 Bare CR or LF not allowed: lines must end with CRLF; closing connection");
     assert!(c.is_closed().await);
 }
 
@@ -351,11 +296,7 @@ async fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
     result.unwrap();
     let spool = bccguard::spool::SpoolPaths::new(&dir.path().join("spool"));
     let delivered = common::files_in(&dir.path().join("outbox")).len();
-    assert_eq!(
-        delivered + spool.ids().unwrap().len(),
-        1,
-        "the transaction in flight was kept"
-    );
+    assert_eq!(delivered + spool.ids().unwrap().len(), 1, "the transaction in flight was kept");
 }
 
 #[tokio::test]
@@ -424,9 +365,7 @@ async fn three_hundred_concurrent_sessions_each_complete_a_transaction() {
             assert!(c.reply().await.starts_with("220"));
             c.cmd("EHLO load").await;
             let data = format!("Subject: load {i}\r\n\r\nmessage {i}\r\n");
-            let reply = c
-                .transaction("a@x.test", &[&format!("r{i}@y.test")], data.as_bytes())
-                .await;
+            let reply = c.transaction("a@x.test", &[&format!("r{i}@y.test")], data.as_bytes()).await;
             assert!(reply.starts_with("250 2.0.0"), "{i}: {reply}");
             c.cmd("QUIT").await
         });
@@ -439,4 +378,19 @@ async fn three_hundred_concurrent_sessions_each_complete_a_transaction() {
     let mut c = relay.client().await;
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
     relay.stop().await.unwrap();
+}
+
+/// A burst of connections all wait in the accept queue: with the 128-connection backlog of
+/// tokio's and std's `bind`, Linux would drop the excess handshakes and those clients would
+/// wait up to half a minute for a retransmitted SYN-ACK.
+#[tokio::test]
+async fn a_burst_of_connections_fits_in_the_listen_backlog() {
+    let listener = bccguard::listen("127.0.0.1:0".parse().unwrap(), bccguard::MIN_BACKLOG).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let mut queued = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await {
+        queued += 1;
+    }
+    assert_eq!(queued, clients.len(), "every connection was in the accept queue");
 }

@@ -13,14 +13,9 @@ const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
 /// Send `message` with lettre (which appends CRLF . CRLF itself, so one final CRLF is taken
 /// off first). Returns the reply code.
 async fn send(relay: &TestRelay, from: &str, to: &[&str], message: &[u8]) -> Result<u16, u16> {
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(relay.addr.port())
-        .build();
-    let envelope = Envelope::new(
-        Some(from.parse().unwrap()),
-        to.iter().map(|t| t.parse().unwrap()).collect(),
-    )
-    .unwrap();
+    let transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1").port(relay.addr.port()).build();
+    let envelope = Envelope::new(Some(from.parse().unwrap()), to.iter().map(|t| t.parse().unwrap()).collect()).unwrap();
     let message = message.strip_suffix(b"\r\n").unwrap_or(message);
     match transport.send_raw(&envelope, message).await {
         Ok(r) => Ok(u16::from(r.code())),
@@ -55,10 +50,7 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
             .replace(
                 "To: \"Zoë Customer\" <zoe@client.test>, Max <max@other.test>, Ops <ops@example.com>\r\n\
                  Cc: \"Händler\" <haendler@example.com>\r\nBcc: audit@example.com\r\n",
-                &format!(
-                    "To: {to}\r\nCc: Ops <ops@example.com>, {} <haendler@example.com>\r\n",
-                    b64("Händler")
-                ),
+                &format!("To: {to}\r\nCc: Ops <ops@example.com>, {} <haendler@example.com>\r\n", b64("Händler")),
             )
             .replace("\r\n\r\n", "\r\nX-Bccguard: exploded\r\n\r\n")
     };
@@ -75,11 +67,7 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
     let original_minus_bcc = String::from_utf8_lossy(&original).replace("Bcc: audit@example.com\r\n", "");
     for rcpt in internal {
         let copy = delivered_to(&files, rcpt);
-        assert_eq!(
-            String::from_utf8_lossy(&copy),
-            original_minus_bcc,
-            "{rcpt} gets the original"
-        );
+        assert_eq!(String::from_utf8_lossy(&copy), original_minus_bcc, "{rcpt} gets the original");
     }
 }
 
@@ -87,12 +75,7 @@ async fn explode_gives_each_external_recipient_its_own_copy() {
 async fn undisclose_sends_one_copy_to_everyone() {
     let relay = TestRelay::start(&format!("{POLICY}action = \"undisclose\"\n")).await;
     let original = fixture("stray-bcc.eml");
-    let rcpts = [
-        "first@client.test",
-        "second@other.test",
-        "third@freemail.test",
-        "boss@example.com",
-    ];
+    let rcpts = ["first@client.test", "second@other.test", "third@freemail.test", "boss@example.com"];
     assert_eq!(send(&relay, "app@example.com", &rcpts, &original).await, Ok(250));
     let files = relay.wait_outbox(4).await;
     let expected = String::from_utf8_lossy(&original)
@@ -104,10 +87,8 @@ async fn undisclose_sends_one_copy_to_everyone() {
     for rcpt in rcpts {
         assert_eq!(String::from_utf8_lossy(&delivered_to(&files, rcpt)), expected, "{rcpt}");
     }
-    let names: std::collections::HashSet<_> = files
-        .iter()
-        .map(|f| f.0.split('-').next().unwrap().to_string())
-        .collect();
+    let names: std::collections::HashSet<_> =
+        files.iter().map(|f| f.0.split('-').next().unwrap().to_string()).collect();
     assert_eq!(names.len(), 1, "one message, one queue id");
 }
 
@@ -126,9 +107,7 @@ async fn reject_refuses_the_leak_and_the_session_goes_on() {
          (at most 1 allowed); put the recipients in Bcc or send one message each"
     );
     assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
-    let reply = c
-        .transaction("alice@example.com", &["bob@client.test"], &fixture("conversation.eml"))
-        .await;
+    let reply = c.transaction("alice@example.com", &["bob@client.test"], &fixture("conversation.eml")).await;
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     let files = relay.wait_outbox(1).await;
     relay.wait_spool_empty().await;
@@ -152,10 +131,7 @@ async fn monitor_mode_decides_but_delivers_unchanged() {
 async fn a_copy_bccguard_made_is_not_processed_again() {
     let relay = TestRelay::start(POLICY).await;
     let original = fixture("already-processed.eml");
-    assert_eq!(
-        send(&relay, "app@example.com", &["a@one.test", "b@two.test"], &original).await,
-        Ok(250)
-    );
+    assert_eq!(send(&relay, "app@example.com", &["a@one.test", "b@two.test"], &original).await, Ok(250));
     let files = relay.wait_outbox(2).await;
     for rcpt in ["a@one.test", "b@two.test"] {
         assert_eq!(delivered_to(&files, rcpt), original, "{rcpt}: passed as it was");
@@ -167,21 +143,12 @@ async fn an_exploded_copy_sent_back_through_the_relay_passes_unchanged() {
     let relay = TestRelay::start(POLICY).await;
     let original = fixture("bulk-50.eml");
     assert_eq!(
-        send(
-            &relay,
-            "support@example.com",
-            &["customer00@gmail.com", "customer01@yahoo.com"],
-            &original
-        )
-        .await,
+        send(&relay, "support@example.com", &["customer00@gmail.com", "customer01@yahoo.com"], &original).await,
         Ok(250)
     );
     let copy = delivered_to(&relay.wait_outbox(2).await, "customer00@gmail.com");
     let second = TestRelay::start(POLICY).await;
-    assert_eq!(
-        send(&second, "support@example.com", &["customer00@gmail.com"], &copy).await,
-        Ok(250)
-    );
+    assert_eq!(send(&second, "support@example.com", &["customer00@gmail.com"], &copy).await, Ok(250));
     let files = second.wait_outbox(1).await;
     let (_, _, again) = common::split_delivered(&files[0].1);
     assert_eq!(again, copy, "byte-identical: no second mark, no rewrite");

@@ -29,11 +29,7 @@ fn name() -> impl Strategy<Value = Option<String>> {
 }
 
 fn address() -> impl Strategy<Value = String> {
-    (
-        "[a-z0-9][a-z0-9._+-]{0,30}[a-z0-9]",
-        "[a-z]{1,12}",
-        prop_oneof!["test", "example"],
-    )
+    ("[a-z0-9][a-z0-9._+-]{0,30}[a-z0-9]", "[a-z]{1,12}", prop_oneof!["test", "example"])
         .prop_map(|(local, host, tld)| format!("{local}@{host}.{tld}"))
 }
 
@@ -46,11 +42,8 @@ fn raw_mailbox(name: &Option<String>, addr: &str) -> String {
             format!("\"{}\" <{addr}>", n.replace('\\', "\\\\").replace('"', "\\\""))
         }
         Some(n) => {
-            let words: Vec<String> = n
-                .as_bytes()
-                .chunks(45)
-                .map(|c| format!("=?UTF-8?B?{}?=", BASE64.encode(c)))
-                .collect();
+            let words: Vec<String> =
+                n.as_bytes().chunks(45).map(|c| format!("=?UTF-8?B?{}?=", BASE64.encode(c))).collect();
             format!("{}\r\n <{addr}>", words.join("\r\n "))
         }
     }
@@ -59,10 +52,8 @@ fn raw_mailbox(name: &Option<String>, addr: &str) -> String {
 fn field_count(message: &[u8]) -> (usize, usize) {
     let parsed = MessageParser::new().parse(message).expect("parses");
     let headers = &parsed.parts[0].headers;
-    let address_fields = headers
-        .iter()
-        .filter(|h| matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc))
-        .count();
+    let address_fields =
+        headers.iter().filter(|h| matches!(h.name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc)).count();
     (headers.len(), address_fields)
 }
 

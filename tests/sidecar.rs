@@ -18,10 +18,7 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -48,11 +45,7 @@ async fn metrics_move_after_a_message() {
     let mut c = relay.client().await;
     c.cmd("EHLO c").await;
     let rcpts = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
-    assert!(
-        c.transaction("app@example.com", &rcpts, &fixture("group.eml"))
-            .await
-            .starts_with("250 ")
-    );
+    assert!(c.transaction("app@example.com", &rcpts, &fixture("group.eml")).await.starts_with("250 "));
     relay.wait_outbox(3).await;
     eventually("deliveries counted", || {
         sample(&get(addr, "/metrics").1, delivered) >= sample(&before, delivered) + 3.0
@@ -66,33 +59,20 @@ async fn metrics_move_after_a_message() {
         sample(&after, "bccguard_message_exposure_count") > sample(&before, "bccguard_message_exposure_count"),
         "{after}"
     );
-    for name in [
-        "bccguard_spool_messages",
-        "bccguard_upstream_latency_seconds",
-        "bccguard_bounces_total",
-    ] {
+    for name in ["bccguard_spool_messages", "bccguard_upstream_latency_seconds", "bccguard_bounces_total"] {
         assert!(after.contains(name), "{name} in {after}");
     }
     assert_eq!(get(addr, "/healthz"), (200, "ok\n".into()));
     eventually("ready", || get(addr, "/readyz").0 == 200).await;
-    assert_eq!(
-        get(addr, "/readyz").1,
-        "listening: ok\nspool writable: ok\nupstream reachable: ok\n"
-    );
+    assert_eq!(get(addr, "/readyz").1, "listening: ok\nspool writable: ok\nupstream reachable: ok\n");
     assert_eq!(get(addr, "/nope").0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_the_upstream_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let relay = TestRelay::start(&format!(
-        "{METRICS}[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
-    ))
-    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let relay =
+        TestRelay::start(&format!("{METRICS}[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n")).await;
     let addr = relay.metrics.unwrap();
     let (status, body) = get(addr, "/readyz");
     assert_eq!(status, 503, "{body}");
@@ -101,11 +81,7 @@ async fn not_ready_while_the_upstream_is_unreachable() {
 }
 
 fn bccguard(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .args(args)
-        .env_remove("BCCGUARD_CONFIG")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_bccguard")).args(args).env_remove("BCCGUARD_CONFIG").output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,9 +121,7 @@ impl Child {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.process.id().to_string()])
-            .status();
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.process.id().to_string()]).status();
         assert!(status.unwrap().success());
     }
 
@@ -161,17 +135,12 @@ async fn leak(addr: SocketAddr) -> String {
     c.reply().await;
     c.cmd("EHLO c").await;
     let data = b"From: app@example.com\r\nTo: a@partner.test, b@partner.test\r\nSubject: s\r\n\r\nbody\r\n";
-    c.transaction("app@example.com", &["a@partner.test", "b@partner.test"], data)
-        .await
+    c.transaction("app@example.com", &["a@partner.test", "b@partner.test"], data).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy_and_refuses_a_broken_file() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Child {
         process: Command::new("true").spawn().unwrap(),
@@ -190,10 +159,7 @@ async fn sighup_reloads_the_policy_and_refuses_a_broken_file() {
     let addr = child.addr;
     eventually("the relay listens", || std::net::TcpStream::connect(addr).is_ok()).await;
 
-    assert!(
-        leak(addr).await.starts_with("550 5.7.1 "),
-        "partner.test is external: a leak, rejected"
-    );
+    assert!(leak(addr).await.starts_with("550 5.7.1 "), "partner.test is external: a leak, rejected");
     // A session opened before the reload goes on after it.
     let mut open = RawClient::connect(addr, None).await;
     open.reply().await;
@@ -202,28 +168,14 @@ async fn sighup_reloads_the_policy_and_refuses_a_broken_file() {
     child.write_config(&child.config_text("\"example.com\", \"partner.test\""));
     child.signal("HUP");
     eventually("the reload", || child.log().contains("configuration reloaded")).await;
-    assert!(
-        leak(addr).await.starts_with("250 "),
-        "partner.test is internal now: no leak"
-    );
-    assert_eq!(
-        open.cmd("NOOP").await,
-        "250 2.0.0 Ok",
-        "the open session was not dropped"
-    );
+    assert!(leak(addr).await.starts_with("250 "), "partner.test is internal now: no leak");
+    assert_eq!(open.cmd("NOOP").await, "250 2.0.0 Ok", "the open session was not dropped");
 
     child.write_config("[policy]\naction = \"explod\"\n");
     child.signal("HUP");
     eventually("the refusal", || child.log().contains("configuration not reloaded")).await;
-    assert!(
-        child.log().contains("policy.action: unknown variant `explod`"),
-        "{}",
-        child.log()
-    );
-    assert!(
-        leak(addr).await.starts_with("250 "),
-        "the previous policy still applies"
-    );
+    assert!(child.log().contains("policy.action: unknown variant `explod`"), "{}", child.log());
+    assert!(leak(addr).await.starts_with("250 "), "the previous policy still applies");
 
     child.signal("TERM");
     let status = child.process.wait().unwrap();

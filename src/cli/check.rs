@@ -69,11 +69,7 @@ struct TxnReport {
 pub fn run(args: &CheckArgs, out: &mut impl Write, err: &mut impl Write) -> u8 {
     match report(args) {
         Ok((report, leak)) => {
-            let _ = if args.json {
-                print_json(&report, out)
-            } else {
-                print_table(&report, out)
-            };
+            let _ = if args.json { print_json(&report, out) } else { print_table(&report, out) };
             u8::from(leak)
         }
         Err(message) => {
@@ -94,12 +90,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     let plan = Plan::build(&decision, &headers, &recipients, &policy);
     let transactions = plan
         .as_ref()
-        .map(|plan| {
-            plan.transactions
-                .iter()
-                .map(|t| txn_report(&message, &headers, plan, t, &recipients))
-                .collect()
-        })
+        .map(|plan| plan.transactions.iter().map(|t| txn_report(&message, &headers, plan, t, &recipients)).collect())
         .unwrap_or_default();
     let leak = decision.leak;
     let report = Report {
@@ -125,11 +116,8 @@ fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Vec<String>, bool), 
         return Ok((canonical, false));
     }
     let mut seen = HashSet::new();
-    let visible = headers
-        .visible()
-        .filter(|m| seen.insert(address::key(&m.address)))
-        .map(|m| m.address.clone())
-        .collect();
+    let visible =
+        headers.visible().filter(|m| seen.insert(address::key(&m.address))).map(|m| m.address.clone()).collect();
     Ok((visible, true))
 }
 
@@ -167,10 +155,7 @@ fn txn_report(
             .map(|f| {
                 let raw = String::from_utf8_lossy(&block[f.range.clone()]).into_owned();
                 let unfolded = raw.replace("\r\n", "");
-                unfolded
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-                    .unwrap_or_default()
+                unfolded.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default()
             })
             .collect();
         (!values.is_empty()).then(|| values.join(", "))
@@ -212,25 +197,14 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     let d = &r.decision;
     let verdict = match (d.leak, d.monitor, d.action) {
         (false, _, _) => "no leak: pass".to_string(),
-        (true, true, _) => format!(
-            "leak: pass (monitor mode; the policy says {})",
-            d.policy_action.as_str()
-        ),
+        (true, true, _) => format!("leak: pass (monitor mode; the policy says {})", d.policy_action.as_str()),
         (true, false, Action::Reject) => "leak: reject".to_string(),
         (true, false, action) => format!("leak: {}", action.as_str()),
     };
-    let envelope = if r.envelope_from_headers {
-        " (the visible addresses; use --rcpt to set)"
-    } else {
-        ""
-    };
+    let envelope = if r.envelope_from_headers { " (the visible addresses; use --rcpt to set)" } else { "" };
     writeln!(out, "{}", r.file)?;
     writeln!(out, "  decision      {verdict}")?;
-    writeln!(
-        out,
-        "  exposure      {} external (at most {} allowed)",
-        d.exposure, d.max_visible_external
-    )?;
+    writeln!(out, "  exposure      {} external (at most {} allowed)", d.exposure, d.max_visible_external)?;
     writeln!(out, "  reason        {}", r.reason_text)?;
     writeln!(out, "  recipients    {}{envelope}", r.recipients)?;
     if let Some(reply) = &r.reply {
@@ -245,13 +219,7 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         .enumerate()
         .map(|(i, t)| {
             let [to, cc] = t.shown.clone();
-            [
-                (i + 1).to_string(),
-                t.recipients.join(", "),
-                t.rewrite.to_string(),
-                to,
-                cc,
-            ]
+            [(i + 1).to_string(), t.recipients.join(", "), t.rewrite.to_string(), to, cc]
         })
         .collect();
     super::table::write(out, &["#", "RECIPIENTS", "COPY", "TO", "CC"], &rows)

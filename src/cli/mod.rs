@@ -94,11 +94,7 @@ pub fn health(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write) -> u8
         return EXIT_ERROR;
     };
     if addr.ip().is_unspecified() {
-        let local = if addr.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V6(Ipv6Addr::LOCALHOST)
-        };
+        let local = if addr.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
         addr.set_ip(local);
     }
     let timeout = Duration::from_secs(5);

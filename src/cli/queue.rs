@@ -85,10 +85,7 @@ pub fn run(command: &QueueCommand, out: &mut impl Write, err: &mut impl Write) -
 
 fn spool(config: &ConfigArg) -> Result<(SpoolPaths, Redaction), String> {
     let config = config.load().map_err(|e| e.to_string().trim_end().to_string())?;
-    Ok((
-        SpoolPaths::new(&config.spool.dir),
-        Redaction(config.log.redact_addresses),
-    ))
+    Ok((SpoolPaths::new(&config.spool.dir), Redaction(config.log.redact_addresses)))
 }
 
 fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), String> {
@@ -97,9 +94,7 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     let ids = paths.ids().map_err(|e| format!("cannot read the spool: {e}"))?;
     let entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
     let written = if json {
-        serde_json::to_writer_pretty(&mut *out, &entries)
-            .map_err(io::Error::other)
-            .and_then(|()| writeln!(out))
+        serde_json::to_writer_pretty(&mut *out, &entries).map_err(io::Error::other).and_then(|()| writeln!(out))
     } else {
         table(&entries, now, out)
     };
@@ -162,26 +157,11 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
             ]
         })
         .collect();
-    let header = [
-        "ID",
-        "AGE",
-        "SENDER",
-        "RCPTS",
-        "PENDING",
-        "DELIVERED",
-        "FAILED",
-        "NEXT",
-        "LAST REPLY",
-    ];
+    let header = ["ID", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
     super::table::write(out, &header, &rows)?;
     let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
     let n = entries.len();
-    writeln!(
-        out,
-        "\n{n} message{}, {pending} transaction{} pending",
-        plural(n),
-        plural(pending)
-    )
+    writeln!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))
 }
 
 fn plural(n: usize) -> &'static str {
@@ -256,12 +236,7 @@ fn retry(config: &ConfigArg, id: Option<&str>, out: &mut impl Write) -> Result<(
             Err(e) => return Err(format!("{id}: {e}")),
         }
     }
-    writeln!(
-        out,
-        "Marked {n} message{} to be tried as soon as bccguard starts.",
-        plural(n)
-    )
-    .map_err(|e| e.to_string())
+    writeln!(out, "Marked {n} message{} to be tried as soon as bccguard starts.", plural(n)).map_err(|e| e.to_string())
 }
 
 fn delete(config: &ConfigArg, id: &str, out: &mut impl Write) -> Result<(), String> {

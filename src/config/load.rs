@@ -26,20 +26,13 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(super) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
+        ConfigError { path: path.into(), message: message.into() }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -99,10 +92,7 @@ pub fn load(source: ConfigSource) -> Result<Config, ConfigErrors> {
             Ok(text) => Some(text),
             Err(e) => {
                 let error = ConfigError::new("", format!("cannot read the file: {e}"));
-                return Err(ConfigErrors {
-                    origin: source,
-                    errors: vec![error],
-                });
+                return Err(ConfigErrors { origin: source, errors: vec![error] });
             }
         },
         ConfigSource::Defaults => None,
@@ -276,11 +266,7 @@ mod tests {
     }
 
     fn errors(text: &str) -> Vec<String> {
-        load_str(Some(text), &[])
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        load_str(Some(text), &[]).unwrap_err().iter().map(ToString::to_string).collect()
     }
 
     #[test]

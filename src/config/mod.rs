@@ -309,11 +309,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            redact_addresses: true,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, redact_addresses: true, level: "info".into() }
     }
 }
 

@@ -49,9 +49,7 @@ impl de::Visitor<'_> for SizeVisitor {
         v.parse().map_err(E::custom)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-        u64::try_from(v)
-            .map(ByteSize)
-            .map_err(|_| E::custom("a size cannot be negative"))
+        u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
         Ok(ByteSize(v))
@@ -115,12 +113,9 @@ mod tests {
 
     #[test]
     fn sizes_parse_with_units() {
-        for (text, bytes) in [
-            ("25MiB", 25 * 1024 * 1024),
-            ("512 KiB", 512 * 1024),
-            ("10MB", 10_000_000),
-            ("1024", 1024),
-        ] {
+        for (text, bytes) in
+            [("25MiB", 25 * 1024 * 1024), ("512 KiB", 512 * 1024), ("10MB", 10_000_000), ("1024", 1024)]
+        {
             assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(bytes), "{text}");
         }
         assert!("lots".parse::<ByteSize>().is_err());

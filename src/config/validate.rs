@@ -68,10 +68,7 @@ fn access(a: &AccessConfig, have_tls: bool, errors: &mut Vec<ConfigError>) {
     }
     let auth_offered = have_tls || a.allow_plaintext_auth;
     if a.require_auth && a.users.is_empty() {
-        errors.push(ConfigError::new(
-            "access.require_auth",
-            "no client could ever send: add [[access.users]]",
-        ));
+        errors.push(ConfigError::new("access.require_auth", "no client could ever send: add [[access.users]]"));
     }
     if !a.users.is_empty() && !auth_offered {
         errors.push(ConfigError::new(
@@ -84,10 +81,7 @@ fn access(a: &AccessConfig, have_tls: bool, errors: &mut Vec<ConfigError>) {
 fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
     let mut push = |key: &str, message: &str| errors.push(ConfigError::new(key, message));
     if u.host.is_some() && u.directory.is_some() {
-        push(
-            "upstream.directory",
-            "set either upstream.directory or upstream.host, not both",
-        );
+        push("upstream.directory", "set either upstream.directory or upstream.host, not both");
     }
     if u.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
         push("upstream.host", "must not be empty");
@@ -97,10 +91,7 @@ fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
     }
     let has_password = u.password.is_some() || u.password_file.is_some();
     if u.username.is_some() != has_password {
-        push(
-            "upstream.username",
-            "username and a password (or password_file) go together",
-        );
+        push("upstream.username", "username and a password (or password_file) go together");
     }
     if u.host.is_none() {
         for (key, set) in [
@@ -116,10 +107,7 @@ fn upstream(u: &UpstreamConfig, errors: &mut Vec<ConfigError>) {
     if let Some(path) = &u.password_file
         && let Err(e) = std::fs::read_to_string(path)
     {
-        push(
-            "upstream.password_file",
-            &format!("cannot read {}: {e}", path.display()),
-        );
+        push("upstream.password_file", &format!("cannot read {}: {e}", path.display()));
     }
     if let Some(path) = &u.ca_file
         && let Err(e) = std::fs::read(path)
@@ -183,10 +171,7 @@ mod tests {
         let errs = errors("[[access.users]]\nname = \"app\"\npassword_hash = \"plaintext\"\n");
         let joined = errs.join("\n");
         assert!(joined.contains("access.users[0].password_hash:"), "{joined}");
-        assert!(
-            joined.contains("access.users: AUTH is offered only after STARTTLS"),
-            "{joined}"
-        );
+        assert!(joined.contains("access.users: AUTH is offered only after STARTTLS"), "{joined}");
     }
 
     #[test]

@@ -31,15 +31,12 @@ impl DirectoryUpstream {
     /// Use `dir`, creating it if needed.
     pub fn open(dir: &Path) -> io::Result<DirectoryUpstream> {
         std::fs::create_dir_all(dir)?;
-        Ok(DirectoryUpstream {
-            sync: DirSync::new(dir.to_path_buf()),
-            writes: Arc::new(Semaphore::new(MAX_WRITES)),
-        })
+        Ok(DirectoryUpstream { sync: DirSync::new(dir.to_path_buf()), writes: Arc::new(Semaphore::new(MAX_WRITES)) })
     }
 
     /// Whether a file can be written into the outbox.
     pub async fn probe(&self) -> bool {
-        let path = self.sync.dir().join(".bccguard-probe.tmp");
+        let path = self.sync.dir().join(".bccguard-probe");
         tokio::task::spawn_blocking(move || std::fs::write(&path, b"probe").and_then(|()| std::fs::remove_file(&path)))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -51,9 +48,7 @@ impl DirectoryUpstream {
         for (slot, &(index, rcpt)) in rcpts.iter().enumerate() {
             let this = self.clone();
             let name = format!("{id}-{index}.eml");
-            let mut file = vec![Bytes::from(format!(
-                "Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n"
-            ))];
+            let mut file = vec![Bytes::from(format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n"))];
             file.extend(parts.iter().cloned());
             writes.spawn(async move {
                 let _permit = this.writes.acquire().await.expect("never closed");

@@ -49,9 +49,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         sender = report.sender,
         date = now.to_rfc2822(),
     ));
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ));
+    out.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
     out.push_str(&format!(
         "This is the mail system at host {}.\r\n\r\nYour message (queue id {}) could not be delivered \
          to the following recipient{}:\r\n\r\n",
@@ -60,16 +58,10 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         if report.failures.len() == 1 { "" } else { "s" }
     ));
     for f in report.failures {
-        let why = if f.expired {
-            "the message was undeliverable for too long; last reply: "
-        } else {
-            ""
-        };
+        let why = if f.expired { "the message was undeliverable for too long; last reply: " } else { "" };
         out.push_str(&format!("<{}>: {why}{}\r\n", f.recipient, one_line(&f.reply)));
     }
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-    ));
+    out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
     out.push_str(&format!(
         "Reporting-MTA: dns; {}\r\nX-Bccguard-Queue-ID: {}\r\nArrival-Date: {}\r\n",
         report.hostname,
@@ -87,9 +79,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         }
         out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply)));
     }
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-    ));
+    out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&headers_without_addresses(message));
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -107,10 +97,7 @@ fn status_of(f: &Failure) -> String {
         .nth(1)
         .filter(|s| {
             let parts: Vec<_> = s.split('.').collect();
-            parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .unwrap_or("5.0.0")
         .to_string()
@@ -146,11 +133,8 @@ mod tests {
         let message = b"Received: x\r\nFrom: shop@example.com\r\nTo: a@x.test, b@y.test\r\nCc: c@z.test\r\n\
             Subject: offer\r\n\r\nbody\r\n";
         let id = QueueId::generate();
-        let failures = [Failure {
-            recipient: "b@y.test".into(),
-            reply: "550 5.1.1 no such user".into(),
-            expired: false,
-        }];
+        let failures =
+            [Failure { recipient: "b@y.test".into(), reply: "550 5.1.1 no such user".into(), expired: false }];
         let report = Report {
             hostname: "relay.test",
             remote: "smtp.test:25",
@@ -165,20 +149,13 @@ mod tests {
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
         assert!(text.contains("Remote-MTA: dns; smtp.test:25\r\n"));
         assert!(text.contains("\r\nReceived: x\r\nFrom: shop@example.com\r\nSubject: offer\r\n\r\n--"));
-        assert!(
-            !text.contains("a@x.test") && !text.contains("c@z.test"),
-            "no other recipient: {text}"
-        );
+        assert!(!text.contains("a@x.test") && !text.contains("c@z.test"), "no other recipient: {text}");
         assert!(!text.contains("\n\n") && text.split("\r\n").all(|l| !l.contains('\n')));
     }
 
     #[test]
     fn expired_and_unknown_statuses() {
-        let f = |reply: &str, expired| Failure {
-            recipient: "r@x.test".into(),
-            reply: reply.into(),
-            expired,
-        };
+        let f = |reply: &str, expired| Failure { recipient: "r@x.test".into(), reply: reply.into(), expired };
         assert_eq!(status_of(&f("451 4.3.0 busy", true)), "4.4.7");
         assert_eq!(status_of(&f("554 rejected", false)), "5.0.0");
         assert_eq!(status_of(&f("550 5.7.1 denied", false)), "5.7.1");

@@ -17,6 +17,7 @@ use super::pass::{self, Ctx, Loaded, PassEnd, now_ms};
 use crate::Shutdown;
 use crate::config::Config;
 use crate::events::Redaction;
+use crate::message::parse::Headers;
 use crate::queue_id::QueueId;
 use crate::spool::Spool;
 use crate::spool::record::{Meta, State};
@@ -74,14 +75,11 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Deliver a message that is already durably spooled.
-    pub fn submit(&self, meta: Meta, message: Bytes) {
+    /// Deliver a message that is already durably spooled (`headers`: its header block, if
+    /// already parsed).
+    pub fn submit(&self, meta: Meta, message: Bytes, headers: Option<Headers>) {
         let state = State::new(&meta);
-        let loaded = Loaded {
-            meta: Arc::new(meta),
-            message,
-            state,
-        };
+        let loaded = Loaded { meta: Arc::new(meta), message, state, headers };
         // After shutdown began the message simply stays spooled for the next start.
         let _ = self.tx.send(Command::Submit(loaded.meta.id.clone(), loaded));
     }
@@ -112,12 +110,7 @@ pub fn start(
 ) -> Deliverer {
     let (tx, rx) = mpsc::unbounded_channel();
     let deliverer = Deliverer { tx };
-    let ctx = Arc::new(Ctx {
-        spool,
-        upstream,
-        config,
-        deliverer: deliverer.clone(),
-    });
+    let ctx = Arc::new(Ctx { spool, upstream, config, deliverer: deliverer.clone() });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let manager = Manager {
         ctx,
@@ -182,20 +175,14 @@ impl Manager {
             }
         }
         let waiting = self.entries.len();
-        info!(
-            in_flight = self.running,
-            queued = waiting,
-            "delivery manager stopped; undelivered mail stays spooled"
-        );
+        info!(in_flight = self.running, queued = waiting, "delivery manager stopped; undelivered mail stays spooled");
     }
 
-    /// Schedule every message found in the spool at its next attempt.
+    /// Schedule every message found in the spool at its next attempt (the spool was cleaned
+    /// of crash leftovers before the front door opened).
     async fn recover(&mut self) {
         let paths = self.ctx.spool.paths().clone();
         let found = tokio::task::spawn_blocking(move || {
-            if let Err(e) = paths.clean() {
-                warn!(error = %e, "cannot clean the spool");
-            }
             let ids = paths.ids().unwrap_or_else(|e| {
                 error!(error = %e, "cannot list the spool");
                 Vec::new()
@@ -240,13 +227,7 @@ impl Manager {
             if self.entries.get(&id) != Some(&Entry::Ready) {
                 continue;
             }
-            self.entries.insert(
-                id.clone(),
-                Entry::Running {
-                    rerun: false,
-                    delete: false,
-                },
-            );
+            self.entries.insert(id.clone(), Entry::Running { rerun: false, delete: false });
             self.running += 1;
             let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
             self.tracker.spawn(async move {
@@ -335,9 +316,12 @@ impl Manager {
     }
 
     fn remove(&self, id: &QueueId) {
-        match self.ctx.spool.paths().remove(id) {
-            Ok(()) => info!(queue_id = %id, "deleted from the queue"),
-            Err(e) => warn!(queue_id = %id, error = %e, "cannot delete from the spool"),
-        }
+        let (spool, id) = (self.ctx.spool.clone(), id.clone());
+        tokio::spawn(async move {
+            match spool.remove(&id).await {
+                Ok(()) => info!(queue_id = %id, "deleted from the queue"),
+                Err(e) => warn!(queue_id = %id, error = %e, "cannot delete from the spool"),
+            }
+        });
     }
 }

@@ -62,10 +62,7 @@ impl Upstream {
         match config.upstream.kind() {
             UpstreamKind::Directory(dir) => DirectoryUpstream::open(&dir)
                 .map(Upstream::Directory)
-                .map_err(|source| UpstreamError::Outbox {
-                    path: dir.display().to_string(),
-                    source,
-                }),
+                .map_err(|source| UpstreamError::Outbox { path: dir.display().to_string(), source }),
             UpstreamKind::Smtp(_) => Ok(Upstream::Smtp(SmtpUpstream::from_config(config)?)),
         }
     }
@@ -96,9 +93,7 @@ impl Upstream {
                 let addresses: Vec<&str> = rcpts.iter().map(|(_, a)| *a).collect();
                 let started = std::time::Instant::now();
                 let outcomes = s.send(sender, &addresses, parts).await;
-                crate::metrics::metrics()
-                    .upstream_latency
-                    .observe(started.elapsed().as_secs_f64());
+                crate::metrics::metrics().upstream_latency.observe(started.elapsed().as_secs_f64());
                 outcomes
             }
         }

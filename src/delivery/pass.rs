@@ -37,11 +37,13 @@ pub(super) struct Ctx {
     pub deliverer: Deliverer,
 }
 
-/// A message in memory: as accepted, or read back from the spool.
+/// A message in memory: as accepted (its header block already parsed), or read back from
+/// the spool.
 pub(super) struct Loaded {
     pub meta: Arc<Meta>,
     pub message: Bytes,
     pub state: State,
+    pub headers: Option<Headers>,
 }
 
 /// How a pass ended.
@@ -74,12 +76,8 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
             }
         },
     };
-    let Loaded {
-        meta,
-        message,
-        mut state,
-    } = loaded;
-    let headers = match Headers::parse(&message) {
+    let Loaded { meta, message, mut state, headers } = loaded;
+    let headers = match headers.map_or_else(|| Headers::parse(&message), Ok) {
         Ok(h) => h,
         Err(e) => {
             error!(queue_id = %id, error = %e, "spooled message cannot be parsed");
@@ -103,7 +101,7 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
         return end;
     }
     if state.is_done() {
-        if let Err(e) = ctx.spool.paths().remove(id) {
+        if let Err(e) = ctx.spool.remove(id).await {
             warn!(queue_id = %id, error = %e, "cannot remove a finished message from the spool");
         }
         return PassEnd::Done;
@@ -113,14 +111,9 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
 
 async fn load(ctx: &Ctx, id: &QueueId) -> std::io::Result<Loaded> {
     let (paths, id) = (ctx.spool.paths().clone(), id.clone());
-    let (meta, message, state) = tokio::task::spawn_blocking(move || paths.load(&id))
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(Loaded {
-        meta: Arc::new(meta),
-        message,
-        state,
-    })
+    let (meta, message, state) =
+        tokio::task::spawn_blocking(move || paths.load(&id)).await.map_err(std::io::Error::other)??;
+    Ok(Loaded { meta: Arc::new(meta), message, state, headers: None })
 }
 
 async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), PassEnd> {
@@ -147,18 +140,10 @@ async fn attempt(
     state: &State,
     txns: &[usize],
 ) -> Vec<Attempted> {
-    let body = message.slice(headers.body_start..);
     let mut sends = JoinSet::new();
     for &t in txns {
         let pending = state.pending_in(&meta.plan, t);
-        let head = rewrite::header_block(
-            message,
-            headers,
-            &meta.plan,
-            &meta.plan.transactions[t],
-            &meta.recipients,
-        );
-        let parts = [Bytes::from(head), body.clone()];
+        let parts = rewrite::copy(message, headers, &meta.plan, &meta.plan.transactions[t], &meta.recipients);
         let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
         sends.spawn(async move {
             let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
@@ -185,13 +170,8 @@ fn records_for(config: &DeliveryConfig, meta: &Meta, state: &State, results: Vec
         let attempts = state.txns[txn].attempts + 1;
         let mut groups: Vec<(Outcome, Vec<usize>)> = Vec::new();
         for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
-            DeliveryAttempt {
-                id: &meta.id,
-                recipient: &meta.recipients[rcpt],
-                outcome: &outcome,
-                attempts,
-            }
-            .emit(config.redaction);
+            DeliveryAttempt { id: &meta.id, recipient: &meta.recipients[rcpt], outcome: &outcome, attempts }
+                .emit(config.redaction);
             match groups.iter_mut().find(|(o, _)| *o == outcome) {
                 Some((_, list)) => list.push(rcpt),
                 None => groups.push((outcome, vec![rcpt])),
@@ -199,36 +179,12 @@ fn records_for(config: &DeliveryConfig, meta: &Meta, state: &State, results: Vec
         }
         for (outcome, rcpts) in groups {
             records.push(match outcome {
-                Outcome::Delivered(reply) => Record::Delivered {
-                    txn,
-                    rcpts,
-                    at: now,
-                    reply,
-                },
-                Outcome::Failed(reply) => Record::Failed {
-                    txn,
-                    rcpts,
-                    at: now,
-                    reply,
-                    expired: false,
-                },
-                Outcome::Deferred(reply) if expired => Record::Failed {
-                    txn,
-                    rcpts,
-                    at: now,
-                    reply,
-                    expired: true,
-                },
+                Outcome::Delivered(reply) => Record::Delivered { txn, rcpts, at: now, reply },
+                Outcome::Failed(reply) => Record::Failed { txn, rcpts, at: now, reply, expired: false },
+                Outcome::Deferred(reply) if expired => Record::Failed { txn, rcpts, at: now, reply, expired: true },
                 Outcome::Deferred(reply) => {
                     let next = now + retry_delay(&config.retry, attempts).as_millis() as i64;
-                    Record::Deferred {
-                        txn,
-                        rcpts,
-                        at: now,
-                        reply,
-                        attempts,
-                        next,
-                    }
+                    Record::Deferred { txn, rcpts, at: now, reply, attempts, next }
                 }
             });
         }
@@ -262,11 +218,7 @@ async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Re
             }
         }
     };
-    let record = Record::Bounced {
-        rcpts: failed,
-        at: now_ms(),
-        dsn,
-    };
+    let record = Record::Bounced { rcpts: failed, at: now_ms(), dsn };
     state.apply(&record);
     if !state.is_done() {
         journal(ctx, &meta.id, vec![record]).await?;
@@ -284,11 +236,9 @@ async fn queue_dsn(
     let failures: Vec<Failure> = failed
         .iter()
         .filter_map(|&i| match &state.rcpts[i] {
-            RcptState::Failed { reply, expired, .. } => Some(Failure {
-                recipient: meta.recipients[i].clone(),
-                reply: reply.clone(),
-                expired: *expired,
-            }),
+            RcptState::Failed { reply, expired, .. } => {
+                Some(Failure { recipient: meta.recipients[i].clone(), reply: reply.clone(), expired: *expired })
+            }
             _ => None,
         })
         .collect();
@@ -312,23 +262,15 @@ async fn queue_dsn(
         recipients: vec![meta.sender.clone()],
         decision: DecisionSummary::default(),
         plan: Plan {
-            transactions: vec![Transaction {
-                recipients: vec![0],
-                rewrite: Rewrite::Original,
-            }],
+            transactions: vec![Transaction { recipients: vec![0], rewrite: Rewrite::Original }],
             ..Plan::default()
         },
         dsn: true,
     };
     ctx.spool.store(&dsn_meta, &bytes).await?;
-    ctx.deliverer.submit(dsn_meta, bytes);
-    crate::events::BounceQueued {
-        id: &meta.id,
-        dsn: &id,
-        failed: failures.len(),
-        sender: &meta.sender,
-    }
-    .emit(ctx.config.redaction);
+    ctx.deliverer.submit(dsn_meta, bytes, None);
+    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
+        .emit(ctx.config.redaction);
     Ok(id)
 }
 

@@ -86,9 +86,7 @@ impl SmtpUpstream {
             UpstreamTls::Starttls => Some(tls_parameters(&host, &extra_roots)?),
             UpstreamTls::None | UpstreamTls::Tls => None,
         };
-        let implicit_tls = (u.tls == UpstreamTls::Tls)
-            .then(|| tls_connector(&extra_roots))
-            .transpose()?;
+        let implicit_tls = (u.tls == UpstreamTls::Tls).then(|| tls_connector(&extra_roots)).transpose()?;
         let password = match (&u.password, &u.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(path)) => {
@@ -100,11 +98,7 @@ impl SmtpUpstream {
             }
             (None, None) => None,
         };
-        let credentials = u
-            .username
-            .clone()
-            .zip(password)
-            .map(|(user, pw)| Credentials::new(user, pw));
+        let credentials = u.username.clone().zip(password).map(|(user, pw)| Credentials::new(user, pw));
         Ok(SmtpUpstream {
             port: u.port(),
             host,
@@ -159,19 +153,7 @@ impl SmtpUpstream {
 
     async fn fresh(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Result<Vec<Outcome>, Stop> {
         let conn = self.connect().await?;
-        match self
-            .on_connection(
-                Idle {
-                    conn,
-                    since: Instant::now(),
-                    uses: 0,
-                },
-                sender,
-                rcpts,
-                parts,
-            )
-            .await
-        {
+        match self.on_connection(Idle { conn, since: Instant::now(), uses: 0 }, sender, rcpts, parts).await {
             Err(Stop::Stale(e)) => Err(Stop::All(Outcome::Deferred(e))),
             other => other,
         }
@@ -193,9 +175,7 @@ impl SmtpUpstream {
     async fn connect(&self) -> Result<AsyncSmtpConnection, Stop> {
         let remote = self.describe();
         let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| io_err("connect", e))?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| io_err("connect", e))?;
         tcp.set_nodelay(true).map_err(|e| io_err("connect", e))?;
         let stream: Box<dyn AsyncTokioStream> = match &self.implicit_tls {
             Some(connector) => {
@@ -207,17 +187,13 @@ impl SmtpUpstream {
             None => Box::new(tcp),
         };
         let deferred = |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&remote, &e));
-        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
-            .await
-            .map_err(deferred)?;
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello).await.map_err(deferred)?;
         if self.mode == UpstreamTls::Starttls {
             let params = self.tls.clone().expect("starttls has TLS parameters");
             conn.starttls(params, &self.hello).await.map_err(deferred)?;
         }
         if let Some(credentials) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await
-                .map_err(deferred)?;
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(deferred)?;
         }
         Ok(conn)
     }
@@ -288,10 +264,7 @@ async fn transaction(
         Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
         Err(e) => outcome_of_error("", &e),
     };
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| accepted.clone()))
-        .collect())
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| accepted.clone())).collect())
 }
 
 /// lettre ends the data with CRLF . CRLF itself, so the message's own last CRLF goes.
@@ -326,19 +299,12 @@ fn outcome_of_error(upstream: &str, e: &lettre::transport::smtp::Error) -> Outco
         (None, _) if upstream.is_empty() => e.to_string(),
         (None, _) => format!("{upstream}: {e}"),
     };
-    if e.is_permanent() {
-        Outcome::Failed(text)
-    } else {
-        Outcome::Deferred(text)
-    }
+    if e.is_permanent() { Outcome::Failed(text) } else { Outcome::Deferred(text) }
 }
 
 /// Certificates from `upstream.ca_file`, as DER.
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, SmtpSetupError> {
-    let err = |message: String| SmtpSetupError {
-        key: "upstream.ca_file",
-        message,
-    };
+    let err = |message: String| SmtpSetupError { key: "upstream.ca_file", message };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
         .collect::<Result<_, _>>()
@@ -353,16 +319,11 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, 
 fn tls_parameters(host: &str, extra_roots: &[CertificateDer<'static>]) -> Result<TlsParameters, SmtpSetupError> {
     let mut builder = TlsParameters::builder(host.to_string());
     for der in extra_roots {
-        let cert = Certificate::from_der(der.to_vec()).map_err(|e| SmtpSetupError {
-            key: "upstream.ca_file",
-            message: e.to_string(),
-        })?;
+        let cert = Certificate::from_der(der.to_vec())
+            .map_err(|e| SmtpSetupError { key: "upstream.ca_file", message: e.to_string() })?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(|e| SmtpSetupError {
-        key: "upstream.host",
-        message: e.to_string(),
-    })
+    builder.build().map_err(|e| SmtpSetupError { key: "upstream.host", message: e.to_string() })
 }
 
 /// Implicit TLS: the same trust anchors, with bccguard's crypto provider.
@@ -370,17 +331,11 @@ fn tls_connector(extra_roots: &[CertificateDer<'static>]) -> Result<TlsConnector
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for der in extra_roots {
-        roots.add(der.clone()).map_err(|e| SmtpSetupError {
-            key: "upstream.ca_file",
-            message: e.to_string(),
-        })?;
+        roots.add(der.clone()).map_err(|e| SmtpSetupError { key: "upstream.ca_file", message: e.to_string() })?;
     }
     let config = ClientConfig::builder_with_provider(crate::smtp::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| SmtpSetupError {
-            key: "upstream.tls",
-            message: e.to_string(),
-        })?
+        .map_err(|e| SmtpSetupError { key: "upstream.tls", message: e.to_string() })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(std::sync::Arc::new(config)))

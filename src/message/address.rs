@@ -113,17 +113,8 @@ mod tests {
     #[test]
     fn header_addresses_need_a_dot_atom_or_a_quoted_local_part() {
         assert_eq!(from_header("a.b@x.test").as_deref(), Some("a.b@x.test"));
-        assert_eq!(
-            from_header("\"john doe\"@x.test").as_deref(),
-            Some("\"john doe\"@x.test")
-        );
-        for bad in [
-            "<<garbage@x.test",
-            "a@b.test d@e.test",
-            "a@b.testd@e.test",
-            "@x.test",
-            "a@",
-        ] {
+        assert_eq!(from_header("\"john doe\"@x.test").as_deref(), Some("\"john doe\"@x.test"));
+        for bad in ["<<garbage@x.test", "a@b.test d@e.test", "a@b.testd@e.test", "@x.test", "a@"] {
             assert_eq!(from_header(bad), None, "{bad:?}");
         }
     }

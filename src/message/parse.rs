@@ -139,20 +139,10 @@ impl Headers {
                     FieldKind::Mark => (Vec::new(), false),
                     _ => read_addresses(&header.value, raw),
                 };
-                fields.push(Field {
-                    kind,
-                    range,
-                    mailboxes,
-                    unparseable,
-                });
+                fields.push(Field { kind, range, mailboxes, unparseable });
             }
         }
-        Ok(Headers {
-            fields,
-            header_end,
-            body_start,
-            mark,
-        })
+        Ok(Headers { fields, header_end, body_start, mark })
     }
 
     /// Fields of one kind.
@@ -167,9 +157,7 @@ impl Headers {
 
     /// Whether this message carries the mark of a copy bccguard made.
     pub fn already_processed(&self) -> bool {
-        self.mark
-            .as_deref()
-            .is_some_and(|m| m.starts_with("exploded") || m.starts_with("undisclosed"))
+        self.mark.as_deref().is_some_and(|m| m.starts_with("exploded") || m.starts_with("undisclosed"))
     }
 }
 
@@ -222,10 +210,7 @@ impl Collector {
         self.accounted += name.map_or(0, count_at) + addr.map_or(0, count_at);
         let name = name.filter(|n| !n.trim().is_empty());
         match (addr.and_then(address::from_header), addr, name) {
-            (Some(address), _, name) => self.mailboxes.push(Mailbox {
-                name: name.map(str::to_string),
-                address,
-            }),
+            (Some(address), _, name) => self.mailboxes.push(Mailbox { name: name.map(str::to_string), address }),
             (None, Some(_), _) | (None, None, Some(_)) => self.malformed = true,
             (None, None, None) => {}
         }
@@ -238,9 +223,7 @@ impl Collector {
 
 /// The addresses written in free text, such as a display name.
 pub fn addresses_in_text(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(is_separator)
-        .filter(|t| t.contains('@'))
-        .filter_map(address::from_header)
+    text.split(is_separator).filter(|t| t.contains('@')).filter_map(address::from_header)
 }
 
 impl Mailbox {
@@ -248,14 +231,8 @@ impl Mailbox {
     /// rewritten copy can never show an address through a name.
     pub fn without_foreign_name(&self) -> Mailbox {
         let own = address::key(&self.address);
-        let name = self
-            .name
-            .as_deref()
-            .filter(|n| addresses_in_text(n).all(|a| address::key(&a) == own));
-        Mailbox {
-            name: name.map(str::to_string),
-            address: self.address.clone(),
-        }
+        let name = self.name.as_deref().filter(|n| addresses_in_text(n).all(|a| address::key(&a) == own));
+        Mailbox { name: name.map(str::to_string), address: self.address.clone() }
     }
 }
 

@@ -22,11 +22,7 @@ pub fn field(name: &str, items: &[Vec<String>]) -> String {
     let mut line = out.len();
     for (i, item) in items.iter().enumerate() {
         for (j, token) in item.iter().enumerate() {
-            let comma = if j + 1 == item.len() && i + 1 < items.len() {
-                ","
-            } else {
-                ""
-            };
+            let comma = if j + 1 == item.len() && i + 1 < items.len() { "," } else { "" };
             let width = token.len() + comma.len();
             if line + 1 + width > FOLD_AT && line > name.len() + 1 {
                 out.push_str("\r\n ");
@@ -102,10 +98,7 @@ mod tests {
     use super::*;
 
     fn mb(name: Option<&str>, address: &str) -> Mailbox {
-        Mailbox {
-            name: name.map(str::to_string),
-            address: address.into(),
-        }
+        Mailbox { name: name.map(str::to_string), address: address.into() }
     }
 
     fn to(name: Option<&str>, address: &str) -> String {
@@ -118,18 +111,9 @@ mod tests {
         assert_eq!(to(None, "\"a b\"@x.test"), "To: <\"a b\"@x.test>\r\n");
         assert_eq!(to(Some("Bob Smith"), "b@x.test"), "To: Bob Smith <b@x.test>\r\n");
         assert_eq!(to(Some("Smith, Bob"), "b@x.test"), "To: \"Smith, Bob\" <b@x.test>\r\n");
-        assert_eq!(
-            to(Some("say \"hi\""), "b@x.test"),
-            "To: \"say \\\"hi\\\"\" <b@x.test>\r\n"
-        );
-        assert_eq!(
-            to(Some("Jürgen"), "j@x.de"),
-            "To: =?UTF-8?B?SsO8cmdlbg==?= <j@x.de>\r\n"
-        );
-        assert_eq!(
-            to(Some("=?x?q?y?="), "j@x.de"),
-            "To: =?UTF-8?B?PT94P3E/eT89?= <j@x.de>\r\n"
-        );
+        assert_eq!(to(Some("say \"hi\""), "b@x.test"), "To: \"say \\\"hi\\\"\" <b@x.test>\r\n");
+        assert_eq!(to(Some("Jürgen"), "j@x.de"), "To: =?UTF-8?B?SsO8cmdlbg==?= <j@x.de>\r\n");
+        assert_eq!(to(Some("=?x?q?y?="), "j@x.de"), "To: =?UTF-8?B?PT94P3E/eT89?= <j@x.de>\r\n");
         assert_eq!(to(Some("   "), "a@x.test"), "To: a@x.test\r\n");
     }
 
@@ -141,9 +125,7 @@ mod tests {
 
     #[test]
     fn long_fields_fold_and_no_line_exceeds_998() {
-        let items: Vec<_> = (0..40)
-            .map(|i| mailbox(&mb(None, &format!("user{i}@example.com"))))
-            .collect();
+        let items: Vec<_> = (0..40).map(|i| mailbox(&mb(None, &format!("user{i}@example.com")))).collect();
         let out = field("Cc", &items);
         assert!(out.split("\r\n").all(|l| l.len() <= FOLD_AT), "{out}");
         assert!(out.starts_with("Cc: user0@example.com, user1@example.com,"));

@@ -7,6 +7,8 @@
 
 mod encode;
 
+use bytes::Bytes;
+
 use crate::message::parse::{FieldKind, Headers, Mailbox};
 use crate::plan::{Plan, Rewrite, Transaction};
 
@@ -21,6 +23,19 @@ struct Replacement {
     primary: String,
     resent: String,
     mark: &'static str,
+}
+
+/// The copy for `txn`: its header block and the body, shared with every other copy. A copy
+/// that changes nothing (the original, with no Bcc field to remove) is the original's bytes.
+pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> [Bytes; 2] {
+    let body = message.slice(headers.body_start..);
+    let bcc = headers.fields.iter().any(|f| matches!(f.kind, FieldKind::Bcc | FieldKind::ResentBcc));
+    let head = if txn.rewrite == Rewrite::Original && !bcc {
+        message.slice(..headers.body_start)
+    } else {
+        Bytes::from(header_block(message, headers, plan, txn, recipients))
+    };
+    [head, body]
 }
 
 /// The header block (empty line included) of `txn`'s copy of `message`. The copy is this
@@ -78,10 +93,7 @@ fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<
         Rewrite::Original => return None,
         Rewrite::Explode { name } => {
             let address = recipients[txn.recipients[0]].clone();
-            let mailbox = Mailbox {
-                name: name.clone(),
-                address,
-            };
+            let mailbox = Mailbox { name: name.clone(), address };
             (encode::mailbox(&mailbox), MARK_EXPLODED)
         }
         Rewrite::Undisclose => (vec!["undisclosed-recipients:;".to_string()], MARK_UNDISCLOSED),

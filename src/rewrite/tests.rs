@@ -50,31 +50,17 @@ fn explode_gives_each_external_recipient_a_copy_addressed_to_them_alone() {
     let out = copies(BULK, &rcpts, &policy(Action::Explode, true));
     assert_eq!(out.len(), 5, "one for the internal recipients, one per external");
     assert_eq!(out[0].0, ["boss@example.com", "team@example.com", "audit@example.com"]);
-    assert_eq!(
-        out[0].1,
-        BULK.replace("Bcc: audit@example.com\r\n", ""),
-        "internal: the original minus Bcc"
-    );
+    assert_eq!(out[0].1, BULK.replace("Bcc: audit@example.com\r\n", ""), "internal: the original minus Bcc");
     let expected = |to: &str| {
         format!(
             "Received: from app\r\nFrom: shop@example.com\r\nTo: {to}\r\nCc: boss@example.com, team@example.com\r\n\
              Subject: Offer\r\nMIME-Version: 1.0\r\nX-Bccguard: exploded\r\n\r\nBody line\r\n.dots stay\r\n"
         )
     };
-    assert_eq!(
-        out[1],
-        (
-            vec!["alice@a.test".to_string()],
-            expected("\"Alice A.\" <alice@a.test>")
-        )
-    );
+    assert_eq!(out[1], (vec!["alice@a.test".to_string()], expected("\"Alice A.\" <alice@a.test>")));
     assert_eq!(out[2].1, expected("bob@b.test"));
     assert_eq!(out[3].1, expected("=?UTF-8?B?SsO8cmdlbg==?= <j@c.test>"));
-    assert_eq!(
-        out[4].1,
-        expected("x@d.test"),
-        "an envelope-only recipient gets To: itself"
-    );
+    assert_eq!(out[4].1, expected("x@d.test"), "an envelope-only recipient gets To: itself");
 }
 
 #[test]
@@ -89,11 +75,7 @@ fn explode_without_keeping_internal_addresses_drops_cc() {
 
 #[test]
 fn undisclose_makes_one_copy_for_everyone() {
-    let out = copies(
-        BULK,
-        &["bob@b.test", "boss@example.com"],
-        &policy(Action::Undisclose, true),
-    );
+    let out = copies(BULK, &["bob@b.test", "boss@example.com"], &policy(Action::Undisclose, true));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, ["bob@b.test", "boss@example.com"]);
     assert_eq!(
@@ -107,11 +89,7 @@ fn undisclose_makes_one_copy_for_everyone() {
 #[test]
 fn pass_removes_only_bcc_fields() {
     let message = "To: a@x.test\r\nBcc: hidden@example.com\r\nResent-Bcc: r@example.com\r\nSubject: s\r\n\r\nbody\r\n";
-    let out = copies(
-        message,
-        &["a@x.test", "hidden@example.com"],
-        &policy(Action::Explode, true),
-    );
+    let out = copies(message, &["a@x.test", "hidden@example.com"], &policy(Action::Explode, true));
     assert_eq!(out.len(), 1, "no leak: one transaction");
     assert_eq!(out[0].1, "To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n");
 }
@@ -132,10 +110,7 @@ fn resent_fields_get_the_same_treatment_when_present() {
 fn repeated_and_folded_to_fields_become_one() {
     let message = "To: a@x.test,\r\n b@y.test\r\nSubject: s\r\nTo: c@z.test\r\n\r\nbody\r\n";
     let out = copies(message, &["c@z.test"], &policy(Action::Explode, true));
-    assert_eq!(
-        out[0].1,
-        "To: c@z.test\r\nSubject: s\r\nX-Bccguard: exploded\r\n\r\nbody\r\n"
-    );
+    assert_eq!(out[0].1, "To: c@z.test\r\nSubject: s\r\nX-Bccguard: exploded\r\n\r\nbody\r\n");
 }
 
 #[test]
@@ -150,19 +125,30 @@ fn a_name_that_shows_another_address_is_dropped() {
     let message = "To: \"carol@c.test\" <alice@a.test>, \"bob@b.test\" <bob@b.test>\r\n\r\nbody\r\n";
     let out = copies(message, &["alice@a.test", "bob@b.test"], &policy(Action::Explode, true));
     assert!(out[0].1.starts_with("To: alice@a.test\r\n"), "{}", out[0].1);
-    assert!(
-        out[1].1.starts_with("To: \"bob@b.test\" <bob@b.test>\r\n"),
-        "{}",
-        out[1].1
-    );
+    assert!(out[1].1.starts_with("To: \"bob@b.test\" <bob@b.test>\r\n"), "{}", out[1].1);
 }
 
 #[test]
 fn an_injected_name_cannot_add_a_field() {
     let message = "To: =?utf-8?q?Evil=0D=0ABcc=3A_x?= <e@x.test>, f@y.test\r\n\r\nbody\r\n";
     let out = copies(message, &["e@x.test"], &policy(Action::Explode, true));
-    assert_eq!(
-        out[0].1,
-        "To: \"Evil Bcc: x\" <e@x.test>\r\nX-Bccguard: exploded\r\n\r\nbody\r\n"
-    );
+    assert_eq!(out[0].1, "To: \"Evil Bcc: x\" <e@x.test>\r\nX-Bccguard: exploded\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn an_unchanged_copy_is_the_original_bytes_not_a_copy_of_them() {
+    let message = bytes::Bytes::from_static(b"To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n");
+    let headers = Headers::parse(&message).unwrap();
+    let recipients = vec!["a@x.test".to_string()];
+    let policy = policy(Action::Explode, true);
+    let plan = Plan::build(&decide(&headers, &policy), &headers, &recipients, &policy).unwrap();
+    let [head, body] = copy(&message, &headers, &plan, &plan.transactions[0], &recipients);
+    assert_eq!(head.as_ptr(), message.as_ptr(), "the head is a slice of the original");
+    assert_eq!([head, body].concat(), message);
+
+    let with_bcc = bytes::Bytes::from_static(b"To: a@x.test\r\nBcc: b@example.com\r\n\r\nbody\r\n");
+    let headers = Headers::parse(&with_bcc).unwrap();
+    let plan = Plan::build(&decide(&headers, &policy), &headers, &recipients, &policy).unwrap();
+    let [head, _] = copy(&with_bcc, &headers, &plan, &plan.transactions[0], &recipients);
+    assert_eq!(head, &b"To: a@x.test\r\n\r\n"[..], "the Bcc is removed");
 }

@@ -47,10 +47,7 @@ impl PasswordHash {
 
 /// Hash a new password as argon2id with a random salt (for `bccguard hash-password`).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// The accounts that may authenticate.
@@ -63,10 +60,8 @@ impl Users {
     /// The table from `[[access.users]]`; entries with bad hashes are skipped (the
     /// configuration check reports them).
     pub fn new(config: &[UserConfig]) -> Users {
-        let users = config
-            .iter()
-            .filter_map(|u| Some((u.name.clone(), PasswordHash::parse(&u.password_hash).ok()?)))
-            .collect();
+        let users =
+            config.iter().filter_map(|u| Some((u.name.clone(), PasswordHash::parse(&u.password_hash).ok()?))).collect();
         Users { users: Arc::new(users) }
     }
 
@@ -107,9 +102,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
     }
 }
 
@@ -132,10 +125,7 @@ pub fn decode_plain(line: &str) -> Option<Credentials> {
     if parts.next().is_some() || user.is_empty() || !(authz.is_empty() || authz == user) {
         return None;
     }
-    Some(Credentials {
-        user: user.to_string(),
-        password: password.to_string(),
-    })
+    Some(Credentials { user: user.to_string(), password: password.to_string() })
 }
 
 /// base64 text for a LOGIN prompt.
@@ -172,10 +162,7 @@ mod tests {
 
     #[test]
     fn credentials_debug_hides_the_password() {
-        let c = Credentials {
-            user: "u".into(),
-            password: "secret".into(),
-        };
+        let c = Credentials { user: "u".into(), password: "secret".into() };
         assert!(!format!("{c:?}").contains("secret"));
     }
 }

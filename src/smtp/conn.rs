@@ -34,11 +34,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, front: Arc<Frontend>, s
         let mut session = Session::new(snapshot.params.clone(), peer);
         let mut conn = Conn::new(stream, front.idle_timeout());
         session.greeting().write_to(&mut conn.output);
-        let ctx = Ctx {
-            front: &front,
-            users: &snapshot.users,
-            shutdown: &shutdown,
-        };
+        let ctx = Ctx { front: &front, users: &snapshot.users, shutdown: &shutdown };
         match drive(&mut conn, &mut session, &ctx).await {
             Ok(Outcome::StartTls) => start_tls(conn, session, &ctx).await,
             Ok(Outcome::Closed) => {}
@@ -140,12 +136,7 @@ struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(stream: S, idle: Duration) -> Self {
-        Conn {
-            stream,
-            input: BytesMut::with_capacity(8192),
-            output: Vec::with_capacity(1024),
-            idle,
-        }
+        Conn { stream, input: BytesMut::with_capacity(8192), output: Vec::with_capacity(1024), idle }
     }
 
     async fn flush(&mut self) -> io::Result<()> {

@@ -54,13 +54,7 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver that keeps at most `max` bytes of message.
     pub fn new(max: usize) -> Self {
-        DataReceiver {
-            at: At::LineStart,
-            data: Vec::new(),
-            max,
-            too_big: false,
-            nul: false,
-        }
+        DataReceiver { at: At::LineStart, data: Vec::new(), max, too_big: false, nul: false }
     }
 
     /// Consume bytes from `input` up to the end of the data (or all of it).

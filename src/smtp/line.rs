@@ -48,16 +48,8 @@ pub fn take_line(input: &mut BytesMut, limit: usize) -> Line {
 /// Report a CR in `input[..end]` (a CR not followed by LF), else `otherwise`.
 fn bare_cr_check(input: &[u8], end: usize, otherwise: Line) -> Line {
     // A CR as the very last byte received may still be followed by LF.
-    let end = if end == input.len() && input.last() == Some(&b'\r') {
-        end - 1
-    } else {
-        end
-    };
-    if memchr::memchr(b'\r', &input[..end]).is_some() {
-        Line::BareLineEnding
-    } else {
-        otherwise
-    }
+    let end = if end == input.len() && input.last() == Some(&b'\r') { end - 1 } else { end };
+    if memchr::memchr(b'\r', &input[..end]).is_some() { Line::BareLineEnding } else { otherwise }
 }
 
 /// While discarding an overlong line: drop input through the next LF. True once it is found.

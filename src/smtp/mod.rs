@@ -60,10 +60,7 @@ impl Access {
             allow_plaintext_auth: access.allow_plaintext_auth,
             auth_enabled: !users.is_empty(),
         };
-        Access {
-            params: Arc::new(params),
-            users,
-        }
+        Access { params: Arc::new(params), users }
     }
 }
 
@@ -85,12 +82,7 @@ impl Frontend {
             None => None,
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
-        Ok(Frontend {
-            server: config.server.clone(),
-            access: ArcSwap::from_pointee(access),
-            tls,
-            intake,
-        })
+        Ok(Frontend { server: config.server.clone(), access: ArcSwap::from_pointee(access), tls, intake })
     }
 
     /// The current access rules.
@@ -101,8 +93,7 @@ impl Frontend {
     /// Replace the `[access]` rules for sessions that start from now on (sessions already
     /// open keep theirs).
     pub fn reload_access(&self, access: &AccessConfig) {
-        self.access
-            .store(Arc::new(Access::new(&self.server, access, self.tls.is_some())));
+        self.access.store(Arc::new(Access::new(&self.server, access, self.tls.is_some())));
     }
 
     /// `server.idle_timeout`.

@@ -29,34 +29,17 @@ pub struct Reply {
 impl Reply {
     /// A reply with an enhanced status code.
     pub const fn new(code: u16, status: Status, text: &'static str) -> Reply {
-        Reply {
-            code,
-            status: Some(status),
-            text: Cow::Borrowed(text),
-        }
+        Reply { code, status: Some(status), text: Cow::Borrowed(text) }
     }
 
     /// A reply whose text is built at run time.
     pub fn dynamic(code: u16, status: Status, text: impl Into<String>) -> Reply {
-        Reply {
-            code,
-            status: Some(status),
-            text: Cow::Owned(text.into()),
-        }
+        Reply { code, status: Some(status), text: Cow::Owned(text.into()) }
     }
 
     /// A reply without an enhanced status code (greeting, 354, 334, EHLO).
     pub fn plain(code: u16, text: impl Into<Cow<'static, str>>) -> Reply {
-        Reply {
-            code,
-            status: None,
-            text: text.into(),
-        }
-    }
-
-    /// True for 2xx and 3xx replies.
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
+        Reply { code, status: None, text: text.into() }
     }
 
     /// Append the wire form (`250-...` continuation lines, CRLF line ends) to `out`.
@@ -89,17 +72,11 @@ pub const SENDER_OK: Reply = Reply::new(250, Status(2, 1, 0), "Sender ok");
 /// 250 to RCPT.
 pub const RECIPIENT_OK: Reply = Reply::new(250, Status(2, 1, 5), "Recipient ok");
 /// 252 to VRFY: bccguard never confirms addresses.
-pub const CANNOT_VRFY: Reply = Reply::new(
-    252,
-    Status(2, 5, 0),
-    "Cannot VRFY user, but will accept message and attempt delivery",
-);
+pub const CANNOT_VRFY: Reply =
+    Reply::new(252, Status(2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery");
 /// 214 to HELP.
-pub const HELP: Reply = Reply::new(
-    214,
-    Status(2, 0, 0),
-    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY STARTTLS AUTH",
-);
+pub const HELP: Reply =
+    Reply::new(214, Status(2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY STARTTLS AUTH");
 /// 220 to STARTTLS.
 pub const READY_FOR_TLS: Reply = Reply::new(220, Status(2, 0, 0), "Ready to start TLS");
 /// 235 after a good AUTH.
@@ -112,17 +89,11 @@ pub const IDLE_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Idle timeout, 
 /// 421 when the relay is shutting down.
 pub const SHUTTING_DOWN: Reply = Reply::new(421, Status(4, 3, 2), "Service shutting down, try again later");
 /// 421 after repeated AUTH failures.
-pub const TOO_MANY_AUTH_FAILURES: Reply = Reply::new(
-    421,
-    Status(4, 7, 0),
-    "Too many authentication failures, closing connection",
-);
+pub const TOO_MANY_AUTH_FAILURES: Reply =
+    Reply::new(421, Status(4, 7, 0), "Too many authentication failures, closing connection");
 /// 451 when the message could not be stored durably.
-pub const STORAGE_FAILED: Reply = Reply::new(
-    451,
-    Status(4, 3, 0),
-    "Temporary failure storing the message, try again later",
-);
+pub const STORAGE_FAILED: Reply =
+    Reply::new(451, Status(4, 3, 0), "Temporary failure storing the message, try again later");
 /// 452 beyond `server.max_recipients`.
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, Status(4, 5, 3), "Too many recipients");
 /// 454 when STARTTLS fails on our side.
@@ -163,11 +134,8 @@ pub const AUTH_REQUIRED: Reply = Reply::new(530, Status(5, 7, 0), "Authenticatio
 /// 535 to bad credentials.
 pub const AUTH_FAILED: Reply = Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid");
 /// 538 to AUTH without TLS when plaintext AUTH is not allowed.
-pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
-    538,
-    Status(5, 7, 11),
-    "Encryption required for requested authentication mechanism",
-);
+pub const ENCRYPTION_REQUIRED: Reply =
+    Reply::new(538, Status(5, 7, 11), "Encryption required for requested authentication mechanism");
 /// 550 to RCPT from a client that may not relay.
 pub const RELAY_DENIED: Reply = Reply::new(550, Status(5, 7, 1), "Relaying denied");
 /// 552 to SIZE= or data over `server.max_message_size`.
@@ -175,19 +143,12 @@ pub const MESSAGE_TOO_BIG: Reply = Reply::new(552, Status(5, 3, 4), "Message siz
 /// 552 to a message whose header block is too large to inspect.
 pub const HEADERS_TOO_LARGE: Reply = Reply::new(552, Status(5, 3, 4), "Message header block too large");
 /// 553 to a non-ASCII address without SMTPUTF8.
-pub const NEED_SMTPUTF8: Reply = Reply::new(
-    553,
-    Status(5, 6, 7),
-    "Non-ASCII address requires the SMTPUTF8 parameter",
-);
+pub const NEED_SMTPUTF8: Reply = Reply::new(553, Status(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter");
 /// 554 to DATA with no accepted recipient.
 pub const NO_RECIPIENTS: Reply = Reply::new(554, Status(5, 5, 1), "No valid recipients");
 /// 554 when a bare CR or LF is seen; the connection is then closed.
-pub const BARE_LINE_ENDING: Reply = Reply::new(
-    554,
-    Status(5, 5, 2),
-    "Bare CR or LF not allowed: lines must end with CRLF; closing connection",
-);
+pub const BARE_LINE_ENDING: Reply =
+    Reply::new(554, Status(5, 5, 2), "Bare CR or LF not allowed: lines must end with CRLF; closing connection");
 /// 554 to a message holding a NUL byte.
 pub const NUL_IN_DATA: Reply = Reply::new(554, Status(5, 6, 0), "Message contains NUL characters, refused");
 /// 555 to a MAIL or RCPT parameter bccguard does not support.
@@ -218,10 +179,9 @@ pub fn syntax(usage: &str) -> Reply {
 /// recipients would see (or which field could not be read), and what to do instead.
 pub fn leak_rejected(decision: &Decision) -> Reply {
     let what = match &decision.reason {
-        Reason::Unparseable { fields } => format!(
-            "its {} field cannot be parsed, so it may show recipients each other's addresses",
-            fields.join("/")
-        ),
+        Reason::Unparseable { fields } => {
+            format!("its {} field cannot be parsed, so it may show recipients each other's addresses", fields.join("/"))
+        }
         _ => format!(
             "it shows {} external recipient addresses to every recipient (at most {} allowed)",
             decision.exposure, decision.max_visible_external

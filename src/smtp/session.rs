@@ -165,11 +165,7 @@ impl Session {
             }
             State::Command | State::Sasl(_) => {
                 let in_sasl = matches!(self.state, State::Sasl(_));
-                let limit = if in_sasl || starts_with_auth(input) {
-                    MAX_AUTH_LINE
-                } else {
-                    MAX_COMMAND_LINE
-                };
+                let limit = if in_sasl || starts_with_auth(input) { MAX_AUTH_LINE } else { MAX_COMMAND_LINE };
                 match take_line(input, limit) {
                     Line::Incomplete => Step::NeedInput,
                     Line::Overflow => {
@@ -256,10 +252,7 @@ impl Session {
             Request::Vrfy { .. } => Step::Reply(reply::CANNOT_VRFY),
             Request::Help { .. } => Step::Reply(reply::HELP),
             Request::StartTls => self.starttls(),
-            Request::Auth {
-                mechanism,
-                initial_response,
-            } => self.auth(mechanism, &initial_response),
+            Request::Auth { mechanism, initial_response } => self.auth(mechanism, &initial_response),
             _ => Step::Reply(reply::NOT_IMPLEMENTED),
         }
     }
@@ -333,12 +326,7 @@ impl Session {
         if !smtputf8 && !sender.is_ascii() {
             return Step::Reply(reply::NEED_SMTPUTF8);
         }
-        self.tx = Some(Transaction {
-            sender,
-            smtputf8,
-            recipients: Vec::new(),
-            seen: HashSet::new(),
-        });
+        self.tx = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
         Step::Reply(reply::SENDER_OK)
     }
 

@@ -25,14 +25,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Read the certificate chain and key and build the server configuration.
 pub fn load_server_config(config: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let cert_err = |message: String| TlsConfigError {
-        key: "server.tls.cert",
-        message,
-    };
-    let key_err = |message: String| TlsConfigError {
-        key: "server.tls.key",
-        message,
-    };
+    let cert_err = |message: String| TlsConfigError { key: "server.tls.cert", message };
+    let key_err = |message: String| TlsConfigError { key: "server.tls.key", message };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
         .map_err(|e| cert_err(format!("cannot read {}: {e}", config.cert.display())))?
         .collect::<Result<_, _>>()

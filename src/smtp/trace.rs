@@ -30,13 +30,7 @@ fn sanitize_helo(helo: &str) -> String {
     let clean: String = helo
         .chars()
         .take(MAX_HELO)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) { c } else { '?' })
         .collect();
     if clean.is_empty() { "unknown".into() } else { clean }
 }

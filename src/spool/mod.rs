@@ -56,9 +56,7 @@ pub struct SpoolPaths {
 impl SpoolPaths {
     /// The spool at `root`.
     pub fn new(root: &Path) -> SpoolPaths {
-        SpoolPaths {
-            root: root.to_path_buf(),
-        }
+        SpoolPaths { root: root.to_path_buf() }
     }
 
     /// The directory of message files.
@@ -133,10 +131,7 @@ impl SpoolPaths {
     /// directory). Fails if the message is gone.
     pub fn append_blocking(&self, id: &QueueId, records: &[Record]) -> io::Result<()> {
         if !self.message_file(id).exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("message {id} is not in the spool"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {id} is not in the spool")));
         }
         let path = self.journal_file(id);
         let created = !path.exists();
@@ -165,18 +160,20 @@ impl SpoolPaths {
         removed
     }
 
-    /// Delete temporary files and journals without a message, left by a crash.
+    /// Delete temporary files and journals without a message, left by a crash. Run it before
+    /// any session can be storing a message (a temporary file may be one being written).
     pub fn clean(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.queue())?.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let orphan_journal = name
-                .strip_suffix(".state")
-                .and_then(QueueId::parse)
-                .is_some_and(|id| !self.message_file(&id).exists());
+            let orphan_journal =
+                name.strip_suffix(".state").and_then(QueueId::parse).is_some_and(|id| !self.message_file(&id).exists());
             if (name.starts_with('.') && name.ends_with(".tmp")) || orphan_journal {
-                fs::remove_file(entry.path())?;
-                removed += 1;
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(removed)
@@ -184,10 +181,7 @@ impl SpoolPaths {
 
     /// Try to take the spool's lock: `Ok(None)` when another process holds it.
     pub fn try_lock(&self) -> Result<Option<File>, SpoolError> {
-        let io_err = |source| SpoolError::Io {
-            path: self.root.clone(),
-            source,
-        };
+        let io_err = |source| SpoolError::Io { path: self.root.clone(), source };
         fs::create_dir_all(self.queue()).map_err(io_err)?;
         let file = OpenOptions::new()
             .create(true)
@@ -227,23 +221,12 @@ impl Spool {
         let Some(mut lock) = paths.try_lock()? else {
             let pid = fs::read_to_string(paths.lock_file()).unwrap_or_default();
             let pid = pid.trim();
-            let pid = if pid.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {pid})")
-            };
-            return Err(SpoolError::Locked {
-                path: root.to_path_buf(),
-                pid,
-            });
+            let pid = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+            return Err(SpoolError::Locked { path: root.to_path_buf(), pid });
         };
         let _ = lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id()));
         let sync = DirSync::new(paths.queue());
-        Ok(Spool {
-            paths,
-            sync,
-            _lock: lock,
-        })
+        Ok(Spool { paths, sync, _lock: lock })
     }
 
     /// Paths and read operations.
@@ -257,14 +240,19 @@ impl Spool {
         let mut line = serde_json::to_vec(meta).map_err(io::Error::other)?;
         line.push(b'\n');
         let name = format!("{}.msg", meta.id);
-        self.sync
-            .write_file(&name, vec![Bytes::from(line), message.clone()])
-            .await
+        self.sync.write_file(&name, vec![Bytes::from(line), message.clone()]).await
+    }
+
+    /// Remove a message (on a blocking thread: an unlink can wait on the filesystem's journal
+    /// while other files are being fsync'd).
+    pub async fn remove(&self, id: &QueueId) -> io::Result<()> {
+        let (paths, id) = (self.paths.clone(), id.clone());
+        tokio::task::spawn_blocking(move || paths.remove(&id)).await.map_err(io::Error::other)?
     }
 
     /// Whether a file can be written into the queue directory now.
     pub async fn probe(&self) -> bool {
-        let path = self.paths.queue().join(".probe.tmp");
+        let path = self.paths.queue().join(".bccguard-probe");
         tokio::task::spawn_blocking(move || std::fs::write(&path, b"probe").and_then(|()| std::fs::remove_file(&path)))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -273,8 +261,6 @@ impl Spool {
     /// Append journal records, durably (on a blocking thread).
     pub async fn append(&self, id: &QueueId, records: Vec<Record>) -> io::Result<()> {
         let (paths, id) = (self.paths.clone(), id.clone());
-        tokio::task::spawn_blocking(move || paths.append_blocking(&id, &records))
-            .await
-            .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || paths.append_blocking(&id, &records)).await.map_err(io::Error::other)?
     }
 }

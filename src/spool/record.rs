@@ -194,29 +194,13 @@ impl State {
         };
         match record {
             Record::Delivered { rcpts, .. } => set(&mut self.rcpts, rcpts, RcptState::Delivered),
-            Record::Failed {
-                rcpts, reply, expired, ..
-            } => {
-                let failed = RcptState::Failed {
-                    reply: reply.clone(),
-                    expired: *expired,
-                    bounced: false,
-                };
+            Record::Failed { rcpts, reply, expired, .. } => {
+                let failed = RcptState::Failed { reply: reply.clone(), expired: *expired, bounced: false };
                 set(&mut self.rcpts, rcpts, failed);
             }
-            Record::Deferred {
-                txn,
-                reply,
-                attempts,
-                next,
-                ..
-            } => {
+            Record::Deferred { txn, reply, attempts, next, .. } => {
                 if let Some(t) = self.txns.get_mut(*txn) {
-                    *t = TxnState {
-                        attempts: *attempts,
-                        next: *next,
-                        last_reply: Some(reply.clone()),
-                    };
+                    *t = TxnState { attempts: *attempts, next: *next, last_reply: Some(reply.clone()) };
                 }
             }
             Record::Bounced { rcpts, .. } => {
@@ -241,12 +225,7 @@ impl State {
 
     /// Recipients of transaction `txn` (in `plan`) still to deliver.
     pub fn pending_in(&self, plan: &Plan, txn: usize) -> Vec<usize> {
-        plan.transactions[txn]
-            .recipients
-            .iter()
-            .copied()
-            .filter(|&i| !self.rcpts[i].is_final())
-            .collect()
+        plan.transactions[txn].recipients.iter().copied().filter(|&i| !self.rcpts[i].is_final()).collect()
     }
 
     /// Transactions with pending recipients whose next attempt is due at `now`.
@@ -258,24 +237,17 @@ impl State {
 
     /// The earliest next attempt of any transaction with pending recipients.
     pub fn next_attempt(&self, plan: &Plan) -> Option<i64> {
-        (0..plan.transactions.len())
-            .filter(|&t| !self.pending_in(plan, t).is_empty())
-            .map(|t| self.txns[t].next)
-            .min()
+        (0..plan.transactions.len()).filter(|&t| !self.pending_in(plan, t).is_empty()).map(|t| self.txns[t].next).min()
     }
 
     /// Failed recipients the sender has not been told about.
     pub fn unbounced(&self) -> Vec<usize> {
-        (0..self.rcpts.len())
-            .filter(|&i| matches!(self.rcpts[i], RcptState::Failed { bounced: false, .. }))
-            .collect()
+        (0..self.rcpts.len()).filter(|&i| matches!(self.rcpts[i], RcptState::Failed { bounced: false, .. })).collect()
     }
 
     /// Every recipient delivered or failed, and every failure reported.
     pub fn is_done(&self) -> bool {
-        self.rcpts
-            .iter()
-            .all(|r| matches!(r, RcptState::Delivered | RcptState::Failed { bounced: true, .. }))
+        self.rcpts.iter().all(|r| matches!(r, RcptState::Delivered | RcptState::Failed { bounced: true, .. }))
     }
 
     /// How transaction `txn` stands.
@@ -297,10 +269,7 @@ mod tests {
     use crate::plan::{Rewrite, Transaction};
 
     fn meta() -> Meta {
-        let txn = |recipients: Vec<usize>| Transaction {
-            recipients,
-            rewrite: Rewrite::Original,
-        };
+        let txn = |recipients: Vec<usize>| Transaction { recipients, rewrite: Rewrite::Original };
         Meta {
             version: FORMAT_VERSION,
             id: QueueId::generate(),
@@ -309,10 +278,7 @@ mod tests {
             sender: "s@x.test".into(),
             recipients: vec!["a@x.test".into(), "b@x.test".into(), "c@x.test".into()],
             decision: DecisionSummary::default(),
-            plan: Plan {
-                transactions: vec![txn(vec![0, 1]), txn(vec![2])],
-                ..Plan::default()
-            },
+            plan: Plan { transactions: vec![txn(vec![0, 1]), txn(vec![2])], ..Plan::default() },
             dsn: false,
         }
     }
@@ -321,27 +287,9 @@ mod tests {
     fn the_journal_rebuilds_the_state() {
         let meta = meta();
         let records = [
-            Record::Delivered {
-                txn: 0,
-                rcpts: vec![0],
-                at: 1001,
-                reply: "250 ok".into(),
-            },
-            Record::Failed {
-                txn: 0,
-                rcpts: vec![1],
-                at: 1001,
-                reply: "550 no".into(),
-                expired: false,
-            },
-            Record::Deferred {
-                txn: 1,
-                rcpts: vec![2],
-                at: 1001,
-                reply: "451 later".into(),
-                attempts: 1,
-                next: 1061,
-            },
+            Record::Delivered { txn: 0, rcpts: vec![0], at: 1001, reply: "250 ok".into() },
+            Record::Failed { txn: 0, rcpts: vec![1], at: 1001, reply: "550 no".into(), expired: false },
+            Record::Deferred { txn: 1, rcpts: vec![2], at: 1001, reply: "451 later".into(), attempts: 1, next: 1061 },
         ];
         let state = State::replay(&meta, &records);
         assert_eq!(state.rcpts[0], RcptState::Delivered);
@@ -356,35 +304,16 @@ mod tests {
         let mut state = state;
         state.apply(&Record::Retry { at: 1010 });
         assert_eq!(state.due(&meta.plan, 1010), [1]);
-        state.apply(&Record::Bounced {
-            rcpts: vec![1],
-            at: 1011,
-            dsn: None,
-        });
-        state.apply(&Record::Delivered {
-            txn: 1,
-            rcpts: vec![2],
-            at: 1012,
-            reply: "250".into(),
-        });
+        state.apply(&Record::Bounced { rcpts: vec![1], at: 1011, dsn: None });
+        state.apply(&Record::Delivered { txn: 1, rcpts: vec![2], at: 1012, reply: "250".into() });
         assert!(state.is_done());
     }
 
     #[test]
     fn records_are_json_lines() {
-        let r = Record::Deferred {
-            txn: 1,
-            rcpts: vec![2],
-            at: 5,
-            reply: "451 x".into(),
-            attempts: 1,
-            next: 65,
-        };
+        let r = Record::Deferred { txn: 1, rcpts: vec![2], at: 5, reply: "451 x".into(), attempts: 1, next: 65 };
         let line = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            line,
-            r#"{"event":"deferred","txn":1,"rcpts":[2],"at":5,"reply":"451 x","attempts":1,"next":65}"#
-        );
+        assert_eq!(line, r#"{"event":"deferred","txn":1,"rcpts":[2],"at":5,"reply":"451 x","attempts":1,"next":65}"#);
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bccguard::RunError;
 use bccguard::config::{self, Config};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -41,12 +41,10 @@ impl TestRelay {
         if std::env::var_os("BCCGUARD_TEST_LOG").is_some() {
             bccguard::logging::init(&config.log);
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = bccguard::listen("127.0.0.1:0".parse().unwrap(), bccguard::MIN_BACKLOG).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let running = bccguard::start(config.clone(), vec![listener])
-            .await
-            .expect("the relay starts");
+        let running = bccguard::start(config.clone(), vec![listener]).await.expect("the relay starts");
         let metrics = running.metrics_addr();
         let stop = shutdown.clone();
         let handle = tokio::spawn(async move {
@@ -54,14 +52,7 @@ impl TestRelay {
             running.stop().await;
             Ok(())
         });
-        let relay = TestRelay {
-            addr,
-            dir,
-            config,
-            shutdown,
-            handle,
-            metrics,
-        };
+        let relay = TestRelay { addr, dir, config, shutdown, handle, metrics };
         relay.wait_ready().await;
         relay
     }
@@ -73,9 +64,7 @@ impl TestRelay {
             assert!(!self.handle.is_finished(), "the relay did not start");
             let connect = TcpStream::connect(self.addr);
             if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
-                let mut c = RawClient {
-                    stream: BufReader::new(stream),
-                };
+                let mut c = RawClient { stream: BufReader::new(stream) };
                 let greeting = tokio::time::timeout(Duration::from_millis(500), c.reply()).await;
                 if greeting.is_ok_and(|g| g.starts_with("220 ")) {
                     c.send(b"QUIT\r\n").await;
@@ -107,9 +96,7 @@ impl TestRelay {
 
     /// Queue ids of the messages in the spool.
     pub fn spooled(&self) -> Vec<String> {
-        let ids = bccguard::spool::SpoolPaths::new(&self.dir.path().join("spool"))
-            .ids()
-            .unwrap();
+        let ids = bccguard::spool::SpoolPaths::new(&self.dir.path().join("spool")).ids().unwrap();
         ids.iter().map(ToString::to_string).collect()
     }
 
@@ -156,9 +143,7 @@ pub fn test_config(toml: &str, dir: &Path) -> Config {
     };
     let mut spool = section("spool");
     let mut upstream = section("upstream");
-    spool
-        .entry("dir")
-        .or_insert(dir.join("spool").display().to_string().into());
+    spool.entry("dir").or_insert(dir.join("spool").display().to_string().into());
     if !upstream.contains_key("host") {
         let outbox = dir.join("outbox").display().to_string();
         upstream.entry("directory").or_insert(outbox.into());
@@ -177,12 +162,7 @@ pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = entries
         .map(|e| e.unwrap())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
         .collect();
     files.sort();
     files
@@ -195,20 +175,13 @@ pub fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
     let env_end = text.match_indices("\r\n").nth(1).unwrap().0 + 2;
     let received_end = text.find(";\r\n\t").unwrap() + 3;
     let received_end = received_end + text[received_end..].find("\r\n").unwrap() + 2;
-    (
-        text[..env_end].to_string(),
-        text[env_end..received_end].to_string(),
-        file[received_end..].to_vec(),
-    )
+    (text[..env_end].to_string(), text[env_end..received_end].to_string(), file[received_end..].to_vec())
 }
 
 /// The file delivered to `rcpt` (by its `Delivered-To:` line); panics unless exactly one.
 pub fn delivered_to(files: &[(String, Vec<u8>)], rcpt: &str) -> Vec<u8> {
     let needle = format!("\r\nDelivered-To: {rcpt}\r\n");
-    let found: Vec<_> = files
-        .iter()
-        .filter(|(_, b)| String::from_utf8_lossy(b).contains(&needle))
-        .collect();
+    let found: Vec<_> = files.iter().filter(|(_, b)| String::from_utf8_lossy(b).contains(&needle)).collect();
     assert_eq!(found.len(), 1, "one file for {rcpt}");
     split_delivered(&found[0].1).2
 }
@@ -242,9 +215,7 @@ impl RawClient {
             socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
         }
         let stream = socket.connect(addr).await.unwrap();
-        RawClient {
-            stream: BufReader::new(stream),
-        }
+        RawClient { stream: BufReader::new(stream) }
     }
 
     /// Write bytes as they are.

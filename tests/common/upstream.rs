@@ -81,12 +81,7 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream {
-            addr,
-            state,
-            script,
-            task,
-        }
+        TestUpstream { addr, state, script, task }
     }
 
     /// Stop answering new connections (they stay open, silent).
@@ -106,10 +101,7 @@ impl TestUpstream {
 
     /// Accepted messages for one recipient.
     pub fn delivered_to(&self, rcpt: &str) -> Vec<Delivery> {
-        self.deliveries()
-            .into_iter()
-            .filter(|d| d.rcpts.iter().any(|r| r == rcpt))
-            .collect()
+        self.deliveries().into_iter().filter(|d| d.rcpts.iter().any(|r| r == rcpt)).collect()
     }
 
     /// RCPT attempts seen for a recipient.
@@ -124,10 +116,7 @@ impl TestUpstream {
 
     /// The `[upstream]` section pointing at this server.
     pub fn config(&self, extra: &str) -> String {
-        format!(
-            "[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{extra}\n",
-            self.addr.port()
-        )
+        format!("[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{extra}\n", self.addr.port())
     }
 
     #[allow(dead_code)]
@@ -191,11 +180,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
             match scripted {
                 Some(r) => format!("{r}\r\n"),
                 None => {
-                    let delivery = Delivery {
-                        from: from.clone(),
-                        rcpts: rcpts.clone(),
-                        data,
-                    };
+                    let delivery = Delivery { from: from.clone(), rcpts: rcpts.clone(), data };
                     state.lock().unwrap().deliveries.push(delivery);
                     "250 2.0.0 accepted\r\n".into()
                 }

@@ -43,87 +43,15 @@ fn exposure_counts_distinct_external_visible_addresses() {
 #[test]
 fn the_action_follows_leak_monitor_and_mark() {
     for (headers, max, policy_action, monitor, leak, action, reason) in [
-        (
-            "To: a@x.test\r\n",
-            1,
-            Action::Explode,
-            false,
-            false,
-            Action::Pass,
-            Reason::WithinLimit,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            1,
-            Action::Explode,
-            false,
-            true,
-            Action::Explode,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            2,
-            Action::Explode,
-            false,
-            false,
-            Action::Pass,
-            Reason::WithinLimit,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            1,
-            Action::Undisclose,
-            false,
-            true,
-            Action::Undisclose,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            1,
-            Action::Reject,
-            false,
-            true,
-            Action::Reject,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            1,
-            Action::Pass,
-            false,
-            true,
-            Action::Pass,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            1,
-            Action::Reject,
-            true,
-            true,
-            Action::Pass,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test, b@y.test\r\n",
-            0,
-            Action::Explode,
-            false,
-            true,
-            Action::Explode,
-            Reason::TooManyVisible,
-        ),
-        (
-            "To: a@x.test\r\n",
-            0,
-            Action::Explode,
-            false,
-            true,
-            Action::Explode,
-            Reason::TooManyVisible,
-        ),
+        ("To: a@x.test\r\n", 1, Action::Explode, false, false, Action::Pass, Reason::WithinLimit),
+        ("To: a@x.test, b@y.test\r\n", 1, Action::Explode, false, true, Action::Explode, Reason::TooManyVisible),
+        ("To: a@x.test, b@y.test\r\n", 2, Action::Explode, false, false, Action::Pass, Reason::WithinLimit),
+        ("To: a@x.test, b@y.test\r\n", 1, Action::Undisclose, false, true, Action::Undisclose, Reason::TooManyVisible),
+        ("To: a@x.test, b@y.test\r\n", 1, Action::Reject, false, true, Action::Reject, Reason::TooManyVisible),
+        ("To: a@x.test, b@y.test\r\n", 1, Action::Pass, false, true, Action::Pass, Reason::TooManyVisible),
+        ("To: a@x.test, b@y.test\r\n", 1, Action::Reject, true, true, Action::Pass, Reason::TooManyVisible),
+        ("To: a@x.test, b@y.test\r\n", 0, Action::Explode, false, true, Action::Explode, Reason::TooManyVisible),
+        ("To: a@x.test\r\n", 0, Action::Explode, false, true, Action::Explode, Reason::TooManyVisible),
         (
             "To: a@x.test, b@y.test\r\nX-Bccguard: exploded\r\n",
             1,
@@ -133,22 +61,10 @@ fn the_action_follows_leak_monitor_and_mark() {
             Action::Pass,
             Reason::AlreadyProcessed,
         ),
-        (
-            "To: bob\r\n",
-            5,
-            Action::Reject,
-            false,
-            true,
-            Action::Reject,
-            Reason::Unparseable { fields: vec!["To"] },
-        ),
+        ("To: bob\r\n", 5, Action::Reject, false, true, Action::Reject, Reason::Unparseable { fields: vec!["To"] }),
     ] {
         let d = decide_headers(headers, &policy(max, policy_action, monitor));
-        assert_eq!(
-            (d.leak, d.action, &d.reason),
-            (leak, action, &reason),
-            "{headers:?} max={max}"
-        );
+        assert_eq!((d.leak, d.action, &d.reason), (leak, action, &reason), "{headers:?} max={max}");
         assert_eq!(d.monitor, monitor && leak);
         assert_eq!(d.policy_action, policy_action);
     }
@@ -156,10 +72,7 @@ fn the_action_follows_leak_monitor_and_mark() {
 
 #[test]
 fn an_unknown_mark_is_not_trusted() {
-    let d = decide_headers(
-        "To: a@x.test, b@y.test\r\nX-Bccguard: please skip\r\n",
-        &policy(1, Action::Explode, false),
-    );
+    let d = decide_headers("To: a@x.test, b@y.test\r\nX-Bccguard: please skip\r\n", &policy(1, Action::Explode, false));
     assert!(d.leak);
 }
 
@@ -170,10 +83,7 @@ fn the_reason_reads_well() {
         decide_headers("To: a@x.test, b@y.test\r\n", &p).to_string(),
         "2 external addresses visible, more than 1 allowed"
     );
-    assert_eq!(
-        decide_headers("To: a@x.test\r\n", &p).to_string(),
-        "1 external address visible, at most 1 allowed"
-    );
+    assert_eq!(decide_headers("To: a@x.test\r\n", &p).to_string(), "1 external address visible, at most 1 allowed");
     assert_eq!(
         decide_headers("To: bob\r\nCc: ,@\r\n", &p).to_string(),
         "To, Cc cannot be parsed, so what it shows is unknown"

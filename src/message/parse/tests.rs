@@ -6,31 +6,19 @@ fn to_field(value: &str) -> (Vec<String>, bool) {
     let message = format!("From: s@example.com\r\nTo: {value}\r\nSubject: s\r\n\r\nbody\r\n");
     let headers = Headers::parse(message.as_bytes()).unwrap();
     let field = headers.of_kind(FieldKind::To).next().expect("a To field");
-    (
-        field.mailboxes.iter().map(|m| m.address.clone()).collect(),
-        field.unparseable,
-    )
+    (field.mailboxes.iter().map(|m| m.address.clone()).collect(), field.unparseable)
 }
 
 #[test]
 fn well_formed_fields() {
     for (value, addresses) in [
         ("a@x.test", vec!["a@x.test"]),
-        (
-            "a@x.test, \"Bob Smith\" <b@y.test>, c@z.test",
-            vec!["a@x.test", "b@y.test", "c@z.test"],
-        ),
-        (
-            "Customers: a@x.test, b@y.test;, other@z.test",
-            vec!["a@x.test", "b@y.test", "other@z.test"],
-        ),
+        ("a@x.test, \"Bob Smith\" <b@y.test>, c@z.test", vec!["a@x.test", "b@y.test", "c@z.test"]),
+        ("Customers: a@x.test, b@y.test;, other@z.test", vec!["a@x.test", "b@y.test", "other@z.test"]),
         ("undisclosed-recipients:;", vec![]),
         ("=?UTF-8?B?SsO8cmdlbg==?= <j@x.de>", vec!["j@x.de"]),
         ("x@y.test (comment) , <z@w.test>", vec!["x@y.test", "z@w.test"]),
-        (
-            "a@x.test,\r\n b@y.test,\r\n\t\"C\" <c@z.test>",
-            vec!["a@x.test", "b@y.test", "c@z.test"],
-        ),
+        ("a@x.test,\r\n b@y.test,\r\n\t\"C\" <c@z.test>", vec!["a@x.test", "b@y.test", "c@z.test"]),
         ("üser@exämple.de", vec!["üser@exämple.de"]),
         ("<\"john doe\"@x.test>", vec!["\"john doe\"@x.test"]),
         ("", vec![]),
@@ -43,14 +31,8 @@ fn well_formed_fields() {
 
 #[test]
 fn addresses_in_names_and_comments_are_visible() {
-    assert_eq!(
-        to_field("\"john@evil.test\" <john@good.test>").0,
-        ["john@good.test", "john@evil.test"]
-    );
-    assert_eq!(
-        to_field("(x <evil@e.test>) real@r.test").0,
-        ["real@r.test", "evil@e.test"]
-    );
+    assert_eq!(to_field("\"john@evil.test\" <john@good.test>").0, ["john@good.test", "john@evil.test"]);
+    assert_eq!(to_field("(x <evil@e.test>) real@r.test").0, ["real@r.test", "evil@e.test"]);
     assert_eq!(to_field("'a@x.test' <a@x.test>").0, ["a@x.test", "a@x.test"]);
 }
 
@@ -80,10 +62,7 @@ fn encoded_names_decoding_to_crlf_keep_the_address() {
     let field = &headers.fields[0];
     assert_eq!(field.mailboxes[0].address, "e@x.test");
     assert_eq!(field.mailboxes[0].name.as_deref(), Some("Evil\r\nBcc: x@y.test"));
-    assert_eq!(
-        field.mailboxes[1].address, "x@y.test",
-        "the address in the name is visible"
-    );
+    assert_eq!(field.mailboxes[1].address, "x@y.test", "the address in the name is visible");
     assert!(!field.unparseable);
 }
 

@@ -99,10 +99,7 @@ fn a_whole_transaction() {
         "250-relay.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
          250-ENHANCEDSTATUSCODES\r\n250 STARTTLS"
     );
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test> SIZE=10 BODY=8BITMIME"),
-        "250 2.1.0 Sender ok"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test> SIZE=10 BODY=8BITMIME"), "250 2.1.0 Sender ok");
     assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok");
     assert_eq!(h.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
     assert_eq!(h.cmd("Subject: hi\r\n\r\nbody\r\n."), "250 2.0.0 Ok: queued as ID");
@@ -123,10 +120,7 @@ fn pipelined_commands_get_replies_in_order() {
         replies,
         "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n250 2.1.5 Recipient ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
     );
-    assert_eq!(
-        h.send(b"x\r\n.\r\nNOOP\r\n"),
-        "250 2.0.0 Ok: queued as ID\r\n250 2.0.0 Ok\r\n"
-    );
+    assert_eq!(h.send(b"x\r\n.\r\nNOOP\r\n"), "250 2.0.0 Ok: queued as ID\r\n250 2.0.0 Ok\r\n");
     assert_eq!(h.messages[0].sender, "", "the null sender is accepted");
 }
 
@@ -159,31 +153,16 @@ fn other_commands() {
 fn parameters_and_addresses() {
     let mut h = Harness::local();
     h.cmd("EHLO c");
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test> SIZE=1001"),
-        "552 5.3.4 Message size exceeds fixed maximum message size"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test> SIZE=1001"), "552 5.3.4 Message size exceeds fixed maximum message size");
     assert_eq!(
         h.cmd("MAIL FROM:<a@x.test> SIZE=99999999999999999999999999"),
         "552 5.3.4 Message size exceeds fixed maximum message size"
     );
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test> RET=FULL"),
-        "555 5.5.4 Parameter not recognized or not implemented"
-    );
-    assert_eq!(
-        h.cmd("MAIL FROM:<a@x.test> FOO=BAR"),
-        "555 5.5.4 Parameter not recognized or not implemented"
-    );
-    assert_eq!(
-        h.cmd("MAIL FROM:<üser@x.test>"),
-        "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
-    );
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test> RET=FULL"), "555 5.5.4 Parameter not recognized or not implemented");
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test> FOO=BAR"), "555 5.5.4 Parameter not recognized or not implemented");
+    assert_eq!(h.cmd("MAIL FROM:<üser@x.test>"), "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter");
     assert_eq!(h.cmd("MAIL FROM:<üser@x.test> SMTPUTF8"), "250 2.1.0 Sender ok");
-    assert_eq!(
-        h.cmd("RCPT TO:<b@y.test> NOTIFY=NEVER"),
-        "555 5.5.4 Parameter not recognized or not implemented"
-    );
+    assert_eq!(h.cmd("RCPT TO:<b@y.test> NOTIFY=NEVER"), "555 5.5.4 Parameter not recognized or not implemented");
     assert_eq!(h.cmd("RCPT TO:<>"), "501 5.1.3 Bad recipient address syntax");
     assert_eq!(h.cmd("RCPT TO:<nodomain>"), "501 5.1.3 Bad recipient address syntax");
     assert_eq!(h.cmd("RCPT TO:<\"john doe\"@y.test>"), "250 2.1.5 Recipient ok");
@@ -217,11 +196,7 @@ fn relay_is_denied_outside_relay_networks() {
     let mut mapped = Harness::new(params(), "[::ffff:127.0.0.1]:5000");
     mapped.cmd("EHLO c");
     mapped.cmd("MAIL FROM:<a@x.test>");
-    assert_eq!(
-        mapped.cmd("RCPT TO:<b@y.test>"),
-        "250 2.1.5 Recipient ok",
-        "IPv4-mapped loopback"
-    );
+    assert_eq!(mapped.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok", "IPv4-mapped loopback");
 }
 
 #[test]
@@ -232,10 +207,7 @@ fn size_limit_on_data() {
     h.cmd("RCPT TO:<b@y.test>");
     h.cmd("DATA");
     let big = format!("{}\r\n.\r\n", "x".repeat(1200));
-    assert_eq!(
-        h.send(big.as_bytes()),
-        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
-    );
+    assert_eq!(h.send(big.as_bytes()), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
     assert!(h.messages.is_empty());
     assert!(!h.session.in_transaction(), "the transaction is over");
     assert_eq!(h.cmd("NOOP"), "250 2.0.0 Ok");
@@ -248,10 +220,7 @@ fn long_lines_and_bare_line_endings() {
     assert_eq!(h.cmd(&long), "500 5.5.2 Line too long");
     // Split over several reads, without an LF for more than 512 octets.
     assert_eq!(h.send("y".repeat(600).as_bytes()), "");
-    assert_eq!(
-        h.send(b"yyy\r\nNOOP\r\n"),
-        "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n"
-    );
+    assert_eq!(h.send(b"yyy\r\nNOOP\r\n"), "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
     assert!(!h.closed);
     assert_eq!(
         h.send(b"NOOP\n"),
@@ -284,10 +253,7 @@ fn starttls_is_offered_and_resets_the_session() {
     assert!(!h.session.in_transaction());
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "503 5.5.1 Send EHLO or HELO first");
     let ehlo = h.cmd("EHLO c");
-    assert!(
-        !ehlo.contains("STARTTLS") && ehlo.ends_with("250 AUTH PLAIN LOGIN"),
-        "{ehlo}"
-    );
+    assert!(!ehlo.contains("STARTTLS") && ehlo.ends_with("250 AUTH PLAIN LOGIN"), "{ehlo}");
     assert_eq!(h.cmd("STARTTLS"), "503 5.5.1 TLS already active");
 }
 
@@ -299,39 +265,20 @@ fn auth_needs_tls_unless_plaintext_is_allowed() {
         h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right"))),
         "538 5.7.11 Encryption required for requested authentication mechanism"
     );
-    let mut plain_ok = Harness::new(
-        SessionParams {
-            allow_plaintext_auth: true,
-            ..params()
-        },
-        "192.0.2.7:1",
-    );
+    let mut plain_ok = Harness::new(SessionParams { allow_plaintext_auth: true, ..params() }, "192.0.2.7:1");
     assert!(plain_ok.cmd("EHLO c").ends_with("250-STARTTLS\r\n250 AUTH PLAIN LOGIN"));
-    assert_eq!(
-        plain_ok.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right"))),
-        "235 2.7.0 Authentication successful"
-    );
+    assert_eq!(plain_ok.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right"))), "235 2.7.0 Authentication successful");
     plain_ok.cmd("MAIL FROM:<a@x.test>");
-    assert_eq!(
-        plain_ok.cmd("RCPT TO:<b@y.test>"),
-        "250 2.1.5 Recipient ok",
-        "authenticated clients relay"
-    );
+    assert_eq!(plain_ok.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok", "authenticated clients relay");
 }
 
 #[test]
 fn auth_plain_and_login_exchanges() {
-    let p = SessionParams {
-        allow_plaintext_auth: true,
-        ..params()
-    };
+    let p = SessionParams { allow_plaintext_auth: true, ..params() };
     let mut h = Harness::new(p.clone(), "192.0.2.7:1");
     h.cmd("EHLO c");
     assert_eq!(h.send(b"AUTH PLAIN\r\n"), "334 \r\n");
-    assert_eq!(
-        h.cmd(&b64("\0app\0wrong")),
-        "535 5.7.8 Authentication credentials invalid"
-    );
+    assert_eq!(h.cmd(&b64("\0app\0wrong")), "535 5.7.8 Authentication credentials invalid");
     assert_eq!(h.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6");
     assert_eq!(h.cmd(&b64("app")), "334 UGFzc3dvcmQ6");
     assert_eq!(h.cmd(&b64("right")), "235 2.7.0 Authentication successful");
@@ -340,16 +287,10 @@ fn auth_plain_and_login_exchanges() {
 
     let mut h = Harness::new(p.clone(), "192.0.2.7:1");
     h.cmd("EHLO c");
-    assert_eq!(
-        h.cmd("AUTH CRAM-MD5"),
-        "504 5.5.4 Unrecognized authentication mechanism"
-    );
+    assert_eq!(h.cmd("AUTH CRAM-MD5"), "504 5.5.4 Unrecognized authentication mechanism");
     assert_eq!(h.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6");
     assert_eq!(h.cmd("*"), "501 5.7.0 Authentication cancelled");
-    assert_eq!(
-        h.cmd("AUTH PLAIN !!!"),
-        "501 5.5.2 Cannot decode the authentication response"
-    );
+    assert_eq!(h.cmd("AUTH PLAIN !!!"), "501 5.5.2 Cannot decode the authentication response");
     assert_eq!(h.cmd(&format!("AUTH LOGIN {}", b64("app"))), "334 UGFzc3dvcmQ6");
     assert_eq!(h.cmd(&b64("x")), "535 5.7.8 Authentication credentials invalid");
     h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0y")));
@@ -362,11 +303,7 @@ fn auth_plain_and_login_exchanges() {
 
 #[test]
 fn require_auth_refuses_mail_from_anyone_unauthenticated() {
-    let p = SessionParams {
-        require_auth: true,
-        allow_plaintext_auth: true,
-        ..params()
-    };
+    let p = SessionParams { require_auth: true, allow_plaintext_auth: true, ..params() };
     let mut h = Harness::new(p, "127.0.0.1:1");
     h.cmd("EHLO c");
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "530 5.7.0 Authentication required");
