@@ -15,6 +15,11 @@ use crate::queue_id::QueueId;
 pub struct Redaction(pub bool);
 
 impl Redaction {
+    /// Free text (a reply, an error) as it may be logged: addresses in it redacted.
+    pub fn text(self, t: &str) -> String {
+        if self.0 { address::redact_in_text(t) } else { t.to_string() }
+    }
+
     /// The address as it may be logged.
     pub fn address(self, a: &str) -> String {
         if self.0 {
@@ -99,14 +104,17 @@ impl DeliveryAttempt<'_> {
         };
         metrics().deliveries.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
         let to = redaction.address(self.recipient);
+        let reply = match self.outcome {
+            Outcome::Delivered(r) | Outcome::Deferred(r) | Outcome::Failed(r) => redaction.text(r),
+        };
         match self.outcome {
-            Outcome::Delivered(reply) => {
+            Outcome::Delivered(_) => {
                 info!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "delivered")
             }
-            Outcome::Deferred(reply) => {
+            Outcome::Deferred(_) => {
                 info!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "deferred")
             }
-            Outcome::Failed(reply) => {
+            Outcome::Failed(_) => {
                 tracing::warn!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "failed")
             }
         }

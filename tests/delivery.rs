@@ -175,7 +175,8 @@ fn queue_cli_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     let upstream = TestUpstream::scripted(Box::new(|stage, rcpt, _| {
-        (stage == Stage::Rcpt && rcpt.starts_with("slow")).then(|| "451 4.4.1 come back later".to_string())
+        // Real relays quote the recipient in their replies.
+        (stage == Stage::Rcpt && rcpt.starts_with("slow")).then(|| format!("451 4.4.1 <{rcpt}>: come back later"))
     }))
     .await;
     // A long retry interval: only `queue retry` makes the next attempt happen soon.
@@ -203,7 +204,11 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v[0]["transactions"]["pending"], 1);
-    assert_eq!(v[0]["last_reply"], "451 4.4.1 come back later");
+    assert_eq!(
+        v[0]["last_reply"], "451 4.4.1 <s***@client.test>: come back later",
+        "addresses in replies are redacted"
+    );
+    assert!(!json.contains("slow1@") && !listed.contains("slow1@"), "{listed}\n{json}");
 
     let (code, out) = queue_cli(&relay, &["retry", &ids[0]]);
     assert_eq!((code, out.trim()), (0, "Retrying 1 message now."));

@@ -126,7 +126,7 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
         recipients: meta.recipients.len(),
         transactions: counts,
         next_attempt: next_ms.and_then(|ms| rfc3339(ms.max(meta.received_at))),
-        last_reply: state.last_reply,
+        last_reply: state.last_reply.map(|r| redaction.text(&r)),
         next_ms,
     })
 }

@@ -83,6 +83,32 @@ pub fn redact(address: &str) -> String {
     format!("{first}***@{domain}")
 }
 
+/// `text` with every address-like word (anything around an `@`, between separators)
+/// redacted as by [`redact`]: for replies and errors that quote addresses.
+pub fn redact_in_text(text: &str) -> String {
+    let separator = |c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') && !word.starts_with('@') {
+            out.push_str(&redact(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if separator(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +156,10 @@ mod tests {
     fn redaction_hides_the_local_part() {
         assert_eq!(redact("john.doe@example.com"), "j***@example.com");
         assert_eq!(redact(""), "<>");
+        assert_eq!(
+            redact_in_text("550 5.1.1 <bob.smith@customer.test>: Recipient address rejected"),
+            "550 5.1.1 <b***@customer.test>: Recipient address rejected"
+        );
+        assert_eq!(redact_in_text("452 4.5.3 no @ here, a@b"), "452 4.5.3 no @ here, a***@b");
     }
 }
