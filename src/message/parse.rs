@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
+use mail_parser::{Address, HeaderValue, MessageParser};
 use serde::{Deserialize, Serialize};
 
 use super::address;
@@ -34,6 +34,8 @@ pub enum FieldKind {
     ResentBcc,
     /// `X-Bccguard:`, the mark of a copy this relay made.
     Mark,
+    /// A line in the header block that is not a field (no colon) but shows an address.
+    Stray,
 }
 
 impl FieldKind {
@@ -47,6 +49,7 @@ impl FieldKind {
             FieldKind::ResentCc => "Resent-Cc",
             FieldKind::ResentBcc => "Resent-Bcc",
             FieldKind::Mark => "X-Bccguard",
+            FieldKind::Stray => "a line that is not a header field",
         }
     }
 
@@ -55,15 +58,18 @@ impl FieldKind {
         matches!(self, FieldKind::ResentTo | FieldKind::ResentCc | FieldKind::ResentBcc)
     }
 
-    fn of(name: &HeaderName<'_>) -> Option<FieldKind> {
-        Some(match name {
-            HeaderName::To => FieldKind::To,
-            HeaderName::Cc => FieldKind::Cc,
-            HeaderName::Bcc => FieldKind::Bcc,
-            HeaderName::ResentTo => FieldKind::ResentTo,
-            HeaderName::ResentCc => FieldKind::ResentCc,
-            HeaderName::ResentBcc => FieldKind::ResentBcc,
-            HeaderName::Other(n) if n.eq_ignore_ascii_case("X-Bccguard") => FieldKind::Mark,
+    /// The kind of a field by its name: case-insensitive, and blind to spaces and tabs in the
+    /// name (`B cc:`, `To :`), as lenient readers are.
+    fn of(name: &[u8]) -> Option<FieldKind> {
+        let name: Vec<u8> = name.iter().filter(|b| !matches!(b, b' ' | b'\t')).map(u8::to_ascii_lowercase).collect();
+        Some(match name.as_slice() {
+            b"to" => FieldKind::To,
+            b"cc" => FieldKind::Cc,
+            b"bcc" => FieldKind::Bcc,
+            b"resent-to" => FieldKind::ResentTo,
+            b"resent-cc" => FieldKind::ResentCc,
+            b"resent-bcc" => FieldKind::ResentBcc,
+            b"x-bccguard" => FieldKind::Mark,
             _ => return None,
         })
     }
@@ -116,31 +122,40 @@ pub enum ParseError {
 
 impl Headers {
     /// Parse the header block of `message` (CRLF line ends).
+    ///
+    /// bccguard splits the block into fields itself, as RFC 5322 says (a field begins on a
+    /// line that does not start with a space or tab; the block ends at the first empty line),
+    /// and has mail-parser read each address field's value alone: no field can hide another
+    /// (mail-parser, reading a whole block, lets a `Date:` with a one-letter zone swallow the
+    /// next line, and ends the block early at some malformed lines).
     pub fn parse(message: &[u8]) -> Result<Headers, ParseError> {
         let (header_end, body_start) = header_bounds(message);
         if body_start > MAX_HEADER_BLOCK {
             return Err(ParseError::TooLarge);
         }
-        let block = &message[..body_start];
         let mut fields = Vec::new();
         let mut mark = None;
-        if let Some(parsed) = MessageParser::new().parse(block) {
-            let headers = parsed.parts.first().map(|p| p.headers.as_slice()).unwrap_or_default();
-            for header in headers {
-                let Some(kind) = FieldKind::of(&header.name) else {
-                    continue;
-                };
-                let range = header.offset_field as usize..header.offset_end as usize;
-                let raw = &block[header.offset_start as usize..header.offset_end as usize];
-                if kind == FieldKind::Mark {
-                    mark.get_or_insert_with(|| String::from_utf8_lossy(raw).trim().to_lowercase());
+        for raw in split_fields(&message[..header_end]) {
+            let value = &message[raw.value.clone()];
+            let (kind, mailboxes, unparseable) = match raw.name.map(|n| FieldKind::of(&message[n])) {
+                Some(Some(FieldKind::Mark)) => {
+                    mark.get_or_insert_with(|| String::from_utf8_lossy(value).trim().to_lowercase());
+                    (FieldKind::Mark, Vec::new(), false)
                 }
-                let (mailboxes, unparseable) = match kind {
-                    FieldKind::Mark => (Vec::new(), false),
-                    _ => read_addresses(&header.value, raw),
-                };
-                fields.push(Field { kind, range, mailboxes, unparseable });
-            }
+                Some(Some(kind)) => {
+                    let (mailboxes, unparseable) = parse_address_value(value);
+                    (kind, mailboxes, unparseable)
+                }
+                Some(None) => continue,
+                // Not a field at all, yet it shows an address: count it, never trust it.
+                None if value.contains(&b'@') => {
+                    let text = String::from_utf8_lossy(value);
+                    let mailboxes = addresses_in_text(&text).map(|address| Mailbox { name: None, address }).collect();
+                    (FieldKind::Stray, mailboxes, true)
+                }
+                None => continue,
+            };
+            fields.push(Field { kind, range: raw.range, mailboxes, unparseable });
         }
         Ok(Headers { fields, header_end, body_start, mark })
     }
@@ -150,7 +165,7 @@ impl Headers {
         self.fields.iter().filter(move |f| f.kind == kind)
     }
 
-    /// Every visible address (To, Cc, Bcc and Resent-*), in header order.
+    /// Every visible address (To, Cc, Bcc, Resent-*, and stray lines), in header order.
     pub fn visible(&self) -> impl Iterator<Item = &Mailbox> {
         self.fields.iter().flat_map(|f| f.mailboxes.iter())
     }
@@ -173,6 +188,55 @@ fn header_bounds(message: &[u8]) -> (usize, usize) {
     }
 }
 
+/// One field of a header block, as RFC 5322 delimits it.
+struct RawField {
+    /// The whole field: name through the line end after its last continuation line.
+    range: Range<usize>,
+    /// The field name (before the colon); `None` for a line that is not a field.
+    name: Option<Range<usize>>,
+    /// The value (after the colon), line ends included.
+    value: Range<usize>,
+}
+
+/// Split a header block (without its empty line) into fields.
+fn split_fields(block: &[u8]) -> Vec<RawField> {
+    let line_end = |from: usize| memchr::memchr(b'\n', &block[from..]).map_or(block.len(), |i| from + i + 1);
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while pos < block.len() {
+        let start = pos;
+        let first_line = line_end(start);
+        pos = first_line;
+        while pos < block.len() && matches!(block[pos], b' ' | b'\t') {
+            pos = line_end(pos);
+        }
+        let field = match memchr::memchr(b':', &block[start..first_line]) {
+            Some(colon) => {
+                RawField { range: start..pos, name: Some(start..start + colon), value: start + colon + 1..pos }
+            }
+            None => RawField { range: start..pos, name: None, value: start..pos },
+        };
+        fields.push(field);
+    }
+    fields
+}
+
+/// The mailboxes of one address field's value, parsed alone, and whether it is unparseable.
+fn parse_address_value(value: &[u8]) -> (Vec<Mailbox>, bool) {
+    let mut alone = Vec::with_capacity(value.len() + 8);
+    alone.extend_from_slice(b"To:");
+    alone.extend_from_slice(value);
+    if !alone.ends_with(b"\n") {
+        alone.extend_from_slice(b"\r\n");
+    }
+    alone.extend_from_slice(b"\r\n");
+    let parsed = MessageParser::new().parse(&alone);
+    match parsed.as_ref().and_then(|m| m.parts.first()).and_then(|p| p.headers.first()) {
+        Some(header) => read_addresses(&header.value, value),
+        None => (Vec::new(), value.contains(&b'@')),
+    }
+}
+
 /// The mailboxes of an address field, and whether it is unparseable.
 fn read_addresses(value: &HeaderValue<'_>, raw: &[u8]) -> (Vec<Mailbox>, bool) {
     let mut c = Collector::default();
@@ -184,7 +248,11 @@ fn read_addresses(value: &HeaderValue<'_>, raw: &[u8]) -> (Vec<Mailbox>, bool) {
         }
         HeaderValue::Address(Address::Group(groups)) => {
             for g in groups {
-                c.accounted += g.name.as_deref().map_or(0, count_at);
+                if let Some(name) = g.name.as_deref() {
+                    // A group's name is shown too: an address written there is visible.
+                    c.accounted += count_at(name);
+                    c.mailboxes.extend(addresses_in_text(name).map(|address| Mailbox { name: None, address }));
+                }
                 for a in &g.addresses {
                     c.take(a.name.as_deref(), a.address.as_deref());
                 }
@@ -237,7 +305,7 @@ impl Mailbox {
 }
 
 fn is_separator(c: char) -> bool {
-    c.is_whitespace() || "<>()[]\",;:'".contains(c)
+    c.is_whitespace() || c.is_control() || "<>()[]\",;:'".contains(c)
 }
 
 fn count_at(s: &str) -> usize {

@@ -3,7 +3,8 @@
 //!
 //! Only the address fields change: every other header field keeps its bytes and its place.
 //! Explode and undisclose replace To/Cc (at the first of To, Cc, Bcc) and Resent-To/Resent-Cc
-//! (when present) and add `X-Bccguard`; every copy loses Bcc and Resent-Bcc.
+//! (when present), drop header lines that are not fields but show an address, and add
+//! `X-Bccguard`; every copy loses Bcc and Resent-Bcc.
 
 mod encode;
 
@@ -53,9 +54,10 @@ pub fn header_block(
     for field in &headers.fields {
         out.extend_from_slice(&message[pos..field.range.start.max(pos)]);
         let keep = match (&replacement, field.kind) {
-            (_, FieldKind::Bcc | FieldKind::ResentBcc) if replacement.is_none() => false,
+            (None, FieldKind::Bcc | FieldKind::ResentBcc) => false,
             (None, _) => true,
-            (Some(_), FieldKind::Mark) => false,
+            // A stray line may show addresses; a rewritten copy shows none but its own.
+            (Some(_), FieldKind::Mark | FieldKind::Stray) => false,
             (Some(r), kind) if kind.is_resent() => {
                 if !resent_done {
                     out.extend_from_slice(r.resent.as_bytes());

@@ -152,3 +152,13 @@ fn an_unchanged_copy_is_the_original_bytes_not_a_copy_of_them() {
     let [head, _] = copy(&with_bcc, &headers, &plan, &plan.transactions[0], &recipients);
     assert_eq!(head, &b"To: a@x.test\r\n\r\n"[..], "the Bcc is removed");
 }
+
+#[test]
+fn a_stray_line_with_an_address_leaks_and_is_dropped_from_copies() {
+    let message = "From: shop@example.com\r\nnot a field, shows c@z.test\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n";
+    let out = copies(message, &["a@x.test"], &policy(Action::Explode, true));
+    assert_eq!(
+        out[0].1,
+        "From: shop@example.com\r\nTo: a@x.test\r\nSubject: s\r\nX-Bccguard: exploded\r\n\r\nbody\r\n"
+    );
+}

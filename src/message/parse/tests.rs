@@ -100,3 +100,51 @@ fn oversized_header_blocks_are_refused() {
     message.extend_from_slice(b"\r\n\r\nbody");
     assert_eq!(Headers::parse(&message).unwrap_err(), ParseError::TooLarge);
 }
+
+/// Found by fuzzing: mail-parser, reading a whole header block, let a Date with a one-letter
+/// zone swallow the next line, and ended the block early at malformed lines, hiding a To.
+#[test]
+fn no_field_can_hide_the_next_one() {
+    for message in [
+        &b"Date: 1 Jan 2024 00:00:00 Z\r\nTo: a@ext.test, b@ext2.test\r\n\r\nbody\r\n"[..],
+        b"Resent-Date: 1 Jan 2024 00:00:00 A\r\nTo: a@ext.test, b@ext2.test\r\n\r\nbody\r\n",
+        b"Subject: x\r\nD\r\n \r\nTo: a@ext.test, b@ext2.test\r\n\r\nbody\r\n",
+        b"Subject: x\r\n\x0c\x0c\r\nTo: a@ext.test, b@ext2.test\r\n\r\nbody\r\n",
+    ] {
+        let headers = Headers::parse(message).unwrap();
+        let to: Vec<_> =
+            headers.of_kind(FieldKind::To).flat_map(|f| &f.mailboxes).map(|m| m.address.as_str()).collect();
+        assert_eq!(to, ["a@ext.test", "b@ext2.test"], "{:?}", String::from_utf8_lossy(message));
+    }
+}
+
+#[test]
+fn a_line_that_is_not_a_field_but_shows_an_address_is_unparseable() {
+    let message = b"Subject: x\r\nthis line has no colon but a@hidden.test\r\nTo: b@y.test\r\n\r\nbody\r\n";
+    let headers = Headers::parse(message).unwrap();
+    let stray = headers.of_kind(FieldKind::Stray).next().expect("a stray line");
+    assert!(stray.unparseable);
+    assert_eq!(stray.mailboxes[0].address, "a@hidden.test");
+    assert_eq!(&message[stray.range.clone()], b"this line has no colon but a@hidden.test\r\n");
+    // Without an address it is none of bccguard's business.
+    let headers = Headers::parse(b"Subject: x\r\nno colon here\r\nTo: b@y.test\r\n\r\n").unwrap();
+    assert_eq!(headers.fields.len(), 1);
+}
+
+#[test]
+fn field_names_are_read_leniently() {
+    let headers = Headers::parse(b"B cc: a@x.test\r\nTo : b@y.test\r\n TO: c@z.test\r\n\r\n").unwrap();
+    let kinds: Vec<_> = headers.fields.iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, [FieldKind::Bcc, FieldKind::To]);
+    assert_eq!(headers.visible().count(), 3, "a continuation line belongs to the field above");
+}
+
+/// Found by fuzzing: a control character glued to an address in a comment hid it from the
+/// check that drops display names showing other addresses.
+#[test]
+fn control_characters_separate_words_when_looking_for_addresses() {
+    let found: Vec<String> = addresses_in_text("e@f.test\u{1}x").collect();
+    assert_eq!(found, ["e@f.test"]);
+    let m = Mailbox { name: Some("e@f.test\u{1}".into()), address: "s@t.test".into() };
+    assert_eq!(m.without_foreign_name().name, None);
+}
