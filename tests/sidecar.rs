@@ -107,9 +107,14 @@ struct Child {
 
 impl Child {
     fn config_text(&self, internal: &str) -> String {
+        self.config_with(internal, "127.0.0.0/8")
+    }
+
+    fn config_with(&self, internal: &str, relay_network: &str) -> String {
         format!(
             "[server]\nlisten = [\"{}\"]\n[upstream]\ndirectory = {:?}\n[spool]\ndir = {:?}\n\
-             [policy]\ninternal_domains = [{internal}]\naction = \"reject\"\n",
+             [policy]\ninternal_domains = [{internal}]\naction = \"reject\"\n\
+             [access]\nrelay_networks = [\"{relay_network}\"]\n",
             self.addr,
             self.dir.path().join("outbox"),
             self.dir.path().join("spool"),
@@ -177,6 +182,22 @@ async fn sighup_reloads_the_policy_and_refuses_a_broken_file() {
     assert!(child.log().contains("policy.action: unknown variant `explod`"), "{}", child.log());
     assert!(leak(addr).await.starts_with("250 "), "the previous policy still applies");
 
+    // [access] too: loopback may no longer relay, for sessions that start after the reload.
+    child.write_config(&child.config_with("\"example.com\", \"partner.test\"", "10.0.0.0/8"));
+    child.signal("HUP");
+    eventually("the second reload", || child.log().matches("configuration reloaded").count() == 2).await;
+    let mut new = RawClient::connect(addr, None).await;
+    new.reply().await;
+    new.cmd("EHLO after").await;
+    new.cmd("MAIL FROM:<app@example.com>").await;
+    assert_eq!(new.cmd("RCPT TO:<a@partner.test>").await, "550 5.7.1 Relaying denied");
+    open.cmd("MAIL FROM:<app@example.com>").await;
+    assert_eq!(open.cmd("RCPT TO:<a@partner.test>").await, "250 2.1.5 Recipient ok", "an open session keeps its rules");
+
+    // Sessions in a transaction would hold the shutdown for its grace period.
+    for session in [&mut open, &mut new] {
+        session.cmd("QUIT").await;
+    }
     child.signal("TERM");
     let status = child.process.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", child.log());
