@@ -15,7 +15,9 @@ pub fn canonical(raw: &str) -> Option<String> {
     if local.is_empty() || domain.is_empty() || normalize_domain(domain).is_none() {
         return None;
     }
-    if is_dot_atom(&local) {
+    // A local part that looks like the start of an encoded word (RFC 2047) is quoted: bare,
+    // a reader of the header might decode it as a display name and see another address.
+    if is_dot_atom(&local) && !local.contains("=?") {
         Some(format!("{local}@{domain}"))
     } else {
         let escaped = local.replace('\\', "\\\\").replace('"', "\\\"");
@@ -125,6 +127,7 @@ mod tests {
             ("a@b@example.com", Some("\"a@b\"@example.com")),
             ("üser@exämple.de", Some("üser@exämple.de")),
             ("a..b@example.com", Some("\"a..b\"@example.com")),
+            ("=?utf-8?q?abc?=@example.com", Some("\"=?utf-8?q?abc?=\"@example.com")),
             ("nodomain", None),
             ("@example.com", None),
             ("a@", None),

@@ -162,3 +162,15 @@ fn a_stray_line_with_an_address_leaks_and_is_dropped_from_copies() {
         "From: shop@example.com\r\nTo: a@x.test\r\nSubject: s\r\nX-Bccguard: exploded\r\n\r\nbody\r\n"
     );
 }
+
+/// Found by fuzzing: a local part that looks like an encoded word, written bare, is decoded by
+/// readers as a display name followed by another address.
+#[test]
+fn a_local_part_like_an_encoded_word_is_quoted_in_angle_brackets() {
+    let recipient = crate::message::address::canonical("=?utf-8?q?abc?=@x.test").unwrap();
+    let message = "To: one@a.test, two@b.test\r\n\r\nbody\r\n";
+    let out = copies(message, &[recipient.as_str()], &policy(Action::Explode, true));
+    assert!(out[0].1.starts_with("To: <\"=?utf-8?q?abc?=\"@x.test>\r\n"), "{}", out[0].1);
+    let again = Headers::parse(out[0].1.as_bytes()).unwrap();
+    assert_eq!(again.fields[0].mailboxes[0].address, recipient);
+}
