@@ -148,7 +148,8 @@ fn txn_report(
     rcpts: &[String],
 ) -> TxnReport {
     let block = rewrite::header_block(message, headers, plan, txn, rcpts);
-    let copy = Headers::parse(&block).expect("a rewritten header block is smaller than the original");
+    // The rewritten block is no larger than the original's, which parsed.
+    let copy = Headers::parse(&block).unwrap_or_else(|_| Headers::parse(b"").expect("an empty block parses"));
     let value = |kind: FieldKind| {
         let values: Vec<String> = copy
             .of_kind(kind)
