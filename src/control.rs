@@ -36,17 +36,7 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
 
 /// Answer requests until `stop` is cancelled.
 pub async fn serve(listener: UnixListener, deliverer: Deliverer, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = crate::accept::next(&stop, "control socket", || listener.accept()).await {
         let deliverer = deliverer.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, deliverer).await {

@@ -20,17 +20,7 @@ use crate::metrics::{Health, metrics};
 
 /// Serve until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    debug!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = crate::accept::next(&stop, "metrics", || listener.accept()).await {
         let health = health.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, health.clone()));

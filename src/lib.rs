@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -141,7 +142,6 @@ pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: Cancella
 /// A relay that is serving.
 pub struct Running {
     config: Config,
-    smtp_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     phases: Shutdown,
     background: CancellationToken,
@@ -193,8 +193,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     if let Some(listener) = metrics_listener {
         tokio::spawn(http::serve(listener, health.clone(), background.clone()));
     }
-    let smtp_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    for addr in &smtp_addrs {
+    for addr in listeners.iter().filter_map(|l| l.local_addr().ok()) {
         info!(%addr, "listening");
     }
     if let Some(addr) = metrics_addr {
@@ -205,7 +204,6 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     health.set_listening(true);
     Ok(Running {
         config,
-        smtp_addrs,
         metrics_addr,
         phases,
         background,
@@ -234,11 +232,6 @@ async fn probe(spool: Arc<Spool>, upstream: Arc<Upstream>, health: Arc<Health>, 
 }
 
 impl Running {
-    /// The SMTP addresses served.
-    pub fn smtp_addrs(&self) -> &[SocketAddr] {
-        &self.smtp_addrs
-    }
-
     /// The metrics endpoint's address, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr

@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
@@ -121,19 +120,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.soft.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = crate::accept::next(&shutdown.soft, "smtp", || listener.accept()).await {
         let _ = stream.set_nodelay(true);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {

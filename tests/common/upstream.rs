@@ -43,7 +43,6 @@ struct State {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    script: Arc<Script>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,7 +68,7 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let script = Arc::new(script);
-        let (s, sc) = (state.clone(), script.clone());
+        let (s, sc) = (state.clone(), script);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -81,7 +80,7 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, state, script, task }
+        TestUpstream { addr, state, task }
     }
 
     /// Stop answering new connections (they stay open, silent).
@@ -117,11 +116,6 @@ impl TestUpstream {
     /// The `[upstream]` section pointing at this server.
     pub fn config(&self, extra: &str) -> String {
         format!("[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n{extra}\n", self.addr.port())
-    }
-
-    #[allow(dead_code)]
-    fn script(&self) -> &Script {
-        &self.script
     }
 }
 
