@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::spool::content::Content;
+
 /// Shares directory fsyncs among concurrent writers in one directory.
 #[derive(Clone, Debug)]
 pub struct DirSync {
@@ -38,22 +40,28 @@ impl DirSync {
         rx.await.map_err(|_| io::Error::other("directory sync worker stopped"))?
     }
 
-    /// Write `parts` as the file `name` in the directory, durably: the file's data and its
-    /// name are both on disk when this returns `Ok`.
-    pub async fn write_file(&self, name: &str, parts: Vec<Bytes>) -> io::Result<()> {
+    /// Write `parts`, then `tail`, as the file `name` in the directory, durably: the file's
+    /// data and its name are both on disk when this returns `Ok`. A tail that cannot be read
+    /// whole fails the write (no file appears).
+    pub async fn write_file(&self, name: &str, parts: Vec<Bytes>, tail: Option<Content>) -> io::Result<()> {
         let target = self.dir.join(name);
         let temp = self.dir.join(format!(".{name}.tmp"));
-        tokio::task::spawn_blocking(move || write_synced(&temp, &target, &parts)).await.map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || write_synced(&temp, &target, &parts, tail.as_ref()))
+            .await
+            .map_err(io::Error::other)??;
         self.sync().await
     }
 }
 
 /// Write, fsync and rename one file (blocking).
-fn write_synced(temp: &Path, target: &Path, parts: &[Bytes]) -> io::Result<()> {
+fn write_synced(temp: &Path, target: &Path, parts: &[Bytes], tail: Option<&Content>) -> io::Result<()> {
     let result = (|| {
         let mut file = File::create(temp)?;
         for part in parts {
             file.write_all(part)?;
+        }
+        if let Some(tail) = tail {
+            tail.copy_to_file(&mut file)?;
         }
         file.sync_all()?;
         fs::rename(temp, target)
@@ -100,7 +108,7 @@ mod tests {
         for i in 0..20 {
             let sync = sync.clone();
             let parts = vec![Bytes::from_static(b"head\r\n"), Bytes::from_static(b"body")];
-            writes.spawn(async move { sync.write_file(&format!("f{i}"), parts).await });
+            writes.spawn(async move { sync.write_file(&format!("f{i}"), parts, None).await });
         }
         while let Some(r) = writes.join_next().await {
             r.unwrap().unwrap();
@@ -114,6 +122,6 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_reports_the_error() {
         let sync = DirSync::new(PathBuf::from("/nonexistent/dir"));
-        assert!(sync.write_file("x", vec![Bytes::from_static(b"data")]).await.is_err());
+        assert!(sync.write_file("x", vec![Bytes::from_static(b"data")], None).await.is_err());
     }
 }

@@ -147,3 +147,20 @@ impl BounceQueued<'_> {
         );
     }
 }
+
+/// A spooled message failed its checks and was set aside in `damaged/`.
+#[derive(Debug)]
+pub struct SpoolDamaged<'a> {
+    /// The message.
+    pub id: &'a QueueId,
+    /// What was wrong (holds no address).
+    pub reason: &'a str,
+}
+
+impl SpoolDamaged<'_> {
+    /// Write the log line and count it.
+    pub fn emit(&self) {
+        metrics().spool_damaged.inc();
+        tracing::error!(queue_id = %self.id, reason = %self.reason, "damaged message set aside in damaged/, not delivered");
+    }
+}

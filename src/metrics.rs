@@ -44,6 +44,8 @@ pub struct Metrics {
     pub spool_messages: Gauge,
     /// Time per upstream transaction attempt, in seconds.
     pub upstream_latency: Histogram,
+    /// Spooled messages set aside as damaged.
+    pub spool_damaged: Counter,
 }
 
 impl Metrics {
@@ -76,7 +78,23 @@ impl Metrics {
         for outcome in ["delivered", "deferred", "failed"] {
             let _ = deliveries.get_or_create(&OutcomeLabels { outcome: outcome.into() });
         }
-        Metrics { registry, messages, exposure, copies, deliveries, bounces, spool_messages, upstream_latency }
+        let spool_damaged = Counter::default();
+        registry.register(
+            "spool_damaged",
+            "Spooled messages that failed their length or checksum check, set aside in damaged/",
+            spool_damaged.clone(),
+        );
+        Metrics {
+            registry,
+            messages,
+            exposure,
+            copies,
+            deliveries,
+            bounces,
+            spool_messages,
+            upstream_latency,
+            spool_damaged,
+        }
     }
 
     /// The OpenMetrics text exposition.
@@ -160,6 +178,7 @@ mod tests {
             ("bccguard_deliveries", "counter"),
             ("bccguard_bounces", "counter"),
             ("bccguard_spool_messages", "gauge"),
+            ("bccguard_spool_damaged", "counter"),
             ("bccguard_upstream_latency_seconds", "histogram"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} in {text}");

@@ -79,7 +79,7 @@ impl Relay {
             rejected.emit(self.redaction);
             return reply::leak_rejected(&decision);
         };
-        let meta = Meta {
+        let mut meta = Meta {
             version: FORMAT_VERSION,
             id: id.clone(),
             received_at: now.timestamp_millis(),
@@ -89,8 +89,10 @@ impl Relay {
             decision: DecisionSummary { leak: decision.leak, action: decision.action, exposure: decision.exposure },
             plan,
             dsn: false,
+            size: None,
+            crc32: None,
         };
-        if let Err(e) = self.spool.store(&meta, &message).await {
+        if let Err(e) = self.spool.store(&mut meta, &message).await {
             error!(queue_id = %id, error = %e, "cannot store the message in the spool");
             return reply::STORAGE_FAILED;
         }
@@ -105,7 +107,7 @@ impl Relay {
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
         accepted.emit(self.redaction);
-        self.deliverer.submit(meta, message, Some(headers));
+        self.deliverer.submit(meta.id.clone());
         reply::queued(id.as_str())
     }
 }

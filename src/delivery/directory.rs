@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::Outcome;
+use super::{Copy, Outcome};
 use crate::durable::DirSync;
 use crate::queue_id::QueueId;
 
@@ -43,16 +43,16 @@ impl DirectoryUpstream {
     }
 
     /// Write one file per recipient; a write error defers that recipient.
-    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
+    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], copy: &Copy) -> Vec<Outcome> {
         let mut writes = JoinSet::new();
         for (slot, &(index, rcpt)) in rcpts.iter().enumerate() {
             let this = self.clone();
             let name = format!("{id}-{index}.eml");
-            let mut file = vec![Bytes::from(format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n"))];
-            file.extend(parts.iter().cloned());
+            let trace = Bytes::from(format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n"));
+            let (head, body) = (copy.head.clone(), copy.body.clone());
             writes.spawn(async move {
                 let _permit = this.writes.acquire().await.expect("never closed");
-                let result = this.sync.write_file(&name, file).await;
+                let result = this.sync.write_file(&name, vec![trace, head], Some(body)).await;
                 (slot, name, result)
             });
         }

@@ -7,27 +7,22 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::Upstream;
-use super::pass::{self, Ctx, Loaded, PassEnd, now_ms};
+use super::pass::{self, Ctx, PassEnd, now_ms};
 use crate::Shutdown;
 use crate::config::Config;
 use crate::events::Redaction;
-use crate::message::parse::Headers;
 use crate::queue_id::QueueId;
 use crate::spool::Spool;
-use crate::spool::record::{Meta, State};
 
-/// Passes running at once (each sends up to one chunk of copies; the upstream caps
-/// connections).
-const MAX_PASSES: usize = 512;
-/// Newly accepted messages waiting for a pass keep their bytes in memory up to this many;
-/// beyond it they are read back from the spool when their turn comes.
-const READY_IN_MEMORY: usize = 1024;
+/// Passes running at once, per upstream connection: a pass holds its message's header block
+/// and the copies being written, so the messages in delivery follow the upstream's
+/// connection cap, not the length of the queue (which is kept as ids and times only).
+const PASSES_PER_CONNECTION: usize = 2;
 
 /// Wait before a message whose pass panicked is tried again.
 const PANIC_WAIT: i64 = 60_000;
@@ -43,6 +38,8 @@ pub struct DeliveryConfig {
     pub max_age: Duration,
     /// `log.redact_addresses`.
     pub redaction: Redaction,
+    /// Delivery passes running at once.
+    pub max_passes: usize,
 }
 
 impl DeliveryConfig {
@@ -53,6 +50,7 @@ impl DeliveryConfig {
             retry: config.spool.retry.iter().map(|d| d.0).collect(),
             max_age: config.spool.max_age.0,
             redaction: Redaction(config.log.redact_addresses),
+            max_passes: config.upstream.max_connections.max(1) * PASSES_PER_CONNECTION,
         }
     }
 }
@@ -63,7 +61,7 @@ impl DeliveryConfig {
 pub struct ManagerStopped;
 
 enum Command {
-    Submit(QueueId, Loaded),
+    Submit(QueueId),
     Retry(Option<QueueId>, oneshot::Sender<usize>),
     Delete(QueueId, oneshot::Sender<bool>),
 }
@@ -75,13 +73,11 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Deliver a message that is already durably spooled (`headers`: its header block, if
-    /// already parsed).
-    pub fn submit(&self, meta: Meta, message: Bytes, headers: Option<Headers>) {
-        let state = State::new(&meta);
-        let loaded = Loaded { meta: Arc::new(meta), message, state, headers };
+    /// Deliver a message that is already durably spooled. Only its id is queued: its pass
+    /// reads it back from the spool (from the page cache, for a message just written).
+    pub fn submit(&self, id: QueueId) {
         // After shutdown began the message simply stays spooled for the next start.
-        let _ = self.tx.send(Command::Submit(loaded.meta.id.clone(), loaded));
+        let _ = self.tx.send(Command::Submit(id));
     }
 
     /// Try one message (or all) now, whatever their schedule; returns how many.
@@ -140,7 +136,7 @@ struct Manager {
     ctx: Arc<Ctx>,
     entries: HashMap<QueueId, Entry>,
     timers: BinaryHeap<Reverse<(i64, QueueId)>>,
-    ready: VecDeque<(QueueId, Option<Loaded>, bool)>,
+    ready: VecDeque<(QueueId, bool)>,
     running: usize,
     done_tx: mpsc::UnboundedSender<(QueueId, PassEnd)>,
     tracker: TaskTracker,
@@ -187,13 +183,12 @@ impl Manager {
                 error!(error = %e, "cannot list the spool");
                 Vec::new()
             });
+            // An unreadable one is scheduled now: its pass sets it aside as damaged (or, if
+            // the spool cannot be read at all now, tries again later).
             ids.into_iter()
-                .filter_map(|id| match paths.load_meta(&id) {
-                    Ok((meta, state)) => Some((id, state.next_attempt(&meta.plan).unwrap_or(0))),
-                    Err(e) => {
-                        error!(queue_id = %id, error = %e, "unreadable message in the spool, left alone");
-                        None
-                    }
+                .map(|id| match paths.load_meta(&id) {
+                    Ok((meta, state)) => (id, state.next_attempt(&meta.plan).unwrap_or(0)),
+                    Err(_) => (id, 0),
                 })
                 .collect::<Vec<_>>()
         })
@@ -212,16 +207,15 @@ impl Manager {
         self.timers.push(Reverse((at, id)));
     }
 
-    fn make_ready(&mut self, id: QueueId, loaded: Option<Loaded>, force: bool) {
-        let loaded = loaded.filter(|_| self.ready.len() < READY_IN_MEMORY);
+    fn make_ready(&mut self, id: QueueId, force: bool) {
         self.entries.insert(id.clone(), Entry::Ready);
-        self.ready.push_back((id, loaded, force));
+        self.ready.push_back((id, force));
         self.start_ready();
     }
 
     fn start_ready(&mut self) {
-        while self.running < MAX_PASSES {
-            let Some((id, loaded, force)) = self.ready.pop_front() else {
+        while self.running < self.ctx.config.max_passes {
+            let Some((id, force)) = self.ready.pop_front() else {
                 return;
             };
             if self.entries.get(&id) != Some(&Entry::Ready) {
@@ -233,7 +227,7 @@ impl Manager {
             self.tracker.spawn(async move {
                 let pass = {
                     let id = id.clone();
-                    tokio::spawn(async move { pass::run(&ctx, &id, loaded, force).await })
+                    tokio::spawn(async move { pass::run(&ctx, &id, force).await })
                 };
                 let abort = pass.abort_handle();
                 let end = tokio::select! {
@@ -260,7 +254,7 @@ impl Manager {
             }
             let Reverse((at, id)) = self.timers.pop().expect("peeked");
             if self.entries.get(&id) == Some(&Entry::Waiting(at)) {
-                self.make_ready(id, None, false);
+                self.make_ready(id, false);
             }
         }
     }
@@ -271,7 +265,7 @@ impl Manager {
         match (entry, end) {
             (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
             (_, PassEnd::Done | PassEnd::Gone) => {}
-            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => self.make_ready(id, None, true),
+            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => self.make_ready(id, true),
             (_, PassEnd::Later(at)) => self.schedule(id, at),
         }
         self.start_ready();
@@ -279,7 +273,7 @@ impl Manager {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Submit(id, loaded) => self.make_ready(id, Some(loaded), false),
+            Command::Submit(id) => self.make_ready(id, false),
             Command::Retry(which, reply) => {
                 let ids: Vec<QueueId> = match which {
                     Some(id) => vec![id],
@@ -288,7 +282,7 @@ impl Manager {
                 let mut n = 0;
                 for id in ids {
                     match self.entries.get_mut(&id) {
-                        Some(Entry::Waiting(_)) => self.make_ready(id, None, true),
+                        Some(Entry::Waiting(_)) => self.make_ready(id, true),
                         Some(Entry::Running { rerun, .. }) => *rerun = true,
                         Some(Entry::Ready) => {}
                         None => continue,
@@ -308,7 +302,8 @@ impl Manager {
                         self.remove(&id);
                         true
                     }
-                    None => false,
+                    // Not scheduled: maybe damaged or unreadable; its files go all the same.
+                    None => self.ctx.spool.paths().remove(&id).is_ok(),
                 };
                 let _ = reply.send(found);
             }

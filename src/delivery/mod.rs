@@ -17,6 +17,7 @@ pub use manager::{Deliverer, DeliveryConfig, ManagerStopped, start};
 
 use crate::config::{Config, UpstreamKind};
 use crate::queue_id::QueueId;
+use crate::spool::content::Content;
 use directory::DirectoryUpstream;
 use smtp::{SmtpSetupError, SmtpUpstream};
 
@@ -30,6 +31,17 @@ pub enum Outcome {
     Deferred(String),
     /// Refused for good (5xx).
     Failed(String),
+}
+
+/// One copy to send: its header block, and the body it shares with every other copy.
+#[derive(Clone, Debug)]
+pub struct Copy {
+    /// The copy's header block, empty line included.
+    pub head: Bytes,
+    /// The message's body (in memory, or a region of its spool file).
+    pub body: Content,
+    /// Whether any byte is not ASCII (for `BODY=8BITMIME`).
+    pub eight_bit: bool,
 }
 
 /// Where copies go.
@@ -84,15 +96,15 @@ impl Upstream {
         }
     }
 
-    /// Deliver one copy (`parts` concatenated) to `rcpts` (envelope index, address): one
-    /// outcome per recipient, in order.
-    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], parts: &[Bytes]) -> Vec<Outcome> {
+    /// Deliver one copy to `rcpts` (envelope index, address): one outcome per recipient, in
+    /// order.
+    pub async fn send(&self, id: &QueueId, sender: &str, rcpts: &[(usize, &str)], copy: &Copy) -> Vec<Outcome> {
         match self {
-            Upstream::Directory(d) => d.send(id, sender, rcpts, parts).await,
+            Upstream::Directory(d) => d.send(id, sender, rcpts, copy).await,
             Upstream::Smtp(s) => {
                 let addresses: Vec<&str> = rcpts.iter().map(|(_, a)| *a).collect();
                 let started = std::time::Instant::now();
-                let outcomes = s.send(sender, &addresses, parts).await;
+                let outcomes = s.send(sender, &addresses, copy).await;
                 crate::metrics::metrics().upstream_latency.observe(started.elapsed().as_secs_f64());
                 outcomes
             }

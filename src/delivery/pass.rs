@@ -15,14 +15,15 @@ use tracing::{error, warn};
 
 use super::dsn::{self, Failure};
 use super::manager::{Deliverer, DeliveryConfig};
-use super::{Outcome, Upstream};
+use super::{Copy, Outcome, Upstream};
 use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
 use crate::rewrite;
-use crate::spool::Spool;
+use crate::spool::content::Content;
 use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta, RcptState, Record, State};
+use crate::spool::{OpenError, Opened, Spool};
 
 /// Transactions sent before their outcomes are journaled together.
 const CHUNK: usize = 256;
@@ -37,13 +38,14 @@ pub(super) struct Ctx {
     pub deliverer: Deliverer,
 }
 
-/// A message in memory: as accepted (its header block already parsed), or read back from
-/// the spool.
-pub(super) struct Loaded {
-    pub meta: Arc<Meta>,
-    pub message: Bytes,
-    pub state: State,
-    pub headers: Option<Headers>,
+/// A message opened for this pass: its header block in memory, its body where it lies.
+struct Loaded {
+    meta: Arc<Meta>,
+    head: Bytes,
+    content: Content,
+    state: State,
+    headers: Headers,
+    eight_bit: bool,
 }
 
 /// How a pass ended.
@@ -53,7 +55,7 @@ pub(super) enum PassEnd {
     Done,
     /// Work remains; next attempt at this time (Unix ms).
     Later(i64),
-    /// The message is no longer in the spool (deleted).
+    /// The message is no longer in the spool (deleted, or set aside as damaged).
     Gone,
 }
 
@@ -62,32 +64,19 @@ pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-/// Run one pass over message `id` (read from the spool unless `loaded` is given). With
-/// `force`, every pending transaction is tried, whatever its schedule.
-pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: bool) -> PassEnd {
-    let loaded = match loaded {
-        Some(l) => l,
-        None => match load(ctx, id).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return PassEnd::Gone,
-            Err(e) => {
-                error!(queue_id = %id, error = %e, "cannot read the message from the spool");
-                return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT);
-            }
-        },
+/// Run one pass over message `id`, read from the spool. With `force`, every pending
+/// transaction is tried, whatever its schedule.
+pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool) -> PassEnd {
+    let loaded = match load(ctx, id).await {
+        Ok(l) => l,
+        Err(end) => return end,
     };
-    let Loaded { meta, message, mut state, headers } = loaded;
-    let headers = match headers.map_or_else(|| Headers::parse(&message), Ok) {
-        Ok(h) => h,
-        Err(e) => {
-            error!(queue_id = %id, error = %e, "spooled message cannot be parsed");
-            return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT);
-        }
-    };
+    let Loaded { meta, head, content, mut state, headers, eight_bit } = loaded;
     let due = state.due(&meta.plan, if force { i64::MAX } else { now_ms() });
     let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
     for (n, chunk) in chunks.iter().enumerate() {
-        let results = attempt(ctx, &meta, &message, &headers, &state, chunk).await;
+        let message = Message { meta: &meta, head: &head, content: &content, headers: &headers, eight_bit };
+        let results = attempt(ctx, &message, &state, chunk).await;
         let records = records_for(&ctx.config, &meta, &state, results, now_ms());
         for r in &records {
             state.apply(r);
@@ -97,7 +86,7 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
             return end;
         }
     }
-    if let Err(end) = bounce(ctx, &meta, &message, &mut state).await {
+    if let Err(end) = bounce(ctx, &meta, &head, &mut state).await {
         return end;
     }
     if state.is_done() {
@@ -109,11 +98,53 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
     PassEnd::Later(state.next_attempt(&meta.plan).unwrap_or_else(now_ms))
 }
 
-async fn load(ctx: &Ctx, id: &QueueId) -> std::io::Result<Loaded> {
-    let (paths, id) = (ctx.spool.paths().clone(), id.clone());
-    let (meta, message, state) =
-        tokio::task::spawn_blocking(move || paths.load(&id)).await.map_err(std::io::Error::other)??;
-    Ok(Loaded { meta: Arc::new(meta), message, state, headers: None })
+/// Open the message (checked against its length and checksum), repair a torn journal, and
+/// parse the header block. A damaged message is set aside, never delivered.
+async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
+    let (paths, owned_id) = (ctx.spool.paths().clone(), id.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        if let Ok(cut) = paths.repair_journal(&owned_id)
+            && cut > 0
+        {
+            warn!(queue_id = %owned_id, bytes = cut, "cut a torn or garbage tail off the delivery journal");
+        }
+        let opened = paths.open(&owned_id)?;
+        let eight_bit = !opened.content.is_ascii().map_err(OpenError::Io)?;
+        Ok::<_, OpenError>((opened, eight_bit))
+    })
+    .await
+    .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e))));
+    let (opened, eight_bit) = match opened {
+        Ok(o) => o,
+        Err(OpenError::Gone) => return Err(PassEnd::Gone),
+        Err(OpenError::Damaged(reason)) => return Err(set_aside(ctx, id, &reason).await),
+        Err(OpenError::Io(e)) => {
+            error!(queue_id = %id, error = %e, "cannot read the message from the spool");
+            return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
+        }
+    };
+    let headers = match Headers::parse(&opened.head) {
+        Ok(h) => h,
+        Err(e) => return Err(set_aside(ctx, id, &format!("header block cannot be parsed: {e}")).await),
+    };
+    let Opened { meta, state, head, content } = opened;
+    Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit })
+}
+
+/// Move a damaged message to `damaged/` (or, if even that fails, leave it and try later).
+pub(super) async fn set_aside(ctx: &Ctx, id: &QueueId, reason: &str) -> PassEnd {
+    let (paths, owned_id, why) = (ctx.spool.paths().clone(), id.clone(), reason.to_string());
+    let moved = tokio::task::spawn_blocking(move || paths.quarantine(&owned_id, &why))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    crate::events::SpoolDamaged { id, reason }.emit();
+    match moved {
+        Ok(()) => PassEnd::Gone,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "cannot move a damaged message to damaged/");
+            PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT)
+        }
+    }
 }
 
 async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), PassEnd> {
@@ -131,23 +162,36 @@ async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), Pa
 /// The outcome of one transaction's attempt: (transaction, recipients tried, outcomes).
 type Attempted = (usize, Vec<usize>, Vec<Outcome>);
 
+/// What every copy of a message is made from.
+struct Message<'a> {
+    meta: &'a Arc<Meta>,
+    head: &'a Bytes,
+    content: &'a Content,
+    headers: &'a Headers,
+    eight_bit: bool,
+}
+
+impl Message<'_> {
+    /// Transaction `t`'s copy: its own header block, the shared body.
+    fn copy(&self, t: usize) -> Copy {
+        let txn = &self.meta.plan.transactions[t];
+        let head = rewrite::head(self.head, self.headers, &self.meta.plan, txn, &self.meta.recipients);
+        let body = self.content.slice(self.headers.body_start as u64..u64::MAX);
+        Copy { head, body, eight_bit: self.eight_bit }
+    }
+}
+
 /// Send the copies of `txns`, concurrently (the upstream bounds its connections).
-async fn attempt(
-    ctx: &Ctx,
-    meta: &Arc<Meta>,
-    message: &Bytes,
-    headers: &Headers,
-    state: &State,
-    txns: &[usize],
-) -> Vec<Attempted> {
+async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]) -> Vec<Attempted> {
+    let meta = message.meta;
     let mut sends = JoinSet::new();
     for &t in txns {
         let pending = state.pending_in(&meta.plan, t);
-        let parts = rewrite::copy(message, headers, &meta.plan, &meta.plan.transactions[t], &meta.recipients);
+        let copy = message.copy(t);
         let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
         sends.spawn(async move {
             let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
-            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &parts).await;
+            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
             (t, pending, outcomes)
         });
     }
@@ -253,7 +297,7 @@ async fn queue_dsn(
     };
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
-    let dsn_meta = Meta {
+    let mut dsn_meta = Meta {
         version: FORMAT_VERSION,
         id: id.clone(),
         received_at: now_ms(),
@@ -266,9 +310,11 @@ async fn queue_dsn(
             ..Plan::default()
         },
         dsn: true,
+        size: None,
+        crc32: None,
     };
-    ctx.spool.store(&dsn_meta, &bytes).await?;
-    ctx.deliverer.submit(dsn_meta, bytes, None);
+    ctx.spool.store(&mut dsn_meta, &bytes).await?;
+    ctx.deliverer.submit(id.clone());
     crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)

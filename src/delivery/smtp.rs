@@ -6,7 +6,8 @@
 //! every attempt runs under one timeout (a connection that times out is dropped, never
 //! reused), and recipients are sent one RCPT at a time so each gets its own outcome.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,9 +27,11 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-use super::Outcome;
+use super::{Copy, Outcome};
 use crate::config::{Config, UpstreamTls};
 use crate::message::address;
+use crate::spool::content::Chunks;
+use tracing::error;
 
 /// An idle connection is not reused after this long (the relay may have closed it).
 const MAX_IDLE: Duration = Duration::from_secs(10);
@@ -63,6 +66,8 @@ struct Idle {
     conn: AsyncSmtpConnection,
     since: Instant,
     uses: u32,
+    /// Set when a copy's body could not be read: the socket then refuses every write.
+    poison: Arc<AtomicBool>,
 }
 
 /// Why one attempt on one connection stopped short.
@@ -125,15 +130,15 @@ impl SmtpUpstream {
     }
 
     /// Deliver one copy to `rcpts`: one outcome per recipient, in order.
-    pub async fn send(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Vec<Outcome> {
+    pub async fn send(&self, sender: &str, rcpts: &[&str], copy: &Copy) -> Vec<Outcome> {
         let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         let attempt = async {
             match self.take_idle() {
-                Some(idle) => match self.on_connection(idle, sender, rcpts, parts).await {
-                    Err(Stop::Stale(_)) => self.fresh(sender, rcpts, parts).await,
+                Some(idle) => match self.on_connection(idle, sender, rcpts, copy).await {
+                    Err(Stop::Stale(_)) => self.fresh(sender, rcpts, copy).await,
                     other => other,
                 },
-                None => self.fresh(sender, rcpts, parts).await,
+                None => self.fresh(sender, rcpts, copy).await,
             }
         };
         let result = match tokio::time::timeout(self.timeout, attempt).await {
@@ -151,9 +156,9 @@ impl SmtpUpstream {
         }
     }
 
-    async fn fresh(&self, sender: &str, rcpts: &[&str], parts: &[Bytes]) -> Result<Vec<Outcome>, Stop> {
-        let conn = self.connect().await?;
-        match self.on_connection(Idle { conn, since: Instant::now(), uses: 0 }, sender, rcpts, parts).await {
+    async fn fresh(&self, sender: &str, rcpts: &[&str], copy: &Copy) -> Result<Vec<Outcome>, Stop> {
+        let (conn, poison) = self.connect().await?;
+        match self.on_connection(Idle { conn, since: Instant::now(), uses: 0, poison }, sender, rcpts, copy).await {
             Err(Stop::Stale(e)) => Err(Stop::All(Outcome::Deferred(e))),
             other => other,
         }
@@ -172,7 +177,7 @@ impl SmtpUpstream {
     /// Open a connection: TCP with `TCP_NODELAY` (lettre writes the data and its final dot
     /// separately; with Nagle's algorithm each message would wait for a delayed ACK), then
     /// implicit TLS or STARTTLS, then AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Stop> {
+    async fn connect(&self) -> Result<(AsyncSmtpConnection, Arc<AtomicBool>), Stop> {
         let remote = self.describe();
         let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| io_err("connect", e))?;
@@ -186,6 +191,8 @@ impl SmtpUpstream {
             }
             None => Box::new(tcp),
         };
+        let poison = Arc::new(AtomicBool::new(false));
+        let stream: Box<dyn AsyncTokioStream> = Box::new(Guarded { inner: stream, poison: poison.clone() });
         let deferred = |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&remote, &e));
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello).await.map_err(deferred)?;
         if self.mode == UpstreamTls::Starttls {
@@ -195,7 +202,7 @@ impl SmtpUpstream {
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(deferred)?;
         }
-        Ok(conn)
+        Ok((conn, poison))
     }
 
     /// One transaction: MAIL, RCPT for each recipient, DATA. The connection goes back to the
@@ -205,9 +212,9 @@ impl SmtpUpstream {
         mut idle: Idle,
         sender: &str,
         rcpts: &[&str],
-        parts: &[Bytes],
+        copy: &Copy,
     ) -> Result<Vec<Outcome>, Stop> {
-        let result = transaction(&mut idle.conn, sender, rcpts, parts).await;
+        let result = transaction(&mut idle.conn, sender, rcpts, copy, &idle.poison).await;
         idle.uses += 1;
         if result.is_ok() && idle.uses < MAX_USES && !idle.conn.has_broken() {
             idle.since = Instant::now();
@@ -221,7 +228,8 @@ async fn transaction(
     conn: &mut AsyncSmtpConnection,
     sender: &str,
     rcpts: &[&str],
-    parts: &[Bytes],
+    copy: &Copy,
+    poison: &AtomicBool,
 ) -> Result<Vec<Outcome>, Stop> {
     let info = conn.server_info().clone();
     let mut params = Vec::new();
@@ -234,7 +242,7 @@ async fn transaction(
         }
         params.push(MailParameter::SmtpUtfEight);
     }
-    if parts.iter().any(|p| !p.is_ascii()) && info.supports_feature(Extension::EightBitMime) {
+    if (copy.eight_bit || !copy.head.is_ascii()) && info.supports_feature(Extension::EightBitMime) {
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     let from = (!sender.is_empty()).then(|| lettre_address(sender));
@@ -257,7 +265,7 @@ async fn transaction(
     }
     let end = async {
         conn.command(Data).await?;
-        conn.message_iter(without_final_crlf(parts).iter()).await
+        conn.message_iter(CopyChunks::new(copy, poison)).await
     };
     let accepted = match end.await {
         Ok(response) => Outcome::Delivered(reply_text(&response)),
@@ -267,15 +275,89 @@ async fn transaction(
     Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| accepted.clone())).collect())
 }
 
-/// lettre ends the data with CRLF . CRLF itself, so the message's own last CRLF goes.
-fn without_final_crlf(parts: &[Bytes]) -> Vec<Bytes> {
-    let mut parts: Vec<Bytes> = parts.iter().filter(|p| !p.is_empty()).cloned().collect();
-    if let Some(last) = parts.last_mut()
-        && last.ends_with(b"\r\n")
-    {
-        *last = last.slice(..last.len() - 2);
+/// A copy's bytes as lettre writes them: the header block, then the body read in chunks.
+/// lettre ends the data with CRLF . CRLF itself, so the message's own last CRLF goes. If the
+/// body cannot be read whole, the socket is poisoned: the writes that follow fail, the final
+/// dot is never sent, and the upstream discards what it got.
+struct CopyChunks<'a> {
+    head: Option<Bytes>,
+    body: Chunks,
+    poison: &'a AtomicBool,
+}
+
+impl<'a> CopyChunks<'a> {
+    fn new(copy: &Copy, poison: &'a AtomicBool) -> CopyChunks<'a> {
+        let (mut head, mut body) = (copy.head.clone(), copy.body.clone());
+        let len = body.len();
+        if len == 0 {
+            if head.ends_with(b"\r\n") {
+                head.truncate(head.len() - 2);
+            }
+        } else if body.slice(len.saturating_sub(2)..len).to_bytes().is_ok_and(|end| end.as_ref() == b"\r\n") {
+            body = body.slice(0..len - 2);
+        }
+        CopyChunks { head: Some(head), body: body.chunks(), poison }
     }
-    parts
+}
+
+impl Iterator for CopyChunks<'_> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if let Some(head) = self.head.take() {
+            return Some(head);
+        }
+        match self.body.next()? {
+            Ok(chunk) => Some(chunk),
+            Err(e) => {
+                error!(error = %e, "a spooled message could not be read while sending it; the copy is abandoned");
+                self.poison.store(true, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+}
+
+/// The upstream socket under lettre: refuses every write once poisoned.
+#[derive(Debug)]
+struct Guarded {
+    inner: Box<dyn AsyncTokioStream>,
+    poison: Arc<AtomicBool>,
+}
+
+impl Guarded {
+    fn check(&self) -> std::io::Result<()> {
+        if self.poison.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("the copy could not be read from the spool"));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncTokioStream for Guarded {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A canonical address as lettre's type. Canonical addresses hold no control characters

@@ -29,14 +29,18 @@ struct Replacement {
 /// The copy for `txn`: its header block and the body, shared with every other copy. A copy
 /// that changes nothing (the original, with no Bcc field to remove) is the original's bytes.
 pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> [Bytes; 2] {
-    let body = message.slice(headers.body_start..);
+    [head(message, headers, plan, txn, recipients), message.slice(headers.body_start..)]
+}
+
+/// The header block of `txn`'s copy; `message` holds at least the original's header block.
+/// A copy that changes nothing shares the original's bytes.
+pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> Bytes {
     let bcc = headers.fields.iter().any(|f| matches!(f.kind, FieldKind::Bcc | FieldKind::ResentBcc));
-    let head = if txn.rewrite == Rewrite::Original && !bcc {
+    if txn.rewrite == Rewrite::Original && !bcc {
         message.slice(..headers.body_start)
     } else {
         Bytes::from(header_block(message, headers, plan, txn, recipients))
-    };
-    [head, body]
+    }
 }
 
 /// The header block (empty line included) of `txn`'s copy of `message`. The copy is this

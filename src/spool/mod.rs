@@ -8,23 +8,40 @@
 //! spool/control.sock       queue commands while the relay runs
 //! spool/queue/ID.msg       line 1: JSON envelope, decision and plan; then the message bytes
 //! spool/queue/ID.state     JSON lines: delivery events (only once a message needs them)
+//! spool/damaged/ID.*       messages that failed their checks: kept for a person, never sent
 //! ```
 //!
 //! A message file is written under a temporary name, fsync'd, renamed, and the directory
-//! fsync'd (group-committed) before the client hears 250; it never changes afterwards. The
-//! journal is appended and fsync'd as delivery events happen; the state is rebuilt from it.
+//! fsync'd (group-committed) before the client hears 250; it never changes afterwards. Its
+//! envelope line records the length and CRC-32 of the message bytes; a file that does not
+//! match them is moved to `damaged/` instead of being delivered. The journal is appended and
+//! fsync'd as delivery events happen; the state is rebuilt from it, up to its last good
+//! record.
 
+pub mod content;
 pub mod record;
+mod spill;
+
+pub use spill::Spill;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::durable::DirSync;
+use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::queue_id::QueueId;
+use content::Content;
 use record::{Meta, Record, State};
+
+/// Messages up to this size are read whole into memory for delivery; larger ones are read
+/// from their file as each copy is written.
+pub const IN_MEMORY: u64 = 256 * 1024;
+/// Longest envelope line read (1,000 recipients and their plan take a few hundred KiB).
+const MAX_ENVELOPE_LINE: u64 = 64 * 1024 * 1024;
 
 /// Why the spool could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +86,11 @@ impl SpoolPaths {
         self.root.join("control.sock")
     }
 
+    /// The directory of damaged messages.
+    pub fn damaged(&self) -> PathBuf {
+        self.root.join("damaged")
+    }
+
     fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }
@@ -81,50 +103,116 @@ impl SpoolPaths {
         self.queue().join(format!("{id}.state"))
     }
 
-    /// Queue ids of the messages in the spool, oldest first.
+    /// Queue ids of the messages in the queue directory, oldest first.
     pub fn ids(&self) -> io::Result<Vec<QueueId>> {
-        let mut ids: Vec<QueueId> = match fs::read_dir(self.queue()) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".msg").and_then(QueueId::parse))
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        ids.sort();
-        Ok(ids)
+        ids_in(&self.queue())
+    }
+
+    /// Queue ids of the damaged messages, oldest first.
+    pub fn damaged_ids(&self) -> io::Result<Vec<QueueId>> {
+        ids_in(&self.damaged())
+    }
+
+    /// Why a damaged message was set aside.
+    pub fn damage_reason(&self, id: &QueueId) -> String {
+        fs::read_to_string(self.damaged().join(format!("{id}.reason"))).unwrap_or_default().trim_end().to_string()
     }
 
     /// A message's envelope and state, without reading its body.
     pub fn load_meta(&self, id: &QueueId) -> io::Result<(Meta, State)> {
         let mut reader = BufReader::new(File::open(self.message_file(id))?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let meta = parse_meta(&line)?;
+        let meta = read_envelope(&mut reader)?.0;
         let state = State::replay(&meta, &self.journal(id)?);
         Ok((meta, state))
     }
 
-    /// A message's envelope, bytes and state.
-    pub fn load(&self, id: &QueueId) -> io::Result<(Meta, Bytes, State)> {
-        let mut data = Vec::new();
-        File::open(self.message_file(id))?.read_to_end(&mut data)?;
-        let data = Bytes::from(data);
-        let newline = memchr::memchr(b'\n', &data).ok_or_else(|| corrupt("no envelope line"))?;
-        let meta = parse_meta(std::str::from_utf8(&data[..newline]).map_err(|_| corrupt("envelope is not UTF-8"))?)?;
-        let state = State::replay(&meta, &self.journal(id)?);
-        Ok((meta, data.slice(newline + 1..), state))
+    /// Open a message for delivery: its envelope, state, header block and bytes, checked
+    /// against the length and checksum its envelope line records. Blocking.
+    pub fn open(&self, id: &QueueId) -> Result<Opened, OpenError> {
+        let file = match File::open(self.message_file(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Gone),
+            Err(e) => return Err(OpenError::Io(e)),
+        };
+        let total = file.metadata().map_err(OpenError::Io)?.len();
+        let (meta, line_len) = read_envelope(&mut BufReader::new(&file)).map_err(OpenError::from_read)?;
+        let len = total - line_len;
+        if let Some(size) = meta.size
+            && size != len
+        {
+            return Err(OpenError::Damaged(format!("{len} bytes after the envelope line, which says {size}")));
+        }
+        let file_region = Content::File { file: std::sync::Arc::new(file), offset: line_len, len };
+        let content = if len <= IN_MEMORY {
+            Content::Memory(file_region.to_bytes().map_err(OpenError::Io)?)
+        } else {
+            file_region
+        };
+        if let Some(expected) = meta.crc32 {
+            let mut crc = crc32fast::Hasher::new();
+            for chunk in content.chunks() {
+                crc.update(&chunk.map_err(OpenError::Io)?);
+            }
+            let found = crc.finalize();
+            if found != expected {
+                return Err(OpenError::Damaged(format!("checksum {found:08x}, the envelope line says {expected:08x}")));
+            }
+        }
+        let head = header_prefix(&content).map_err(OpenError::Io)?;
+        let state = State::replay(&meta, &self.journal(id).map_err(OpenError::Io)?);
+        Ok(Opened { meta, state, head, content })
     }
 
-    /// The journal records of a message (none when it has no journal). A torn last line,
-    /// from a crash in the middle of a write, is ignored.
+    /// The journal records of a message (none when it has no journal), up to its last good
+    /// record: a torn line (a crash in the middle of a write) or garbage ends it.
     pub fn journal(&self, id: &QueueId) -> io::Result<Vec<Record>> {
-        let text = match fs::read_to_string(self.journal_file(id)) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Ok(self.read_journal(id)?.0)
+    }
+
+    /// The good records, and the length of the journal they take (the rest is a bad tail).
+    fn read_journal(&self, id: &QueueId) -> io::Result<(Vec<Record>, u64, u64)> {
+        let data = match fs::read(self.journal_file(id)) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
             Err(e) => return Err(e),
         };
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        let mut records = Vec::new();
+        let mut good = 0;
+        while let Some(end) = memchr::memchr(b'\n', &data[good..]) {
+            match serde_json::from_slice::<Record>(&data[good..good + end]) {
+                Ok(r) => records.push(r),
+                Err(_) => break,
+            }
+            good += end + 1;
+        }
+        Ok((records, good as u64, data.len() as u64))
+    }
+
+    /// Cut a journal's bad tail off, so records appended later are read again. Returns the
+    /// bytes cut.
+    pub fn repair_journal(&self, id: &QueueId) -> io::Result<u64> {
+        let (_, good, total) = self.read_journal(id)?;
+        if good == total {
+            return Ok(0);
+        }
+        let file = OpenOptions::new().write(true).open(self.journal_file(id))?;
+        file.set_len(good)?;
+        file.sync_all()?;
+        Ok(total - good)
+    }
+
+    /// Move a message that failed its checks to `damaged/`, with the reason beside it.
+    pub fn quarantine(&self, id: &QueueId, reason: &str) -> io::Result<()> {
+        let damaged = self.damaged();
+        fs::create_dir_all(&damaged)?;
+        fs::write(damaged.join(format!("{id}.reason")), format!("{reason}\n"))?;
+        match fs::rename(self.journal_file(id), damaged.join(format!("{id}.state"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::rename(self.message_file(id), damaged.join(format!("{id}.msg")))?;
+        crate::durable::sync_dir(&damaged)?;
+        crate::durable::sync_dir(&self.queue())
     }
 
     /// Append records to a message's journal and fsync it (and, when the journal is new, the
@@ -149,15 +237,26 @@ impl SpoolPaths {
         Ok(())
     }
 
-    /// Remove a message: its file first, so a crash in between leaves only a journal, which
-    /// recovery deletes.
+    /// Remove a message, from the queue or from `damaged/`: its file first, so a crash in
+    /// between leaves only a journal, which recovery deletes. `NotFound` when it is in
+    /// neither.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
-        let removed = fs::remove_file(self.message_file(id));
-        match fs::remove_file(self.journal_file(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let damaged = self.damaged();
+        let mut found = false;
+        for path in [
+            self.message_file(id),
+            self.journal_file(id),
+            damaged.join(format!("{id}.msg")),
+            damaged.join(format!("{id}.state")),
+            damaged.join(format!("{id}.reason")),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => found = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        removed
+        if found { Ok(()) } else { Err(io::Error::new(io::ErrorKind::NotFound, format!("{id} is not in the spool"))) }
     }
 
     /// Delete temporary files and journals without a message, left by a crash. Run it before
@@ -198,8 +297,86 @@ impl SpoolPaths {
     }
 }
 
-fn parse_meta(line: &str) -> io::Result<Meta> {
-    serde_json::from_str(line.trim_end()).map_err(|e| corrupt(&format!("bad envelope line: {e}")))
+/// A message opened for delivery.
+#[derive(Debug)]
+pub struct Opened {
+    /// Its envelope line.
+    pub meta: Meta,
+    /// Its delivery state, from the journal.
+    pub state: State,
+    /// The start of its bytes, at least the whole header block (all of them when small).
+    pub head: Bytes,
+    /// Its bytes (after the envelope line).
+    pub content: Content,
+}
+
+/// Why a message could not be opened for delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// It is not in the queue (delivered or deleted meanwhile).
+    #[error("the message is not in the queue")]
+    Gone,
+    /// It does not match its envelope line, or has none: never to be delivered.
+    #[error("damaged: {0}")]
+    Damaged(String),
+    /// It could not be read now.
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl OpenError {
+    fn from_read(e: io::Error) -> OpenError {
+        if e.kind() == io::ErrorKind::InvalidData { OpenError::Damaged(e.to_string()) } else { OpenError::Io(e) }
+    }
+}
+
+fn ids_in(dir: &Path) -> io::Result<Vec<QueueId>> {
+    let mut ids: Vec<QueueId> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".msg").and_then(QueueId::parse))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    ids.sort();
+    Ok(ids)
+}
+
+/// The envelope line and its length, newline included.
+fn read_envelope(reader: &mut impl BufRead) -> io::Result<(Meta, u64)> {
+    let mut line = Vec::new();
+    reader.take(MAX_ENVELOPE_LINE).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(corrupt(if line.is_empty() { "empty file" } else { "no complete envelope line" }));
+    }
+    let meta = serde_json::from_slice(&line).map_err(|e| corrupt(&format!("bad envelope line: {e}")))?;
+    Ok((meta, line.len() as u64))
+}
+
+/// At least the header block of `content` (all of it when in memory).
+fn header_prefix(content: &Content) -> io::Result<Bytes> {
+    if let Content::Memory(bytes) = content {
+        return Ok(bytes.clone());
+    }
+    let mut head = Vec::new();
+    for chunk in content.chunks() {
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk?);
+        if head.starts_with(b"\r\n")
+            || memchr::memmem::find(&head[from..], b"\r\n\r\n").is_some()
+            || head.len() > MAX_HEADER_BLOCK + 4
+        {
+            break;
+        }
+    }
+    Ok(Bytes::from(head))
+}
+
+fn envelope_line(meta: &Meta) -> io::Result<Bytes> {
+    let mut line = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(Bytes::from(line))
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -235,12 +412,33 @@ impl Spool {
     }
 
     /// Store a new message durably: when this returns `Ok`, the file's data and name are on
-    /// disk.
-    pub async fn store(&self, meta: &Meta, message: &Bytes) -> io::Result<()> {
-        let mut line = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        line.push(b'\n');
+    /// disk. Records the message's length and checksum in `meta`.
+    pub async fn store(&self, meta: &mut Meta, message: &Bytes) -> io::Result<()> {
+        meta.size = Some(message.len() as u64);
+        meta.crc32 = Some(crc32fast::hash(message));
         let name = format!("{}.msg", meta.id);
-        self.sync.write_file(&name, vec![Bytes::from(line), message.clone()]).await
+        self.sync.write_file(&name, vec![envelope_line(meta)?, message.clone()], None).await
+    }
+
+    /// Store a new message whose bytes are `head` followed by what was spilled to disk while
+    /// it arrived (copied file to file, never through memory). Like [`Spool::store`].
+    pub async fn store_spilled(&self, meta: &mut Meta, head: Bytes, spill: Spill) -> io::Result<()> {
+        let (file, len, mut crc) = spill.finish().await?;
+        let mut head_crc = crc32fast::Hasher::new();
+        head_crc.update(&head);
+        head_crc.combine(&crc);
+        crc = head_crc;
+        meta.size = Some(head.len() as u64 + len);
+        meta.crc32 = Some(crc.finalize());
+        let name = format!("{}.msg", meta.id);
+        let tail = Content::File { file: std::sync::Arc::new(file), offset: 0, len };
+        self.sync.write_file(&name, vec![envelope_line(meta)?, head], Some(tail)).await
+    }
+
+    /// A new file to spill a message into while it arrives (in the queue directory, so the
+    /// final copy stays on one filesystem; a crash leaves it for [`SpoolPaths::clean`]).
+    pub async fn spill(&self) -> io::Result<Spill> {
+        Spill::create(self.paths.queue().join(format!(".spill-{}.tmp", QueueId::generate()))).await
     }
 
     /// Remove a message (on a blocking thread: an unlink can wait on the filesystem's journal

@@ -7,8 +7,8 @@ use crate::config::Action;
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
 
-/// Spool format version written in every message file.
-pub const FORMAT_VERSION: u32 = 1;
+/// Spool format version written in every message file (2: with `size` and `crc32`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The first line of a message file (JSON): everything but the message bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,13 @@ pub struct Meta {
     /// True for a delivery status notification bccguard generated (never bounced itself).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dsn: bool,
+    /// Length of the message bytes after this line; set by the spool when it stores the
+    /// message (absent in version 1 files, which are not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// CRC-32 (IEEE) of those bytes, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 /// The parts of the decision worth keeping with the message.
@@ -280,6 +287,8 @@ mod tests {
             decision: DecisionSummary::default(),
             plan: Plan { transactions: vec![txn(vec![0, 1]), txn(vec![2])], ..Plan::default() },
             dsn: false,
+            size: None,
+            crc32: None,
         }
     }
 
