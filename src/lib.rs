@@ -185,8 +185,16 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
     let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
-    let relay = Arc::new(Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction));
-    let front = Arc::new(Frontend::new(&config, relay.clone())?);
+    let budget = smtp::data_budget(&config);
+    let relay = Arc::new(Relay::new(
+        config.server.hostname.clone(),
+        policy,
+        spool.clone(),
+        deliverer,
+        redaction,
+        budget.clone(),
+    ));
+    let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
     tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

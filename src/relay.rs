@@ -12,19 +12,21 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
 use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
 use crate::message::decide::{Policy, decide};
 use crate::message::parse::Headers;
+use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Incoming;
-use crate::smtp::{Intake, trace};
-use crate::spool::Spool;
+use crate::smtp::{Body, Intake, trace};
 use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta};
+use crate::spool::{Spill, Spool};
 
 /// The message pipeline behind the SMTP front door.
 pub struct Relay {
@@ -33,6 +35,8 @@ pub struct Relay {
     spool: Arc<Spool>,
     deliverer: Deliverer,
     redaction: Redaction,
+    /// `server.max_data_in_memory`: a spilled message's header block is read back under it.
+    budget: Arc<Semaphore>,
 }
 
 impl Relay {
@@ -43,8 +47,9 @@ impl Relay {
         spool: Arc<Spool>,
         deliverer: Deliverer,
         redaction: Redaction,
+        budget: Arc<Semaphore>,
     ) -> Relay {
-        Relay { hostname, policy: ArcSwap::from_pointee(policy), spool, deliverer, redaction }
+        Relay { hostname, policy: ArcSwap::from_pointee(policy), spool, deliverer, redaction, budget }
     }
 
     /// Decide messages by `policy` from now on.
@@ -52,14 +57,23 @@ impl Relay {
         self.policy.store(Arc::new(policy));
     }
 
-    async fn accept_message(&self, incoming: Incoming) -> Reply {
+    async fn accept_message(&self, incoming: Incoming, body: Body) -> Reply {
         let id = QueueId::generate();
         let now = Utc::now();
         let received = trace::received_field(&incoming, &self.hostname, id.as_str(), now);
-        let mut bytes = Vec::with_capacity(received.len() + incoming.data.len());
-        bytes.extend_from_slice(received.as_bytes());
-        bytes.extend_from_slice(&incoming.data);
-        let message = Bytes::from(bytes);
+        // The message in memory, or (spilled) its first bytes: at least the header block.
+        let (message, spill, _extra) = match body {
+            Body::Memory(data) => {
+                let mut bytes = Vec::with_capacity(received.len() + data.len());
+                bytes.extend_from_slice(received.as_bytes());
+                bytes.extend_from_slice(&data);
+                (Bytes::from(bytes), None, None)
+            }
+            Body::Spilled(spill) => match self.spilled_head(&spill, received.as_bytes()).await {
+                Ok((head, permit)) => (head, Some(spill), permit),
+                Err(r) => return r,
+            },
+        };
         let Ok(headers) = Headers::parse(&message) else {
             return reply::HEADERS_TOO_LARGE;
         };
@@ -92,7 +106,11 @@ impl Relay {
             size: None,
             crc32: None,
         };
-        if let Err(e) = self.spool.store(&mut meta, &message).await {
+        let stored = match spill {
+            None => self.spool.store(&mut meta, &message).await,
+            Some(spill) => self.spool.store_spilled(&mut meta, Bytes::from(received), spill).await,
+        };
+        if let Err(e) = stored {
             error!(queue_id = %id, error = %e, "cannot store the message in the spool");
             return reply::STORAGE_FAILED;
         }
@@ -112,8 +130,45 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// The `Received:` field and the start of a spilled message, up to the end of its header
+    /// block. Header blocks larger than the transaction's reservation are read under the
+    /// memory budget (452 4.3.1 when it is spent).
+    async fn spilled_head(
+        &self,
+        spill: &Spill,
+        received: &[u8],
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Reply> {
+        let mut extra = None;
+        let mut limit = HEAD_IN_RESERVATION;
+        loop {
+            let head = spill.head(limit).await.map_err(|e| {
+                error!(error = %e, "cannot read back a spilled message");
+                reply::STORAGE_FAILED
+            })?;
+            if head.complete || limit > MAX_HEADER_BLOCK {
+                let mut bytes = Vec::with_capacity(received.len() + head.bytes.len());
+                bytes.extend_from_slice(received);
+                bytes.extend_from_slice(&head.bytes);
+                return Ok((Bytes::from(bytes), extra));
+            }
+            limit = MAX_HEADER_BLOCK + 4;
+            let want = u32::try_from(limit).unwrap_or(u32::MAX);
+            extra = Some(self.budget.clone().try_acquire_many_owned(want).map_err(|_| reply::NO_MEMORY_FOR_DATA)?);
+        }
+    }
+}
+
+/// How much of a spilled message's header block is read under the transaction's own
+/// reservation.
+const HEAD_IN_RESERVATION: usize = 64 * 1024;
+
 impl Intake for Relay {
-    fn accept(&self, incoming: Incoming) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
-        Box::pin(self.accept_message(incoming))
+    fn accept(&self, incoming: Incoming, body: Body) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        Box::pin(self.accept_message(incoming, body))
+    }
+
+    fn spill(&self) -> Pin<Box<dyn Future<Output = std::io::Result<Spill>> + Send + '_>> {
+        Box::pin(self.spool.spill())
     }
 }

@@ -3,7 +3,7 @@
 //! retry and delete go through the running relay's control socket, or, when no relay holds
 //! the spool, act on the files directly.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
@@ -46,9 +46,15 @@ pub enum QueueCommand {
 }
 
 /// One message, as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Entry {
     id: String,
+    /// `queued`; `damaged` (set aside in damaged/, never delivered); `unreadable` (in the
+    /// queue, but its file cannot be read: the relay sets it aside when it next looks).
+    state: &'static str,
+    /// Why a damaged or unreadable message is so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
     received_at: String,
     age_seconds: i64,
     sender: String,
@@ -92,7 +98,9 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     let (paths, redaction) = spool(config)?;
     let now = Utc::now().timestamp_millis();
     let ids = paths.ids().map_err(|e| format!("cannot read the spool: {e}"))?;
-    let entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
+    let damaged = paths.damaged_ids().map_err(|e| format!("cannot read the spool: {e}"))?;
+    let mut entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
+    entries.extend(damaged.iter().map(|id| damaged_entry(&paths, id, redaction, now)));
     let written = if json {
         serde_json::to_writer_pretty(&mut *out, &entries).map_err(io::Error::other).and_then(|()| writeln!(out))
     } else {
@@ -107,7 +115,14 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
 
 /// A message's listing entry; `None` if it vanished meanwhile (delivered).
 fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Option<Entry> {
-    let (meta, state) = paths.load_meta(id).ok()?;
+    let (meta, state) = match paths.load_meta(id) {
+        Ok(loaded) => loaded,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            let file = paths.queue().join(format!("{id}.msg"));
+            return Some(unreadable(id, "unreadable", e.to_string(), &file, now));
+        }
+    };
     let mut counts = Counts::default();
     for t in 0..meta.plan.transactions.len() {
         match state.txn_status(&meta.plan, t) {
@@ -120,6 +135,8 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
     let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339());
     Some(Entry {
         id: id.to_string(),
+        state: "queued",
+        problem: None,
         received_at: rfc3339(meta.received_at).unwrap_or_default(),
         age_seconds: (now - meta.received_at) / 1000,
         sender: redaction.address(&meta.sender),
@@ -131,11 +148,44 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
     })
 }
 
+/// A message in damaged/: what its envelope line still tells, and why it was set aside.
+fn damaged_entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Entry {
+    let file = paths.damaged().join(format!("{id}.msg"));
+    let reason = paths.damage_reason(id);
+    let mut entry = unreadable(id, "damaged", reason, &file, now);
+    let meta = std::fs::File::open(&file).ok().and_then(|f| {
+        let mut line = String::new();
+        io::BufRead::read_line(&mut io::BufReader::new(f).take(1 << 20), &mut line).ok()?;
+        serde_json::from_str::<crate::spool::record::Meta>(&line).ok()
+    });
+    if let Some(meta) = meta {
+        entry.sender = redaction.address(&meta.sender);
+        entry.recipients = meta.recipients.len();
+        entry.age_seconds = (now - meta.received_at) / 1000;
+    }
+    entry
+}
+
+/// An entry for a file whose envelope cannot be trusted: its age from the file's time.
+fn unreadable(id: &QueueId, state: &'static str, problem: String, file: &std::path::Path, now: i64) -> Entry {
+    let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+    let at = modified.map(|t| chrono::DateTime::<Utc>::from(t).timestamp_millis()).unwrap_or(now);
+    Entry {
+        id: id.to_string(),
+        state,
+        problem: Some(problem),
+        received_at: Utc.timestamp_millis_opt(at).single().map(|t| t.to_rfc3339()).unwrap_or_default(),
+        age_seconds: (now - at) / 1000,
+        sender: "-".into(),
+        ..Entry::default()
+    }
+}
+
 fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
     if entries.is_empty() {
         return writeln!(out, "The queue is empty.");
     }
-    let rows: Vec<[String; 9]> = entries
+    let rows: Vec<[String; 10]> = entries
         .iter()
         .map(|e| {
             let next = match e.next_ms {
@@ -143,9 +193,10 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
                 Some(ms) if ms <= now => "now".to_string(),
                 Some(ms) => format!("in {}", short_duration((ms - now) / 1000)),
             };
-            let reply = e.last_reply.as_deref().map_or("-".to_string(), shorten);
+            let reply = e.problem.as_deref().or(e.last_reply.as_deref()).map_or("-".to_string(), shorten);
             [
                 e.id.clone(),
+                e.state.to_string(),
                 short_duration(e.age_seconds),
                 e.sender.clone(),
                 e.recipients.to_string(),
@@ -157,11 +208,16 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
             ]
         })
         .collect();
-    let header = ["ID", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
+    let header = ["ID", "STATE", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
     super::table::write(out, &header, &rows)?;
     let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
     let n = entries.len();
-    writeln!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))
+    let damaged = entries.iter().filter(|e| e.state != "queued").count();
+    write!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))?;
+    match damaged {
+        0 => writeln!(out),
+        d => writeln!(out, "; {d} damaged or unreadable, never delivered (see spool/damaged/)"),
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Largest message accepted; `SIZE=` above it gets 552 at MAIL, data above it 552 5.3.4.
     pub max_message_size: ByteSize,
+    /// Memory for message data being received, across all sessions. Each transaction
+    /// reserves its share at DATA (data beyond it goes to a file in the spool as it
+    /// arrives); when the budget is spent, DATA gets 452 4.3.1 and the client retries.
+    pub max_data_in_memory: ByteSize,
     /// Recipients per transaction; further RCPTs get 452 4.5.3.
     pub max_recipients: usize,
     /// Concurrent SMTP sessions; one more gets 421 4.7.0 and is closed.
@@ -65,6 +69,7 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             hostname: "bccguard.localdomain".into(),
             max_message_size: ByteSize::mib(25),
+            max_data_in_memory: ByteSize::mib(128),
             max_recipients: 1000,
             max_connections: 1000,
             idle_timeout: Duration::secs(300),

@@ -36,6 +36,7 @@ fn server(s: &ServerConfig, errors: &mut Vec<ConfigError>) {
     }
     for (key, value) in [
         ("server.max_message_size", s.max_message_size.0 as usize),
+        ("server.max_data_in_memory", s.max_data_in_memory.0 as usize),
         ("server.max_recipients", s.max_recipients),
         ("server.max_connections", s.max_connections),
     ] {

@@ -9,12 +9,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info_span};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, debug, error, info_span};
 
-use super::Frontend;
 use super::reply::{self, Reply};
-use super::session::{Session, Step};
+use super::session::{Incoming, Session, Step};
+use super::{Body, DATA_RESERVATION, Frontend, Intake, SPILL_AT};
 use crate::Shutdown;
+use crate::spool::Spill;
 
 /// How long a closing connection is drained so the peer reads our last reply (a close with
 /// unread input would send a TCP reset, which can destroy that reply in flight).
@@ -82,6 +84,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pending: Option<Step> = None;
+    let mut sink = DataSink::default();
     loop {
         if pending.is_none() && ctx.shutdown.soft.is_cancelled() && !session.in_transaction() {
             pending = Some(Step::Close(reply::SHUTTING_DOWN));
@@ -90,9 +93,16 @@ where
             Some(step) => step,
             None => session.advance(&mut conn.input),
         };
+        if !session.in_data() && !matches!(step, Step::Message(_)) {
+            // The data ended without a message (too big, NUL, closed): drop its spill file.
+            sink = DataSink::default();
+        }
         match step {
             Step::Reply(r) => r.write_to(&mut conn.output),
             Step::NeedInput => {
+                if session.data_buffered() >= SPILL_AT {
+                    sink.spill_from(session, ctx.front.intake.as_ref()).await;
+                }
                 conn.flush().await?;
                 if let Read::End(last) = conn.read(session.in_transaction(), ctx.shutdown).await? {
                     return conn.close_with(last).await;
@@ -111,10 +121,75 @@ where
                 let ok = ctx.users.verify(credentials).await;
                 pending = Some(session.auth_result(ok.then_some(user)));
             }
-            Step::Message(incoming) => {
-                let r = ctx.front.intake.accept(incoming).await;
+            Step::ReserveData => {
+                sink = DataSink::default();
+                sink.permit = ctx.front.data_budget.clone().try_acquire_many_owned(DATA_RESERVATION).ok();
+                pending = Some(session.data_reserved(sink.permit.is_some()));
+            }
+            Step::Message(mut incoming) => {
+                let r = match sink.finish(&mut incoming).await {
+                    Ok(body) => ctx.front.intake.accept(incoming, body).await,
+                    Err(r) => r,
+                };
+                // The reservation lasts until the message is stored (or refused).
+                sink = DataSink::default();
                 r.write_to(&mut conn.output);
             }
+        }
+    }
+}
+
+/// Where a message's data goes while it arrives: its share of the memory budget, and the
+/// spill file once it outgrows [`SPILL_AT`].
+#[derive(Default)]
+struct DataSink {
+    permit: Option<OwnedSemaphorePermit>,
+    spill: Option<Spill>,
+    /// The spill file could not be written: the message is read to its end and refused.
+    failed: bool,
+}
+
+impl DataSink {
+    /// Move what the session holds of the message to the spill file.
+    async fn spill_from(&mut self, session: &mut Session, intake: &dyn Intake) {
+        let chunk = session.take_data();
+        if self.failed {
+            return;
+        }
+        if self.spill.is_none() {
+            match intake.spill().await {
+                Ok(spill) => self.spill = Some(spill),
+                Err(e) => return self.fail(&e),
+            }
+        }
+        if let Some(spill) = &mut self.spill
+            && let Err(e) = spill.append(chunk).await
+        {
+            self.fail(&e);
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        error!(error = %e, "cannot write an arriving message to its spill file; it will be refused with 451");
+        self.failed = true;
+        self.spill = None;
+    }
+
+    /// The whole message: what the session still holds, after what was spilled.
+    async fn finish(&mut self, incoming: &mut Incoming) -> Result<Body, Reply> {
+        let tail = std::mem::take(&mut incoming.data);
+        if self.failed {
+            return Err(reply::STORAGE_FAILED);
+        }
+        match self.spill.take() {
+            None => Ok(Body::Memory(tail)),
+            Some(mut spill) => match spill.append(tail).await {
+                Ok(()) => Ok(Body::Spilled(spill)),
+                Err(e) => {
+                    self.fail(&e);
+                    Err(reply::STORAGE_FAILED)
+                }
+            },
         }
     }
 }

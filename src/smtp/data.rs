@@ -1,6 +1,7 @@
 //! The DATA receiver: ends only on CRLF `.` CRLF, refuses bare CR and bare LF, undoes dot
 //! stuffing, and stops storing (but keeps reading) past the size limit. Pure: bytes in,
-//! events out.
+//! events out. What it keeps can be taken out as it grows (the connection loop writes it to
+//! a file), so its buffer stays small whatever the message's size.
 
 use bytes::{Buf, BytesMut};
 
@@ -33,7 +34,8 @@ pub enum DataEvent {
 /// The message, or why it cannot be kept.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataOutcome {
-    /// The message, dot stuffing undone, ending with the CRLF before the final dot.
+    /// The message, dot stuffing undone, ending with the CRLF before the final dot: what
+    /// was not already taken with [`DataReceiver::take_kept`].
     Message(Vec<u8>),
     /// More than the size limit arrived; nothing was kept.
     TooBig,
@@ -46,6 +48,8 @@ pub enum DataOutcome {
 pub struct DataReceiver {
     at: At,
     data: Vec<u8>,
+    /// Bytes kept in all, including those already taken out.
+    total: usize,
     max: usize,
     too_big: bool,
     nul: bool,
@@ -54,7 +58,7 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver that keeps at most `max` bytes of message.
     pub fn new(max: usize) -> Self {
-        DataReceiver { at: At::LineStart, data: Vec::new(), max, too_big: false, nul: false }
+        DataReceiver { at: At::LineStart, data: Vec::new(), total: 0, max, too_big: false, nul: false }
     }
 
     /// Consume bytes from `input` up to the end of the data (or all of it).
@@ -101,15 +105,26 @@ impl DataReceiver {
         DataEvent::NeedMore
     }
 
+    /// Bytes kept and not yet taken out.
+    pub fn buffered(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Take out what was kept so far (the message continues after it).
+    pub fn take_kept(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.data)
+    }
+
     fn keep(&mut self, bytes: &[u8]) {
         if self.too_big {
             return;
         }
-        if self.data.len() + bytes.len() > self.max {
+        if self.total + bytes.len() > self.max {
             self.too_big = true;
             self.data = Vec::new();
             return;
         }
+        self.total += bytes.len();
         self.data.extend_from_slice(bytes);
     }
 
@@ -193,6 +208,25 @@ mod tests {
     fn nul_is_flagged_at_the_end() {
         assert_eq!(run(&[b"a\r\n\0.\r\n.\r\n"], 100).0, DataEvent::End(DataOutcome::Nul));
         assert_eq!(run(&[b"a\r\n.\0\r\n.\r\n"], 100).0, DataEvent::End(DataOutcome::Nul));
+    }
+
+    #[test]
+    fn kept_bytes_can_be_taken_out_as_they_grow() {
+        let mut rx = DataReceiver::new(12);
+        let mut input = BytesMut::from(&b"abc\r\n..d"[..]);
+        assert_eq!(rx.ingest(&mut input), DataEvent::NeedMore);
+        assert_eq!(rx.buffered(), 7);
+        assert_eq!(rx.take_kept(), b"abc\r\n.d");
+        assert_eq!(rx.buffered(), 0);
+        input.extend_from_slice(b"ef\r\n.\r\n");
+        assert_eq!(rx.ingest(&mut input), message(b"ef\r\n"));
+        // The limit counts what was taken out too.
+        let mut rx = DataReceiver::new(8);
+        let mut input = BytesMut::from(&b"12345\r\n"[..]);
+        rx.ingest(&mut input);
+        rx.take_kept();
+        input.extend_from_slice(b"6789\r\n.\r\n");
+        assert_eq!(rx.ingest(&mut input), DataEvent::End(DataOutcome::TooBig));
     }
 
     #[test]

@@ -26,14 +26,34 @@ use tokio_util::task::TaskTracker;
 
 use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
+use crate::spool::Spill;
 use auth::Users;
 use reply::Reply;
 use session::{Incoming, SessionParams};
 
+/// Message data a transaction may hold in memory; beyond it, what arrives is written to a
+/// spill file as it comes.
+pub const SPILL_AT: usize = 128 * 1024;
+/// What a transaction reserves of `server.max_data_in_memory` at DATA: [`SPILL_AT`], plus
+/// what one read may add before it is spilled and the copy the intake makes.
+pub const DATA_RESERVATION: u32 = 192 * 1024;
+
+/// A received message's bytes: in memory, or written to a spill file as they arrived.
+#[derive(Debug)]
+pub enum Body {
+    /// The whole message.
+    Memory(Vec<u8>),
+    /// The whole message, on disk.
+    Spilled(Spill),
+}
+
 /// Where a received message goes: stored durably, then answered.
 pub trait Intake: Send + Sync {
     /// Take the message; the reply is what the client gets for its final dot.
-    fn accept(&self, incoming: Incoming) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+    fn accept(&self, incoming: Incoming, body: Body) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+
+    /// A new file to spill a large message into while it arrives.
+    fn spill(&self) -> Pin<Box<dyn Future<Output = std::io::Result<Spill>> + Send + '_>>;
 }
 
 /// The access rules a new session starts with; replaced as a whole on reload.
@@ -71,17 +91,24 @@ pub struct Frontend {
     pub tls: Option<TlsAcceptor>,
     /// Where messages go.
     pub intake: Arc<dyn Intake>,
+    /// `server.max_data_in_memory`, in bytes.
+    pub data_budget: Arc<Semaphore>,
 }
 
 impl Frontend {
-    /// Build the front door from a validated configuration.
-    pub fn new(config: &Config, intake: Arc<dyn Intake>) -> Result<Frontend, tls::TlsConfigError> {
+    /// Build the front door from a validated configuration; `data_budget` is
+    /// `server.max_data_in_memory` (see [`data_budget`]), shared with the intake.
+    pub fn new(
+        config: &Config,
+        intake: Arc<dyn Intake>,
+        data_budget: Arc<Semaphore>,
+    ) -> Result<Frontend, tls::TlsConfigError> {
         let tls = match &config.server.tls {
             Some(t) => Some(TlsAcceptor::from(tls::load_server_config(t)?)),
             None => None,
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
-        Ok(Frontend { server: config.server.clone(), access: ArcSwap::from_pointee(access), tls, intake })
+        Ok(Frontend { server: config.server.clone(), access: ArcSwap::from_pointee(access), tls, intake, data_budget })
     }
 
     /// The current access rules.
@@ -99,6 +126,13 @@ impl Frontend {
     pub fn idle_timeout(&self) -> Duration {
         self.server.idle_timeout.0
     }
+}
+
+/// The memory budget for message data being received (`server.max_data_in_memory`), one
+/// permit a byte.
+pub fn data_budget(config: &Config) -> Arc<Semaphore> {
+    let bytes = usize::try_from(config.server.max_data_in_memory.0).unwrap_or(usize::MAX);
+    Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)))
 }
 
 /// Accept connections on every listener until the soft shutdown; each session runs on the

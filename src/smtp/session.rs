@@ -78,6 +78,9 @@ pub enum Step {
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Reserve memory for the message about to arrive, then call
+    /// [`Session::data_reserved`].
+    ReserveData,
     /// Store this message and reply with the outcome.
     Message(Incoming),
 }
@@ -209,6 +212,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// After DATA's reservation: `354` and the data, or `452 4.3.1` when there was no memory
+    /// for it (the transaction stays open; the client may try DATA again).
+    pub fn data_reserved(&mut self, granted: bool) -> Step {
+        if !granted {
+            return Step::Reply(reply::NO_MEMORY_FOR_DATA);
+        }
+        self.state = State::Data(DataReceiver::new(self.params.max_message_size));
+        Step::Reply(reply::start_data())
+    }
+
+    /// Message bytes received and not yet taken out (0 outside DATA).
+    pub fn data_buffered(&self) -> usize {
+        match &self.state {
+            State::Data(rx) => rx.buffered(),
+            _ => 0,
+        }
+    }
+
+    /// Take out the message bytes received so far (the message continues after them).
+    pub fn take_data(&mut self) -> Vec<u8> {
+        match &mut self.state {
+            State::Data(rx) => rx.take_kept(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the session is receiving a message's data.
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(_))
     }
 
     fn end_of_data(&mut self, outcome: DataOutcome) -> Step {
@@ -364,10 +398,7 @@ impl Session {
         match &self.tx {
             None => Step::Reply(reply::MAIL_FIRST),
             Some(tx) if tx.recipients.is_empty() => Step::Reply(reply::NO_RECIPIENTS),
-            Some(_) => {
-                self.state = State::Data(DataReceiver::new(self.params.max_message_size));
-                Step::Reply(reply::start_data())
-            }
+            Some(_) => Step::ReserveData,
         }
     }
 

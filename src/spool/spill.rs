@@ -53,6 +53,26 @@ impl Spill {
         Ok(())
     }
 
+    /// The first bytes written, up to the end of the header block (the first empty line) or
+    /// `limit` bytes, whichever comes first (blocking read on another thread).
+    pub async fn head(&self, limit: usize) -> io::Result<Head> {
+        let (path, len) = (self.path.clone(), self.len);
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(&path)?;
+            let want = (len as usize).min(limit);
+            let mut bytes = vec![0; want];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)?;
+            let end = if bytes.starts_with(b"\r\n") { Some(0) } else { memchr::memmem::find(&bytes, b"\r\n\r\n") };
+            let complete = end.is_some() || want as u64 == len;
+            if let Some(end) = end {
+                bytes.truncate(end + if end == 0 { 2 } else { 4 });
+            }
+            Ok(Head { bytes, complete })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// The file (opened for reading from its start), its length and its checksum so far.
     /// The name is removed at once: the open file stays readable until dropped.
     pub async fn finish(mut self) -> io::Result<(File, u64, crc32fast::Hasher)> {
@@ -61,6 +81,16 @@ impl Spill {
         let file = tokio::task::spawn_blocking(move || File::open(&path)).await.map_err(io::Error::other)??;
         Ok((file, self.len, self.crc.clone()))
     }
+}
+
+/// The start of a spilled message.
+#[derive(Debug)]
+pub struct Head {
+    /// Up to and including the empty line that ends the header block, if it was found.
+    pub bytes: Vec<u8>,
+    /// Whether `bytes` holds the whole header block (the empty line was found, or the
+    /// message ended).
+    pub complete: bool,
 }
 
 impl Drop for Spill {

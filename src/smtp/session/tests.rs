@@ -22,6 +22,8 @@ struct Harness {
     credentials: Vec<Credentials>,
     closed: bool,
     starttls: bool,
+    /// Refuse DATA's memory reservation.
+    no_memory: bool,
 }
 
 impl Harness {
@@ -33,6 +35,7 @@ impl Harness {
             credentials: Vec::new(),
             closed: false,
             starttls: false,
+            no_memory: false,
         }
     }
 
@@ -71,6 +74,10 @@ impl Harness {
                         other => panic!("unexpected {other:?}"),
                     }
                 }
+                Step::ReserveData => match self.session.data_reserved(!self.no_memory) {
+                    Step::Reply(r) => r.write_to(&mut out),
+                    other => panic!("unexpected {other:?}"),
+                },
                 Step::Message(m) => {
                     self.messages.push(m);
                     reply::queued("ID").write_to(&mut out);
@@ -122,6 +129,20 @@ fn pipelined_commands_get_replies_in_order() {
     );
     assert_eq!(h.send(b"x\r\n.\r\nNOOP\r\n"), "250 2.0.0 Ok: queued as ID\r\n250 2.0.0 Ok\r\n");
     assert_eq!(h.messages[0].sender, "", "the null sender is accepted");
+}
+
+#[test]
+fn data_without_memory_gets_452_and_the_transaction_stays_open() {
+    let mut h = Harness::local();
+    h.cmd("EHLO c");
+    h.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    h.no_memory = true;
+    assert_eq!(h.cmd("DATA"), "452 4.3.1 Insufficient system resources for the message now, try again later");
+    assert!(!h.session.in_data());
+    h.no_memory = false;
+    assert_eq!(h.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
+    assert_eq!(h.send(b"x\r\n.\r\n"), "250 2.0.0 Ok: queued as ID\r\n");
+    assert_eq!(h.messages[0].recipients, ["b@y.test"]);
 }
 
 #[test]
