@@ -188,6 +188,9 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let relay = Arc::new(Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction));
     let front = Arc::new(Frontend::new(&config, relay.clone())?);
     let health = Arc::new(Health::default());
+    if let Some(status) = upstream.relay_status() {
+        health.watch_relay(status);
+    }
     tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = metrics_listener {
