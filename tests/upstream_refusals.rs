@@ -144,6 +144,20 @@ async fn refusals_at_greeting_ehlo_and_mail_defer_and_never_bounce() {
     }
 }
 
+/// A refusal about the sender at MAIL still fails and bounces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_sender_at_mail_still_bounces() {
+    let upstream = TestUpstream::scripted(Box::new(|_, _, _| None)).await;
+    upstream.refuse(Stage::Mail, Some("553 5.1.7 bad sender address"));
+    let relay = relay_to(&upstream, "").await;
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    // The DSN (null sender) is refused the same way: it stays queued as a failed bounce.
+    eventually("the original finished, the DSN kept", || queue_cli(&relay, &["list"]).1.contains("failed bounce"))
+        .await;
+    assert_eq!(upstream.mails(), 2, "the copy once, the DSN once");
+    assert_eq!(get(relay.metrics.unwrap(), "/readyz").0, 200, "not a refusal of the relay");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_greeting_is_cut_off_and_the_copy_deferred() {
     let upstream = TestUpstream::start().await;

@@ -17,6 +17,8 @@ use crate::spool::record::{Record, TxnStatus};
 
 /// Longest reply text shown in the table (JSON has it whole).
 const MAX_REPLY_SHOWN: usize = 60;
+/// The listed state of a bounce that cannot be delivered.
+const FAILED_BOUNCE: &str = "failed bounce";
 
 /// `bccguard queue ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -49,6 +51,9 @@ pub enum QueueCommand {
 #[derive(Debug, Serialize)]
 struct Entry {
     id: String,
+    /// "pending", or "failed bounce": a bounce (or null-sender message) that failed for good
+    /// and waits for an operator (`queue retry` tries it again, `queue delete` drops it).
+    state: &'static str,
     received_at: String,
     age_seconds: i64,
     sender: String,
@@ -117,9 +122,11 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
         }
     }
     let next_ms = state.next_attempt(&meta.plan);
+    let failed_bounce = (meta.dsn || meta.sender.is_empty()) && state.is_failed_bounce();
     let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339());
     Some(Entry {
         id: id.to_string(),
+        state: if failed_bounce { FAILED_BOUNCE } else { "pending" },
         received_at: rfc3339(meta.received_at).unwrap_or_default(),
         age_seconds: (now - meta.received_at) / 1000,
         sender: redaction.address(&meta.sender),
@@ -135,7 +142,7 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
     if entries.is_empty() {
         return writeln!(out, "The queue is empty.");
     }
-    let rows: Vec<[String; 9]> = entries
+    let rows: Vec<[String; 10]> = entries
         .iter()
         .map(|e| {
             let next = match e.next_ms {
@@ -143,9 +150,10 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
                 Some(ms) if ms <= now => "now".to_string(),
                 Some(ms) => format!("in {}", short_duration((ms - now) / 1000)),
             };
-            let reply = e.last_reply.as_deref().map_or("-".to_string(), shorten);
+            let reply = e.last_reply.as_deref().map_or("-".to_string(), |r| shorten(&escape_controls(r)));
             [
                 e.id.clone(),
+                e.state.to_string(),
                 short_duration(e.age_seconds),
                 e.sender.clone(),
                 e.recipients.to_string(),
@@ -157,11 +165,30 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
             ]
         })
         .collect();
-    let header = ["ID", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
+    let header = ["ID", "STATE", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
     super::table::write(out, &header, &rows)?;
     let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
     let n = entries.len();
-    writeln!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))
+    write!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))?;
+    match entries.iter().filter(|e| e.state == FAILED_BOUNCE).count() {
+        0 => writeln!(out),
+        f => writeln!(out, ", {f} failed bounce{} (queue retry or queue delete)", plural(f)),
+    }
+}
+
+/// Text from an upstream made safe for a terminal: C0 and C1 control characters and DEL
+/// shown as `\x1b`, `\u{9b}` (and a backslash doubled, so the escapes are unambiguous).
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn plural(n: usize) -> &'static str {
@@ -230,7 +257,14 @@ fn retry(config: &ConfigArg, id: Option<&str>, out: &mut impl Write) -> Result<(
     let at = Utc::now().timestamp_millis();
     let mut n = 0;
     for id in &ids {
-        match paths.append_blocking(id, &[Record::Retry { at }]) {
+        let mut records = vec![Record::Retry { at }];
+        if let Ok((meta, state)) = paths.load_meta(id)
+            && (meta.dsn || meta.sender.is_empty())
+            && state.is_failed_bounce()
+        {
+            records.push(Record::Requeued { rcpts: state.unbounced(), at });
+        }
+        match paths.append_blocking(id, &records) {
             Ok(()) => n += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(format!("{id} is not in the queue")),
             Err(e) => return Err(format!("{id}: {e}")),
@@ -262,6 +296,16 @@ fn delete(config: &ConfigArg, id: &str, out: &mut impl Write) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let hostile = "451 4.3.0 \x1b[2J\x1b]0;owned\x07 \u{9b}31m \x7f tab\there \\x1b";
+        assert_eq!(
+            escape_controls(hostile),
+            "451 4.3.0 \\x1b[2J\\x1b]0;owned\\x07 \\u{9b}31m \\x7f tab\\x09here \\\\x1b"
+        );
+        assert_eq!(escape_controls("550 5.1.1 ok é"), "550 5.1.1 ok é");
+    }
 
     #[test]
     fn durations_are_short() {

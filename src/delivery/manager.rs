@@ -271,8 +271,14 @@ impl Manager {
         match (entry, end) {
             (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
             (_, PassEnd::Done | PassEnd::Gone) => {}
-            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => self.make_ready(id, None, true),
+            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_) | PassEnd::Parked) => {
+                self.make_ready(id, None, true)
+            }
             (_, PassEnd::Later(at)) => self.schedule(id, at),
+            // Only a retry or a delete moves it.
+            (_, PassEnd::Parked) => {
+                self.entries.insert(id, Entry::Waiting(i64::MAX));
+            }
         }
         self.start_ready();
     }

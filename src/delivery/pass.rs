@@ -53,6 +53,9 @@ pub(super) enum PassEnd {
     Done,
     /// Work remains; next attempt at this time (Unix ms).
     Later(i64),
+    /// Nothing will be tried until an operator says so: a bounce (or another message with
+    /// the null sender) that failed for good stays queued, visibly, until retried or deleted.
+    Parked,
     /// The message is no longer in the spool (deleted).
     Gone,
 }
@@ -84,6 +87,17 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
             return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT);
         }
     };
+    if force && keeps_failures(&meta) {
+        let failed = state.unbounced();
+        if !failed.is_empty() {
+            // An operator retries a failed bounce: its recipients are pending again.
+            let record = Record::Requeued { rcpts: failed, at: now_ms() };
+            state.apply(&record);
+            if let Err(end) = journal(ctx, id, vec![record]).await {
+                return end;
+            }
+        }
+    }
     let due = state.due(&meta.plan, if force { i64::MAX } else { now_ms() });
     let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
     for (n, chunk) in chunks.iter().enumerate() {
@@ -92,7 +106,7 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
         for r in &records {
             state.apply(r);
         }
-        let finished = n + 1 == chunks.len() && state.rcpts.iter().all(RcptState::is_final);
+        let finished = n + 1 == chunks.len() && leaves_the_spool(&meta, &state);
         if !finished && let Err(end) = journal(ctx, id, records).await {
             return end;
         }
@@ -106,7 +120,22 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
         }
         return PassEnd::Done;
     }
-    PassEnd::Later(state.next_attempt(&meta.plan).unwrap_or_else(now_ms))
+    match state.next_attempt(&meta.plan) {
+        Some(at) => PassEnd::Later(at),
+        None => PassEnd::Parked,
+    }
+}
+
+/// A message whose permanent failures are kept rather than bounced: a bounce, or anything
+/// else with the null sender (no one to tell).
+fn keeps_failures(meta: &Meta) -> bool {
+    meta.dsn || meta.sender.is_empty()
+}
+
+/// Whether the message leaves the spool once every recipient is final.
+fn leaves_the_spool(meta: &Meta, state: &State) -> bool {
+    let all_final = state.rcpts.iter().all(RcptState::is_final);
+    all_final && !(keeps_failures(meta) && state.rcpts.iter().any(|r| matches!(r, RcptState::Failed { .. })))
 }
 
 async fn load(ctx: &Ctx, id: &QueueId) -> std::io::Result<Loaded> {
@@ -206,16 +235,17 @@ async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Re
     if failed.is_empty() {
         return Ok(());
     }
-    let dsn = if meta.sender.is_empty() || meta.dsn {
-        warn!(queue_id = %meta.id, failed = failed.len(), "no bounce for the null sender");
-        None
-    } else {
-        match queue_dsn(ctx, meta, message, state, &failed).await {
-            Ok(id) => Some(id),
-            Err(e) => {
-                error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
-                return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
-            }
+    if keeps_failures(meta) {
+        // Never dropped: it stays queued as a failed bounce (see `PassEnd::Parked`).
+        let reply = state.last_reply.clone().unwrap_or_default();
+        crate::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
+        return Ok(());
+    }
+    let dsn = match queue_dsn(ctx, meta, message, state, &failed).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
+            return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
         }
     };
     let record = Record::Bounced { rcpts: failed, at: now_ms(), dsn };
