@@ -152,12 +152,14 @@ pub struct Running {
     relay: Arc<Relay>,
     health: Arc<Health>,
     socket_path: PathBuf,
+    journal_fault: spool::JournalFault,
 }
 
 /// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
 /// start delivery, the control socket, the metrics endpoint and the SMTP front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
+    let journal_fault = spool.journal_fault();
     // Before any session can be writing a temporary file into the spool.
     match spool.paths().clean() {
         Ok(0) => {}
@@ -217,6 +219,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         relay,
         health,
         socket_path,
+        journal_fault,
     })
 }
 
@@ -235,6 +238,11 @@ async fn probe(spool: Arc<Spool>, upstream: Arc<Upstream>, health: Arc<Health>, 
 }
 
 impl Running {
+    /// The switch that makes the spool's journal appends fail, as on a full disk (tests).
+    pub fn journal_fault(&self) -> spool::JournalFault {
+        self.journal_fault.clone()
+    }
+
     /// The metrics endpoint's address, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr

@@ -3,6 +3,7 @@
 //! retry and delete go through the running relay's control socket, or, when no relay holds
 //! the spool, act on the files directly.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use chrono::{TimeZone, Utc};
@@ -97,7 +98,11 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     let (paths, redaction) = spool(config)?;
     let now = Utc::now().timestamp_millis();
     let ids = paths.ids().map_err(|e| format!("cannot read the spool: {e}"))?;
-    let entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
+    let held = unwritten(&paths);
+    let entries: Vec<Entry> = ids
+        .iter()
+        .filter_map(|id| entry(&paths, id, held.get(id).map_or(&[], Vec::as_slice), redaction, now))
+        .collect();
     let written = if json {
         serde_json::to_writer_pretty(&mut *out, &entries).map_err(io::Error::other).and_then(|()| writeln!(out))
     } else {
@@ -110,9 +115,24 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     }
 }
 
-/// A message's listing entry; `None` if it vanished meanwhile (delivered).
-fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Option<Entry> {
-    let (meta, state) = paths.load_meta(id).ok()?;
+/// Journal records the running relay holds in memory because the spool would not take them
+/// (none when no relay runs): the live state is the journal on disk followed by these.
+fn unwritten(paths: &SpoolPaths) -> HashMap<QueueId, Vec<Record>> {
+    let Ok(reply) = control::request(&paths.control_socket(), "unwritten") else {
+        return HashMap::new();
+    };
+    let held: Vec<(QueueId, Vec<Record>)> =
+        reply.strip_prefix("ok ").and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+    held.into_iter().collect()
+}
+
+/// A message's listing entry (`held`: its journal records not yet on disk); `None` if it
+/// vanished meanwhile (delivered).
+fn entry(paths: &SpoolPaths, id: &QueueId, held: &[Record], redaction: Redaction, now: i64) -> Option<Entry> {
+    let (meta, mut state) = paths.load_meta(id).ok()?;
+    for r in held {
+        state.apply(r);
+    }
     let mut counts = Counts::default();
     for t in 0..meta.plan.transactions.len() {
         match state.txn_status(&meta.plan, t) {

@@ -8,6 +8,7 @@
 mod bounded;
 pub mod directory;
 pub mod dsn;
+mod journal;
 mod manager;
 mod pass;
 mod refusals;

@@ -3,7 +3,8 @@
 //!
 //! Transactions go in chunks; each chunk's outcomes are journaled with one fsync, unless the
 //! message finishes in this pass (then it is simply removed). A crash therefore repeats at
-//! most one chunk's deliveries: at-least-once.
+//! most one chunk's deliveries: at-least-once. A journal write that fails keeps the outcomes
+//! in memory, never re-sending them while the relay runs (see [`super::journal`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::dsn::{self, Failure};
+use super::journal::{Gone, Journal};
 use super::manager::{Deliverer, DeliveryConfig};
 use super::{Outcome, Upstream};
 use crate::events::DeliveryAttempt;
@@ -66,8 +68,16 @@ pub(super) fn now_ms() -> i64 {
 }
 
 /// Run one pass over message `id` (read from the spool unless `loaded` is given). With
-/// `force`, every pending transaction is tried, whatever its schedule.
-pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: bool) -> PassEnd {
+/// `force`, every pending transaction is tried, whatever its schedule. `unwritten` holds
+/// journal records earlier passes could not write (see [`Journal`]); on return, those still
+/// not written.
+pub(super) async fn run(
+    ctx: &Ctx,
+    id: &QueueId,
+    loaded: Option<Loaded>,
+    force: bool,
+    unwritten: &mut Vec<Record>,
+) -> PassEnd {
     let loaded = match loaded {
         Some(l) => l,
         None => match load(ctx, id).await {
@@ -80,6 +90,13 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
         },
     };
     let Loaded { meta, message, mut state, headers } = loaded;
+    let mut journal = Journal::new(&ctx.spool, id, unwritten);
+    for r in journal.unwritten() {
+        state.apply(r);
+    }
+    if journal.write(Vec::new()).await.is_err() {
+        return PassEnd::Gone;
+    }
     let headers = match headers.map_or_else(|| Headers::parse(&message), Ok) {
         Ok(h) => h,
         Err(e) => {
@@ -93,8 +110,8 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
             // An operator retries a failed bounce: its recipients are pending again.
             let record = Record::Requeued { rcpts: failed, at: now_ms() };
             state.apply(&record);
-            if let Err(end) = journal(ctx, id, vec![record]).await {
-                return end;
+            if journal.write(vec![record]).await.is_err() {
+                return PassEnd::Gone;
             }
         }
     }
@@ -107,11 +124,11 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
             state.apply(r);
         }
         let finished = n + 1 == chunks.len() && leaves_the_spool(&meta, &state);
-        if !finished && let Err(end) = journal(ctx, id, records).await {
-            return end;
+        if !finished && journal.write(records).await.is_err() {
+            return PassEnd::Gone;
         }
     }
-    if let Err(end) = bounce(ctx, &meta, &message, &mut state).await {
+    if let Err(end) = bounce(ctx, &meta, &message, &mut state, &mut journal).await {
         return end;
     }
     if state.is_done() {
@@ -120,9 +137,12 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, loaded: Option<Loaded>, force: 
         }
         return PassEnd::Done;
     }
-    match state.next_attempt(&meta.plan) {
-        Some(at) => PassEnd::Later(at),
-        None => PassEnd::Parked,
+    // Records only in memory: try the journal again soon, whatever the schedule.
+    let catch_up = journal.is_behind().then(|| now_ms() + SPOOL_TROUBLE_WAIT);
+    match (state.next_attempt(&meta.plan), catch_up) {
+        (Some(at), Some(soon)) => PassEnd::Later(at.min(soon)),
+        (Some(at), None) | (None, Some(at)) => PassEnd::Later(at),
+        (None, None) => PassEnd::Parked,
     }
 }
 
@@ -143,18 +163,6 @@ async fn load(ctx: &Ctx, id: &QueueId) -> std::io::Result<Loaded> {
     let (meta, message, state) =
         tokio::task::spawn_blocking(move || paths.load(&id)).await.map_err(std::io::Error::other)??;
     Ok(Loaded { meta: Arc::new(meta), message, state, headers: None })
-}
-
-async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), PassEnd> {
-    match ctx.spool.append(id, records).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PassEnd::Gone),
-        Err(e) => {
-            // The outcomes stay unrecorded: they will be tried again (at-least-once).
-            error!(queue_id = %id, error = %e, "cannot write the delivery journal");
-            Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT))
-        }
-    }
 }
 
 /// The outcome of one transaction's attempt: (transaction, recipients tried, outcomes).
@@ -230,7 +238,13 @@ pub(super) fn retry_delay(retry: &[Duration], attempts: u32) -> Duration {
 
 /// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them
 /// (none for the null sender or for a DSN).
-async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Result<(), PassEnd> {
+async fn bounce(
+    ctx: &Ctx,
+    meta: &Meta,
+    message: &[u8],
+    state: &mut State,
+    journal: &mut Journal<'_>,
+) -> Result<(), PassEnd> {
     let failed = state.unbounced();
     if failed.is_empty() {
         return Ok(());
@@ -251,7 +265,7 @@ async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Re
     let record = Record::Bounced { rcpts: failed, at: now_ms(), dsn };
     state.apply(&record);
     if !state.is_done() {
-        journal(ctx, &meta.id, vec![record]).await?;
+        journal.write(vec![record]).await.map_err(|Gone| PassEnd::Gone)?;
     }
     Ok(())
 }

@@ -212,6 +212,26 @@ pub struct Spool {
     paths: SpoolPaths,
     sync: DirSync,
     _lock: File,
+    journal_fault: JournalFault,
+}
+
+/// A switch that makes journal appends fail as on a full disk (`ENOSPC`), for tests and fire
+/// drills: everything else about the append is the real code path.
+#[derive(Clone, Debug, Default)]
+pub struct JournalFault(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl JournalFault {
+    /// Make journal appends fail (`true`) or work again (`false`).
+    pub fn set(&self, failing: bool) {
+        self.0.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()));
+        }
+        Ok(())
+    }
 }
 
 impl Spool {
@@ -226,7 +246,7 @@ impl Spool {
         };
         let _ = lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id()));
         let sync = DirSync::new(paths.queue());
-        Ok(Spool { paths, sync, _lock: lock })
+        Ok(Spool { paths, sync, _lock: lock, journal_fault: JournalFault::default() })
     }
 
     /// Paths and read operations.
@@ -258,8 +278,14 @@ impl Spool {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The switch that makes journal appends fail (see [`JournalFault`]).
+    pub fn journal_fault(&self) -> JournalFault {
+        self.journal_fault.clone()
+    }
+
     /// Append journal records, durably (on a blocking thread).
     pub async fn append(&self, id: &QueueId, records: Vec<Record>) -> io::Result<()> {
+        self.journal_fault.check()?;
         let (paths, id) = (self.paths.clone(), id.clone());
         tokio::task::spawn_blocking(move || paths.append_blocking(&id, &records)).await.map_err(io::Error::other)?
     }
