@@ -182,3 +182,19 @@ async fn an_endless_greeting_is_cut_off_and_the_copy_deferred() {
     relay.wait_spool_empty().await;
     assert_eq!(upstream.delivered_to("customer@client.test").len(), 1);
 }
+
+/// `/readyz` does not wait for mail to find out that the upstream accepts the relay again:
+/// while it refuses, the readiness probe goes as far as AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_comes_back_by_itself_when_the_upstream_accepts_again() {
+    let upstream = TestUpstream::start().await;
+    upstream.refuse(Stage::Auth, Some("535 5.7.8 Authentication credentials invalid"));
+    let relay = relay_to(&upstream, CREDENTIALS).await;
+    let metrics = relay.metrics.unwrap();
+    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    eventually("refused", || get(metrics, "/readyz").0 == 503).await;
+    upstream.refuse(Stage::Auth, None);
+    eventually("ready again without a retry", || get(metrics, "/readyz").0 == 200).await;
+    assert!(upstream.deliveries().is_empty(), "the copy keeps its schedule");
+    assert_eq!(relay.spooled().len(), 1);
+}

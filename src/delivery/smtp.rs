@@ -122,8 +122,36 @@ impl SmtpUpstream {
         })
     }
 
-    /// Whether the relay accepts a TCP connection within 5 seconds.
+    /// Whether the relay accepts a TCP connection within 5 seconds. While it refuses the
+    /// relay at greeting, EHLO, TLS, AUTH or MAIL, the probe goes that far instead (MAIL with
+    /// the null sender, then RSET), so that readiness comes back without waiting for mail to
+    /// try; the connection is kept for the next copy.
     pub async fn probe(&self) -> bool {
+        let refused_at = self.status.stage();
+        if refused_at.is_some_and(|s| !matches!(s, Stage::Rcpt | Stage::Data))
+            && let Ok(_permit) = self.permits.try_acquire()
+        {
+            let dialogue = async {
+                let mut conn = self.connect().await?;
+                if refused_at == Some(Stage::Mail) {
+                    conn.command(Mail::new(None, vec![])).await.map_err(|e| stop_at(Stage::Mail, answer_of("", &e)))?;
+                    conn.command(Rset).await.map_err(|e| stop_at(Stage::Mail, answer_of("", &e)))?;
+                }
+                Ok(conn)
+            };
+            return match tokio::time::timeout(self.timeout, dialogue).await {
+                Ok(Ok(conn)) => {
+                    self.status.accepted();
+                    self.idle.lock().expect("pool lock").push(Idle { conn, since: Instant::now(), uses: 0 });
+                    true
+                }
+                Ok(Err(Stop::Refused(refusal))) => {
+                    self.status.refused(&refusal);
+                    true
+                }
+                Ok(Err(_)) | Err(_) => false,
+            };
+        }
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         matches!(tokio::time::timeout(Duration::from_secs(5), connect).await, Ok(Ok(_)))
     }
