@@ -135,8 +135,13 @@ impl SpoolPaths {
         }
         let path = self.journal_file(id);
         let created = !path.exists();
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
         let mut text = String::new();
+        if ends_torn(&file)? {
+            // An append that failed half-way (a full disk) left part of a line: end it, so
+            // the records written now stay whole (the torn line is ignored when read).
+            text.push('\n');
+        }
         for r in records {
             text.push_str(&serde_json::to_string(r).map_err(io::Error::other)?);
             text.push('\n');
@@ -196,6 +201,18 @@ impl SpoolPaths {
             Err(e) => Err(io_err(e.into())),
         }
     }
+}
+
+/// Whether a journal ends in the middle of a line.
+fn ends_torn(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
 }
 
 fn parse_meta(line: &str) -> io::Result<Meta> {
@@ -288,5 +305,35 @@ impl Spool {
         self.journal_fault.check()?;
         let (paths, id) = (self.paths.clone(), id.clone());
         tokio::task::spawn_blocking(move || paths.append_blocking(&id, &records)).await.map_err(io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::spool::record::{DecisionSummary, FORMAT_VERSION};
+
+    #[test]
+    fn an_append_after_a_torn_line_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SpoolPaths::new(dir.path());
+        fs::create_dir_all(paths.queue()).unwrap();
+        let id = QueueId::generate();
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            received_at: 1,
+            client: "127.0.0.1".into(),
+            sender: "s@x.test".into(),
+            recipients: vec!["a@x.test".into()],
+            decision: DecisionSummary::default(),
+            plan: crate::plan::Plan::default(),
+            dsn: false,
+        };
+        fs::write(paths.message_file(&id), format!("{}\n", serde_json::to_string(&meta).unwrap())).unwrap();
+        fs::write(paths.journal_file(&id), b"{\"event\":\"delivered\",\"tx").unwrap();
+        let record = Record::Retry { at: 5 };
+        paths.append_blocking(&id, std::slice::from_ref(&record)).unwrap();
+        assert_eq!(paths.journal(&id).unwrap(), [record]);
     }
 }
