@@ -236,8 +236,9 @@ pub(super) fn retry_delay(retry: &[Duration], attempts: u32) -> Duration {
     retry.get(i).copied().unwrap_or(Duration::from_secs(60))
 }
 
-/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them
-/// (none for the null sender or for a DSN).
+/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them.
+/// A DSN or another message with the null sender sends none: its failures are kept, and it
+/// stays queued as a failed bounce.
 async fn bounce(
     ctx: &Ctx,
     meta: &Meta,
