@@ -220,8 +220,9 @@ impl SmtpUpstream {
 
     /// Open a connection: TCP with `TCP_NODELAY` (lettre writes the data and its final dot
     /// separately; with Nagle's algorithm each message would wait for a delayed ACK), then
-    /// implicit TLS or STARTTLS, then AUTH. Reads are bounded ([`Bounded`]). A failure after
-    /// TCP is a refusal of the relay ([`judge`]), except a connection that merely breaks.
+    /// implicit TLS or STARTTLS, then AUTH. Reads are bounded ([`Bounded`]). A refusing reply
+    /// at any of these stages, or a failed TLS or AUTH exchange, is a refusal of the relay
+    /// ([`judge`]); a connection that breaks before TLS merely defers.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Stop> {
         let remote = self.describe();
         let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
