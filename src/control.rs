@@ -5,6 +5,7 @@
 //! retry          -> ok 12        (every message, now)
 //! retry ID       -> ok 1
 //! delete ID      -> ok 1 | ok 0
+//! unwritten      -> ok [["ID", [record, ...]], ...]   (journal records held in memory)
 //! anything else  -> error: ...
 //! ```
 
@@ -50,9 +51,16 @@ async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST)).read_line(&mut line).await?;
-    let reply = match execute(line.trim(), &deliverer).await {
-        Ok(n) => format!("ok {n}\n"),
-        Err(e) => format!("error: {e}\n"),
+    let reply = if line.trim() == "unwritten" {
+        match deliverer.unwritten().await {
+            Ok(held) => format!("ok {}\n", serde_json::to_string(&held).map_err(io::Error::other)?),
+            Err(e) => format!("error: {e}\n"),
+        }
+    } else {
+        match execute(line.trim(), &deliverer).await {
+            Ok(n) => format!("ok {n}\n"),
+            Err(e) => format!("error: {e}\n"),
+        }
     };
     write.write_all(reply.as_bytes()).await
 }

@@ -164,3 +164,69 @@ impl SpoolDamaged<'_> {
         tracing::error!(queue_id = %self.id, reason = %self.reason, "damaged message set aside in damaged/, not delivered");
     }
 }
+
+/// An upstream attempt was refused because of the relay itself (credentials, TLS, policy).
+#[derive(Debug)]
+pub struct UpstreamRefuses<'a> {
+    /// The refusal.
+    pub refusal: &'a crate::delivery::reply::Refusal,
+    /// Whether this differs from the refusal already in force (logged only then).
+    pub changed: bool,
+}
+
+impl UpstreamRefuses<'_> {
+    /// Count the refusal; log it when the state changed.
+    pub fn emit(&self) {
+        let m = metrics();
+        let stage = self.refusal.stage.as_str().to_ascii_lowercase();
+        m.upstream_refusals.get_or_create(&crate::metrics::StageLabels { stage }).inc();
+        m.upstream_refusing.set(1);
+        if self.changed {
+            tracing::error!(
+                stage = self.refusal.stage.as_str(),
+                reply = %address::redact_in_text(&self.refusal.text),
+                "the upstream refuses the relay; every copy is deferred until it accepts again"
+            );
+        }
+    }
+}
+
+/// The upstream accepts the relay again after refusing it.
+#[derive(Debug)]
+pub struct UpstreamAcceptsAgain<'a> {
+    /// The refusal that ended.
+    pub was: &'a crate::delivery::reply::Refusal,
+}
+
+impl UpstreamAcceptsAgain<'_> {
+    /// Log it and clear the gauge.
+    pub fn emit(&self) {
+        metrics().upstream_refusing.set(0);
+        info!(stage = self.was.stage.as_str(), "the upstream accepts the relay again");
+    }
+}
+
+/// A bounce (or another message with the null sender) failed permanently: it stays in the
+/// queue as a failed bounce until an operator retries or deletes it.
+#[derive(Debug)]
+pub struct BounceFailed<'a> {
+    /// The message.
+    pub id: &'a QueueId,
+    /// Recipients that failed.
+    pub failed: usize,
+    /// The last reply.
+    pub reply: &'a str,
+}
+
+impl BounceFailed<'_> {
+    /// Log at ERROR and count it.
+    pub fn emit(&self, redaction: Redaction) {
+        metrics().failed_bounces.inc();
+        tracing::error!(
+            queue_id = %self.id,
+            failed = self.failed,
+            reply = %redaction.text(self.reply),
+            "a bounce cannot be delivered; it stays in the queue until an operator retries or deletes it"
+        );
+    }
+}

@@ -48,11 +48,22 @@ async fn answer(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<
         (&Method::GET, "/healthz") => text(StatusCode::OK, plain, "ok\n".into()),
         (&Method::GET, "/readyz") => {
             let (ready, checks) = health.checks(chrono::Utc::now().timestamp_millis());
-            let body: String =
-                checks.iter().map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "FAILING" })).collect();
+            let body: String = checks
+                .iter()
+                .map(|c| match &c.failing {
+                    None => format!("{}: ok\n", c.name),
+                    Some(why) if why.is_empty() => format!("{}: FAILING\n", c.name),
+                    Some(why) => format!("{}: FAILING: {}\n", c.name, one_line(why)),
+                })
+                .collect();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             text(status, plain, body)
         }
         _ => text(StatusCode::NOT_FOUND, plain, "not found: try /metrics, /healthz or /readyz\n".into()),
     })
+}
+
+/// Text on one line, control characters replaced.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }

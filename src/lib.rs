@@ -152,12 +152,14 @@ pub struct Running {
     relay: Arc<Relay>,
     health: Arc<Health>,
     socket_path: PathBuf,
+    journal_fault: spool::JournalFault,
 }
 
 /// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
 /// start delivery, the control socket, the metrics endpoint and the SMTP front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
+    let journal_fault = spool.journal_fault();
     // Before any session can be writing a temporary file into the spool.
     match spool.paths().clean() {
         Ok(0) => {}
@@ -196,6 +198,9 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     ));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
+    if let Some(status) = upstream.relay_status() {
+        health.watch_relay(status);
+    }
     tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = metrics_listener {
@@ -222,6 +227,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         relay,
         health,
         socket_path,
+        journal_fault,
     })
 }
 
@@ -240,6 +246,11 @@ async fn probe(spool: Arc<Spool>, upstream: Arc<Upstream>, health: Arc<Health>, 
 }
 
 impl Running {
+    /// The switch that makes the spool's journal appends fail, as on a full disk (tests).
+    pub fn journal_fault(&self) -> spool::JournalFault {
+        self.journal_fault.clone()
+    }
+
     /// The metrics endpoint's address, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr

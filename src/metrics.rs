@@ -1,8 +1,8 @@
 //! Prometheus metrics (process-wide, updated by the events in [`crate::events`]) and the
 //! readiness state of a running relay.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::delivery::RelayStatus;
+use crate::message::address::redact_in_text;
 
 /// Labels of `bccguard_messages_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +28,13 @@ pub struct MessageLabels {
 pub struct OutcomeLabels {
     /// delivered, deferred or failed.
     pub outcome: String,
+}
+
+/// Labels of `bccguard_upstream_refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// greeting, ehlo, tls, auth, mail, rcpt or data.
+    pub stage: String,
 }
 
 /// Every metric bccguard exports.
@@ -46,6 +56,14 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Spooled messages set aside as damaged.
     pub spool_damaged: Counter,
+    /// Upstream attempts refused because of the relay itself, by stage.
+    pub upstream_refusals: Family<StageLabels, Counter>,
+    /// 1 while the upstream refuses the relay (every copy deferred), else 0.
+    pub upstream_refusing: Gauge,
+    /// Bounces (and other null-sender messages) that failed permanently and stay queued.
+    pub failed_bounces: Counter,
+    /// Journal writes that failed (the outcomes are kept in memory and written later).
+    pub journal_failures: Counter,
 }
 
 impl Metrics {
@@ -69,6 +87,30 @@ impl Metrics {
             "Time per upstream transaction attempt",
             upstream_latency.clone(),
         );
+        let upstream_refusals = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "upstream_refusals",
+            "Upstream attempts refused because of the relay itself (AUTH, TLS, greeting, policy), by stage",
+            upstream_refusals.clone(),
+        );
+        let upstream_refusing = Gauge::default();
+        registry.register(
+            "upstream_refusing",
+            "1 while the upstream refuses the relay and every copy is deferred",
+            upstream_refusing.clone(),
+        );
+        let failed_bounces = Counter::default();
+        registry.register(
+            "failed_bounces",
+            "Bounces that failed permanently and stay in the queue for an operator",
+            failed_bounces.clone(),
+        );
+        let journal_failures = Counter::default();
+        registry.register(
+            "journal_write_failures",
+            "Delivery journal writes that failed (outcomes kept in memory until written)",
+            journal_failures.clone(),
+        );
         // Every known series exists from the start, at 0.
         for action in ["explode", "undisclose", "reject", "pass"] {
             for leak in ["true", "false"] {
@@ -84,6 +126,9 @@ impl Metrics {
             "Spooled messages that failed their length or checksum check, set aside in damaged/",
             spool_damaged.clone(),
         );
+        for stage in ["greeting", "ehlo", "tls", "auth", "mail", "rcpt", "data"] {
+            let _ = upstream_refusals.get_or_create(&StageLabels { stage: stage.into() });
+        }
         Metrics {
             registry,
             messages,
@@ -94,6 +139,10 @@ impl Metrics {
             spool_messages,
             upstream_latency,
             spool_damaged,
+            upstream_refusals,
+            upstream_refusing,
+            failed_bounces,
+            journal_failures,
         }
     }
 
@@ -114,13 +163,23 @@ pub fn metrics() -> &'static Metrics {
 /// How long an upstream check stays good.
 pub const UPSTREAM_FRESH_MS: i64 = 90_000;
 
+/// One readiness check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What is checked.
+    pub name: &'static str,
+    /// Why it fails; `None` when it passes.
+    pub failing: Option<String>,
+}
+
 /// Readiness of one running relay: listening, the spool writable, the upstream reachable
-/// recently.
+/// recently and not refusing the relay.
 #[derive(Debug, Default)]
 pub struct Health {
     listening: AtomicBool,
     spool_writable: AtomicBool,
     upstream_ok_at: AtomicI64,
+    relay: OnceLock<Arc<RelayStatus>>,
 }
 
 impl Health {
@@ -139,15 +198,25 @@ impl Health {
         self.upstream_ok_at.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// Each check with whether it passes, and the overall verdict.
-    pub fn checks(&self, now_ms: i64) -> (bool, Vec<(&'static str, bool)>) {
+    /// Follow whether the upstream refuses the relay (an SMTP upstream).
+    pub fn watch_relay(&self, status: Arc<RelayStatus>) {
+        let _ = self.relay.set(status);
+    }
+
+    /// Each check, and the overall verdict.
+    pub fn checks(&self, now_ms: i64) -> (bool, Vec<Check>) {
+        let check = |name, ok: bool| Check { name, failing: (!ok).then(String::new) };
         let upstream = now_ms - self.upstream_ok_at.load(Ordering::Relaxed) <= UPSTREAM_FRESH_MS;
-        let checks = vec![
-            ("listening", self.listening.load(Ordering::Relaxed)),
-            ("spool writable", self.spool_writable.load(Ordering::Relaxed)),
-            ("upstream reachable", upstream),
+        let mut checks = vec![
+            check("listening", self.listening.load(Ordering::Relaxed)),
+            check("spool writable", self.spool_writable.load(Ordering::Relaxed)),
+            check("upstream reachable", upstream),
         ];
-        (checks.iter().all(|(_, ok)| *ok), checks)
+        if let Some(relay) = self.relay.get() {
+            let failing = relay.current().map(|r| redact_in_text(&r.text));
+            checks.push(Check { name: "upstream accepts the relay", failing });
+        }
+        (checks.iter().all(|c| c.failing.is_none()), checks)
     }
 }
 
@@ -180,6 +249,10 @@ mod tests {
             ("bccguard_spool_messages", "gauge"),
             ("bccguard_spool_damaged", "counter"),
             ("bccguard_upstream_latency_seconds", "histogram"),
+            ("bccguard_upstream_refusals", "counter"),
+            ("bccguard_upstream_refusing", "gauge"),
+            ("bccguard_failed_bounces", "counter"),
+            ("bccguard_journal_write_failures", "counter"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} in {text}");
         }

@@ -70,17 +70,64 @@ async fn a_permanent_failure_bounces_naming_only_that_recipient() {
     assert!(!dsn.contains("ann@alpha.test") && !dsn.contains("cat@gamma.test"), "no other recipient: {dsn}");
 }
 
-#[tokio::test]
-async fn no_bounce_for_the_null_sender() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_bounce_for_the_null_sender_and_the_message_is_kept() {
     let upstream =
         TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Data).then(|| "554 5.7.1 refused".to_string())))
             .await;
     let relay = relay_to(&upstream, "").await;
     assert!(send(&relay, "", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
-    relay.wait_spool_empty().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("a failed bounce", || bccguard_queue_list(&relay).contains("failed bounce")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(upstream.deliveries().is_empty(), "no DSN: {:?}", upstream.deliveries());
-    assert_eq!(upstream.attempts("customer@client.test"), 1, "a permanent failure is not retried");
+    assert_eq!(upstream.attempts("customer@client.test"), 1, "a permanent failure is not retried on its own");
+    assert_eq!(relay.spooled().len(), 1, "kept, never dropped");
+}
+
+// Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_that_cannot_be_delivered_stays_queued_until_retried() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sender_broken = Arc::new(AtomicBool::new(true));
+    let broken = sender_broken.clone();
+    let upstream = TestUpstream::scripted(Box::new(move |stage, rcpt, _| match (stage, rcpt) {
+        (Stage::Rcpt, "gone@client.test") => Some("550 5.1.1 no such user".to_string()),
+        (Stage::Rcpt, "app@example.com") if broken.load(Ordering::SeqCst) => {
+            Some("550 5.1.1 \x1b[31mmailbox unavailable".to_string())
+        }
+        _ => None,
+    }))
+    .await;
+    let relay = relay_to(&upstream, "").await;
+    assert!(send(&relay, "app@example.com", &["gone@client.test"], SIMPLE).await.starts_with("250 "));
+    eventually("a failed bounce", || bccguard_queue_list(&relay).contains("failed bounce")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.attempts("app@example.com"), 1, "the DSN was tried once, not again on its own");
+    let ids = relay.spooled();
+    assert_eq!(ids.len(), 1, "the original finished; the bounce is kept");
+
+    let listed = bccguard_queue_list(&relay);
+    let row = listed.lines().nth(1).unwrap();
+    assert!(row.starts_with(&format!("{}  failed bounce  ", ids[0])), "{listed}");
+    assert!(row.contains("550 5.1.1 \\x1b[31mmailbox unavailable"), "the ESC is shown escaped: {listed}");
+    assert!(!listed.contains('\x1b'), "no raw ESC reaches the terminal");
+    assert!(listed.contains("1 message, 0 transactions pending, 1 failed bounce (queue retry or queue delete)"));
+    let (_, json) = queue_cli(&relay, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["state"], "failed bounce");
+    assert_eq!(v[0]["sender"], "<>");
+    assert_eq!(v[0]["last_reply"], "550 5.1.1 \u{1b}[31mmailbox unavailable");
+    assert!(json.contains("\\u001b[31m"), "JSON escapes it: {json}");
+
+    sender_broken.store(false, Ordering::SeqCst);
+    let (code, out) = queue_cli(&relay, &["retry"]);
+    assert_eq!((code, out.trim()), (0, "Retrying 1 message now."));
+    relay.wait_spool_empty().await;
+    let dsns = upstream.delivered_to("app@example.com");
+    assert_eq!(dsns.len(), 1, "the bounce delivered once");
+    assert!(String::from_utf8_lossy(&dsns[0].data).contains("Final-Recipient: rfc822; gone@client.test"));
+    assert_eq!(upstream.attempts("app@example.com"), 2);
 }
 
 #[tokio::test]

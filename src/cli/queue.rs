@@ -3,6 +3,7 @@
 //! retry and delete go through the running relay's control socket, or, when no relay holds
 //! the spool, act on the files directly.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use chrono::{TimeZone, Utc};
@@ -17,6 +18,8 @@ use crate::spool::record::{Record, TxnStatus};
 
 /// Longest reply text shown in the table (JSON has it whole).
 const MAX_REPLY_SHOWN: usize = 60;
+/// The listed state of a bounce that cannot be delivered.
+const FAILED_BOUNCE: &str = "failed bounce";
 
 /// `bccguard queue ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -49,8 +52,10 @@ pub enum QueueCommand {
 #[derive(Debug, Default, Serialize)]
 struct Entry {
     id: String,
-    /// `queued`; `damaged` (set aside in damaged/, never delivered); `unreadable` (in the
-    /// queue, but its file cannot be read: the relay sets it aside when it next looks).
+    /// `pending`; `failed bounce`: a bounce (or null-sender message) that failed for good
+    /// and waits for an operator (`queue retry` tries it again, `queue delete` drops it);
+    /// `damaged`: set aside in damaged/, never delivered; `unreadable`: in the queue, but its
+    /// file cannot be read (the relay sets it aside when it next looks at it).
     state: &'static str,
     /// Why a damaged or unreadable message is so.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +104,11 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     let now = Utc::now().timestamp_millis();
     let ids = paths.ids().map_err(|e| format!("cannot read the spool: {e}"))?;
     let damaged = paths.damaged_ids().map_err(|e| format!("cannot read the spool: {e}"))?;
-    let mut entries: Vec<Entry> = ids.iter().filter_map(|id| entry(&paths, id, redaction, now)).collect();
+    let held = unwritten(&paths);
+    let mut entries: Vec<Entry> = ids
+        .iter()
+        .filter_map(|id| entry(&paths, id, held.get(id).map_or(&[], Vec::as_slice), redaction, now))
+        .collect();
     entries.extend(damaged.iter().map(|id| damaged_entry(&paths, id, redaction, now)));
     let written = if json {
         serde_json::to_writer_pretty(&mut *out, &entries).map_err(io::Error::other).and_then(|()| writeln!(out))
@@ -113,9 +122,21 @@ fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<(), Stri
     }
 }
 
-/// A message's listing entry; `None` if it vanished meanwhile (delivered).
-fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Option<Entry> {
-    let (meta, state) = match paths.load_meta(id) {
+/// Journal records the running relay holds in memory because the spool would not take them
+/// (none when no relay runs): the live state is the journal on disk followed by these.
+fn unwritten(paths: &SpoolPaths) -> HashMap<QueueId, Vec<Record>> {
+    let Ok(reply) = control::request(&paths.control_socket(), "unwritten") else {
+        return HashMap::new();
+    };
+    let held: Vec<(QueueId, Vec<Record>)> =
+        reply.strip_prefix("ok ").and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+    held.into_iter().collect()
+}
+
+/// A message's listing entry (`held`: its journal records not yet on disk); `None` if it
+/// vanished meanwhile (delivered).
+fn entry(paths: &SpoolPaths, id: &QueueId, held: &[Record], redaction: Redaction, now: i64) -> Option<Entry> {
+    let (meta, mut state) = match paths.load_meta(id) {
         Ok(loaded) => loaded,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -123,6 +144,9 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
             return Some(unreadable(id, "unreadable", e.to_string(), &file, now));
         }
     };
+    for r in held {
+        state.apply(r);
+    }
     let mut counts = Counts::default();
     for t in 0..meta.plan.transactions.len() {
         match state.txn_status(&meta.plan, t) {
@@ -132,10 +156,11 @@ fn entry(paths: &SpoolPaths, id: &QueueId, redaction: Redaction, now: i64) -> Op
         }
     }
     let next_ms = state.next_attempt(&meta.plan);
+    let failed_bounce = (meta.dsn || meta.sender.is_empty()) && state.is_failed_bounce();
     let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339());
     Some(Entry {
         id: id.to_string(),
-        state: "queued",
+        state: if failed_bounce { FAILED_BOUNCE } else { "pending" },
         problem: None,
         received_at: rfc3339(meta.received_at).unwrap_or_default(),
         age_seconds: (now - meta.received_at) / 1000,
@@ -193,7 +218,8 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
                 Some(ms) if ms <= now => "now".to_string(),
                 Some(ms) => format!("in {}", short_duration((ms - now) / 1000)),
             };
-            let reply = e.problem.as_deref().or(e.last_reply.as_deref()).map_or("-".to_string(), shorten);
+            let reply = e.problem.as_deref().or(e.last_reply.as_deref());
+            let reply = reply.map_or("-".to_string(), |r| shorten(&escape_controls(r)));
             [
                 e.id.clone(),
                 e.state.to_string(),
@@ -212,12 +238,30 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
     super::table::write(out, &header, &rows)?;
     let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
     let n = entries.len();
-    let damaged = entries.iter().filter(|e| e.state != "queued").count();
     write!(out, "\n{n} message{}, {pending} transaction{} pending", plural(n), plural(pending))?;
-    match damaged {
+    match entries.iter().filter(|e| e.state == FAILED_BOUNCE).count() {
+        0 => {}
+        f => write!(out, ", {f} failed bounce{} (queue retry or queue delete)", plural(f))?,
+    }
+    match entries.iter().filter(|e| matches!(e.state, "damaged" | "unreadable")).count() {
         0 => writeln!(out),
         d => writeln!(out, "; {d} damaged or unreadable, never delivered (see spool/damaged/)"),
     }
+}
+
+/// Text from an upstream made safe for a terminal: C0 and C1 control characters and DEL
+/// shown as `\x1b`, `\u{9b}` (and a backslash doubled, so the escapes are unambiguous).
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn plural(n: usize) -> &'static str {
@@ -286,7 +330,14 @@ fn retry(config: &ConfigArg, id: Option<&str>, out: &mut impl Write) -> Result<(
     let at = Utc::now().timestamp_millis();
     let mut n = 0;
     for id in &ids {
-        match paths.append_blocking(id, &[Record::Retry { at }]) {
+        let mut records = vec![Record::Retry { at }];
+        if let Ok((meta, state)) = paths.load_meta(id)
+            && (meta.dsn || meta.sender.is_empty())
+            && state.is_failed_bounce()
+        {
+            records.push(Record::Requeued { rcpts: state.unbounced(), at });
+        }
+        match paths.append_blocking(id, &records) {
             Ok(()) => n += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(format!("{id} is not in the queue")),
             Err(e) => return Err(format!("{id}: {e}")),
@@ -318,6 +369,16 @@ fn delete(config: &ConfigArg, id: &str, out: &mut impl Write) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let hostile = "451 4.3.0 \x1b[2J\x1b]0;owned\x07 \u{9b}31m \x7f tab\there \\x1b";
+        assert_eq!(
+            escape_controls(hostile),
+            "451 4.3.0 \\x1b[2J\\x1b]0;owned\\x07 \\u{9b}31m \\x7f tab\\x09here \\\\x1b"
+        );
+        assert_eq!(escape_controls("550 5.1.1 ok é"), "550 5.1.1 ok é");
+    }
 
     #[test]
     fn durations_are_short() {

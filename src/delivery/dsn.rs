@@ -92,15 +92,7 @@ fn status_of(f: &Failure) -> String {
     if f.expired {
         return "4.4.7".into();
     }
-    f.reply
-        .split_whitespace()
-        .nth(1)
-        .filter(|s| {
-            let parts: Vec<_> = s.split('.').collect();
-            parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .unwrap_or("5.0.0")
-        .to_string()
+    super::reply::Reply::parse(&f.reply).and_then(|r| r.enhanced).map_or_else(|| "5.0.0".to_string(), |e| e.to_string())
 }
 
 /// Reply text on one line, without control characters.

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::events::Redaction;
 use crate::queue_id::QueueId;
 use crate::spool::Spool;
+use crate::spool::record::Record;
 
 /// Passes running at once, per upstream connection: a pass holds its message's header block
 /// and the copies being written, so the messages in delivery follow the upstream's
@@ -60,10 +61,14 @@ impl DeliveryConfig {
 #[error("the delivery manager is not running")]
 pub struct ManagerStopped;
 
+/// A pass ended: the message, how, and its journal records still only in memory.
+type Done = (QueueId, PassEnd, Vec<Record>);
+
 enum Command {
     Submit(QueueId),
     Retry(Option<QueueId>, oneshot::Sender<usize>),
     Delete(QueueId, oneshot::Sender<bool>),
+    Unwritten(oneshot::Sender<Vec<(QueueId, Vec<Record>)>>),
 }
 
 /// A handle to the manager.
@@ -84,6 +89,14 @@ impl Deliverer {
     pub async fn retry(&self, id: Option<QueueId>) -> Result<usize, ManagerStopped> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Retry(id, tx)).map_err(|_| ManagerStopped)?;
+        rx.await.map_err(|_| ManagerStopped)
+    }
+
+    /// Journal records the relay holds in memory because the spool would not take them, per
+    /// message: the live state is the journal on disk followed by these.
+    pub async fn unwritten(&self) -> Result<Vec<(QueueId, Vec<Record>)>, ManagerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Unwritten(tx)).map_err(|_| ManagerStopped)?;
         rx.await.map_err(|_| ManagerStopped)
     }
 
@@ -114,6 +127,7 @@ pub fn start(
         timers: BinaryHeap::new(),
         ready: VecDeque::new(),
         running: 0,
+        unwritten: HashMap::new(),
         done_tx,
         tracker: tracker.clone(),
         hard: shutdown.hard.clone(),
@@ -138,7 +152,9 @@ struct Manager {
     timers: BinaryHeap<Reverse<(i64, QueueId)>>,
     ready: VecDeque<(QueueId, bool)>,
     running: usize,
-    done_tx: mpsc::UnboundedSender<(QueueId, PassEnd)>,
+    /// Journal records not yet on disk, per message (see `super::journal`).
+    unwritten: HashMap<QueueId, Vec<Record>>,
+    done_tx: mpsc::UnboundedSender<Done>,
     tracker: TaskTracker,
     hard: tokio_util::sync::CancellationToken,
 }
@@ -147,7 +163,7 @@ impl Manager {
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        mut done: mpsc::UnboundedReceiver<(QueueId, PassEnd)>,
+        mut done: mpsc::UnboundedReceiver<Done>,
         shutdown: Shutdown,
     ) {
         self.recover().await;
@@ -162,7 +178,7 @@ impl Manager {
             };
             tokio::select! {
                 _ = shutdown.soft.cancelled() => break,
-                Some((id, end)) = done.recv() => self.finished(id, end),
+                Some((id, end, unwritten)) = done.recv() => self.finished(id, end, unwritten),
                 command = commands.recv() => match command {
                     Some(c) => self.command(c),
                     None => break,
@@ -224,24 +240,28 @@ impl Manager {
             self.entries.insert(id.clone(), Entry::Running { rerun: false, delete: false });
             self.running += 1;
             let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
+            let mut unwritten = self.unwritten.remove(&id).unwrap_or_default();
             self.tracker.spawn(async move {
                 let pass = {
                     let id = id.clone();
-                    tokio::spawn(async move { pass::run(&ctx, &id, force).await })
+                    tokio::spawn(async move {
+                        let end = pass::run(&ctx, &id, force, &mut unwritten).await;
+                        (end, unwritten)
+                    })
                 };
                 let abort = pass.abort_handle();
-                let end = tokio::select! {
+                let (end, unwritten) = tokio::select! {
                     end = pass => end.unwrap_or_else(|e| {
                         error!(queue_id = %id, error = %e, "a delivery pass failed; trying again later");
-                        PassEnd::Later(now_ms() + PANIC_WAIT)
+                        (PassEnd::Later(now_ms() + PANIC_WAIT), Vec::new())
                     }),
                     // Interrupted: the message stays spooled as it is.
                     _ = hard.cancelled() => {
                         abort.abort();
-                        PassEnd::Later(now_ms())
+                        (PassEnd::Later(now_ms()), Vec::new())
                     }
                 };
-                let _ = done.send((id, end));
+                let _ = done.send((id, end, unwritten));
             });
         }
     }
@@ -259,14 +279,25 @@ impl Manager {
         }
     }
 
-    fn finished(&mut self, id: QueueId, end: PassEnd) {
+    fn finished(&mut self, id: QueueId, end: PassEnd, unwritten: Vec<Record>) {
         self.running -= 1;
         let entry = self.entries.remove(&id);
+        let stays = matches!(end, PassEnd::Later(_) | PassEnd::Parked)
+            && !matches!(entry, Some(Entry::Running { delete: true, .. }));
+        if stays && !unwritten.is_empty() {
+            self.unwritten.insert(id.clone(), unwritten);
+        }
         match (entry, end) {
             (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
             (_, PassEnd::Done | PassEnd::Gone) => {}
-            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_)) => self.make_ready(id, true),
+            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_) | PassEnd::Parked) => {
+                self.make_ready(id, true)
+            }
             (_, PassEnd::Later(at)) => self.schedule(id, at),
+            // Only a retry or a delete moves it.
+            (_, PassEnd::Parked) => {
+                self.entries.insert(id, Entry::Waiting(i64::MAX));
+            }
         }
         self.start_ready();
     }
@@ -299,6 +330,7 @@ impl Manager {
                     }
                     Some(_) => {
                         self.entries.remove(&id);
+                        self.unwritten.remove(&id);
                         self.remove(&id);
                         true
                     }
@@ -306,6 +338,10 @@ impl Manager {
                     None => self.ctx.spool.paths().remove(&id).is_ok(),
                 };
                 let _ = reply.send(found);
+            }
+            Command::Unwritten(reply) => {
+                let held = self.unwritten.iter().map(|(id, records)| (id.clone(), records.clone())).collect();
+                let _ = reply.send(held);
             }
         }
     }

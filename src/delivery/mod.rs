@@ -5,15 +5,20 @@
 //! copy is built (header block + shared body) and sent; outcomes are journaled; failures
 //! bounce; a finished message leaves the spool.
 
+mod bounded;
 pub mod directory;
 pub mod dsn;
+mod journal;
 mod manager;
 mod pass;
+mod refusals;
+pub mod reply;
 pub mod smtp;
 
 use bytes::Bytes;
 
 pub use manager::{Deliverer, DeliveryConfig, ManagerStopped, start};
+pub use refusals::RelayStatus;
 
 use crate::config::{Config, UpstreamKind};
 use crate::queue_id::QueueId;
@@ -84,6 +89,14 @@ impl Upstream {
         match self {
             Upstream::Directory(_) => String::new(),
             Upstream::Smtp(s) => s.describe(),
+        }
+    }
+
+    /// Whether an SMTP upstream refuses the relay (none for the directory).
+    pub fn relay_status(&self) -> Option<std::sync::Arc<RelayStatus>> {
+        match self {
+            Upstream::Directory(_) => None,
+            Upstream::Smtp(s) => Some(s.status()),
         }
     }
 

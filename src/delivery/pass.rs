@@ -3,7 +3,8 @@
 //!
 //! Transactions go in chunks; each chunk's outcomes are journaled with one fsync, unless the
 //! message finishes in this pass (then it is simply removed). A crash therefore repeats at
-//! most one chunk's deliveries: at-least-once.
+//! most one chunk's deliveries: at-least-once. A journal write that fails keeps the outcomes
+//! in memory, never re-sending them while the relay runs (see [`super::journal`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::dsn::{self, Failure};
+use super::journal::{Gone, Journal};
 use super::manager::{Deliverer, DeliveryConfig};
 use super::{Copy, Outcome, Upstream};
 use crate::events::DeliveryAttempt;
@@ -55,6 +57,9 @@ pub(super) enum PassEnd {
     Done,
     /// Work remains; next attempt at this time (Unix ms).
     Later(i64),
+    /// Nothing will be tried until an operator says so: a bounce (or another message with
+    /// the null sender) that failed for good stays queued, visibly, until retried or deleted.
+    Parked,
     /// The message is no longer in the spool (deleted, or set aside as damaged).
     Gone,
 }
@@ -65,13 +70,32 @@ pub(super) fn now_ms() -> i64 {
 }
 
 /// Run one pass over message `id`, read from the spool. With `force`, every pending
-/// transaction is tried, whatever its schedule.
-pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool) -> PassEnd {
+/// transaction is tried, whatever its schedule. `unwritten` holds journal records earlier
+/// passes could not write (see [`Journal`]); on return, those still not written.
+pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Vec<Record>) -> PassEnd {
     let loaded = match load(ctx, id).await {
         Ok(l) => l,
         Err(end) => return end,
     };
     let Loaded { meta, head, content, mut state, headers, eight_bit } = loaded;
+    let mut journal = Journal::new(&ctx.spool, id, unwritten);
+    for r in journal.unwritten() {
+        state.apply(r);
+    }
+    if journal.write(Vec::new()).await.is_err() {
+        return PassEnd::Gone;
+    }
+    if force && keeps_failures(&meta) {
+        let failed = state.unbounced();
+        if !failed.is_empty() {
+            // An operator retries a failed bounce: its recipients are pending again.
+            let record = Record::Requeued { rcpts: failed, at: now_ms() };
+            state.apply(&record);
+            if journal.write(vec![record]).await.is_err() {
+                return PassEnd::Gone;
+            }
+        }
+    }
     let due = state.due(&meta.plan, if force { i64::MAX } else { now_ms() });
     let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
     for (n, chunk) in chunks.iter().enumerate() {
@@ -81,12 +105,12 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool) -> PassEnd {
         for r in &records {
             state.apply(r);
         }
-        let finished = n + 1 == chunks.len() && state.rcpts.iter().all(RcptState::is_final);
-        if !finished && let Err(end) = journal(ctx, id, records).await {
-            return end;
+        let finished = n + 1 == chunks.len() && leaves_the_spool(&meta, &state);
+        if !finished && journal.write(records).await.is_err() {
+            return PassEnd::Gone;
         }
     }
-    if let Err(end) = bounce(ctx, &meta, &head, &mut state).await {
+    if let Err(end) = bounce(ctx, &meta, &head, &mut state, &mut journal).await {
         return end;
     }
     if state.is_done() {
@@ -95,7 +119,25 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool) -> PassEnd {
         }
         return PassEnd::Done;
     }
-    PassEnd::Later(state.next_attempt(&meta.plan).unwrap_or_else(now_ms))
+    // Records only in memory: try the journal again soon, whatever the schedule.
+    let catch_up = journal.is_behind().then(|| now_ms() + SPOOL_TROUBLE_WAIT);
+    match (state.next_attempt(&meta.plan), catch_up) {
+        (Some(at), Some(soon)) => PassEnd::Later(at.min(soon)),
+        (Some(at), None) | (None, Some(at)) => PassEnd::Later(at),
+        (None, None) => PassEnd::Parked,
+    }
+}
+
+/// A message whose permanent failures are kept rather than bounced: a bounce, or anything
+/// else with the null sender (no one to tell).
+fn keeps_failures(meta: &Meta) -> bool {
+    meta.dsn || meta.sender.is_empty()
+}
+
+/// Whether the message leaves the spool once every recipient is final.
+fn leaves_the_spool(meta: &Meta, state: &State) -> bool {
+    let all_final = state.rcpts.iter().all(RcptState::is_final);
+    all_final && !(keeps_failures(meta) && state.rcpts.iter().any(|r| matches!(r, RcptState::Failed { .. })))
 }
 
 /// Open the message (checked against its length and checksum), repair a torn journal, and
@@ -143,18 +185,6 @@ pub(super) async fn set_aside(ctx: &Ctx, id: &QueueId, reason: &str) -> PassEnd 
         Err(e) => {
             error!(queue_id = %id, error = %e, "cannot move a damaged message to damaged/");
             PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT)
-        }
-    }
-}
-
-async fn journal(ctx: &Ctx, id: &QueueId, records: Vec<Record>) -> Result<(), PassEnd> {
-    match ctx.spool.append(id, records).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PassEnd::Gone),
-        Err(e) => {
-            // The outcomes stay unrecorded: they will be tried again (at-least-once).
-            error!(queue_id = %id, error = %e, "cannot write the delivery journal");
-            Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT))
         }
     }
 }
@@ -243,29 +273,37 @@ pub(super) fn retry_delay(retry: &[Duration], attempts: u32) -> Duration {
     retry.get(i).copied().unwrap_or(Duration::from_secs(60))
 }
 
-/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them
-/// (none for the null sender or for a DSN).
-async fn bounce(ctx: &Ctx, meta: &Meta, message: &[u8], state: &mut State) -> Result<(), PassEnd> {
+/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them.
+/// A DSN or another message with the null sender sends none: its failures are kept, and it
+/// stays queued as a failed bounce.
+async fn bounce(
+    ctx: &Ctx,
+    meta: &Meta,
+    message: &[u8],
+    state: &mut State,
+    journal: &mut Journal<'_>,
+) -> Result<(), PassEnd> {
     let failed = state.unbounced();
     if failed.is_empty() {
         return Ok(());
     }
-    let dsn = if meta.sender.is_empty() || meta.dsn {
-        warn!(queue_id = %meta.id, failed = failed.len(), "no bounce for the null sender");
-        None
-    } else {
-        match queue_dsn(ctx, meta, message, state, &failed).await {
-            Ok(id) => Some(id),
-            Err(e) => {
-                error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
-                return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
-            }
+    if keeps_failures(meta) {
+        // Never dropped: it stays queued as a failed bounce (see `PassEnd::Parked`).
+        let reply = state.last_reply.clone().unwrap_or_default();
+        crate::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
+        return Ok(());
+    }
+    let dsn = match queue_dsn(ctx, meta, message, state, &failed).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
+            return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
         }
     };
     let record = Record::Bounced { rcpts: failed, at: now_ms(), dsn };
     state.apply(&record);
     if !state.is_done() {
-        journal(ctx, &meta.id, vec![record]).await?;
+        journal.write(vec![record]).await.map_err(|Gone| PassEnd::Gone)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! every attempt runs under one timeout (a connection that times out is dropped, never
 //! reused), and recipients are sent one RCPT at a time so each gets its own outcome.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use super::bounded::Bounded;
+use super::refusals::RelayStatus;
+use super::reply::{Answer, Judgement, Refusal, Reply, Stage, judge};
 use super::{Copy, Outcome};
 use crate::config::{Config, UpstreamTls};
 use crate::message::address;
@@ -60,6 +63,7 @@ pub struct SmtpUpstream {
     timeout: Duration,
     permits: Semaphore,
     idle: Mutex<Vec<Idle>>,
+    status: Arc<RelayStatus>,
 }
 
 struct Idle {
@@ -76,6 +80,8 @@ enum Stop {
     Stale(String),
     /// Every recipient gets this outcome.
     All(Outcome),
+    /// The upstream refused the relay itself: every recipient is deferred.
+    Refused(Refusal),
 }
 
 impl SmtpUpstream {
@@ -115,13 +121,47 @@ impl SmtpUpstream {
             timeout: u.timeout.0,
             permits: Semaphore::new(u.max_connections),
             idle: Mutex::new(Vec::new()),
+            status: Arc::default(),
         })
     }
 
-    /// Whether the relay accepts a TCP connection within 5 seconds.
+    /// Whether the relay accepts a TCP connection within 5 seconds. While it refuses the
+    /// relay at greeting, EHLO, TLS, AUTH or MAIL, the probe goes that far instead (MAIL with
+    /// the null sender, then RSET), so that readiness comes back without waiting for mail to
+    /// try; the connection is kept for the next copy.
     pub async fn probe(&self) -> bool {
+        let refused_at = self.status.stage();
+        if refused_at.is_some_and(|s| !matches!(s, Stage::Rcpt | Stage::Data))
+            && let Ok(_permit) = self.permits.try_acquire()
+        {
+            let dialogue = async {
+                let (mut conn, poison) = self.connect().await?;
+                if refused_at == Some(Stage::Mail) {
+                    conn.command(Mail::new(None, vec![])).await.map_err(|e| stop_at(Stage::Mail, answer_of("", &e)))?;
+                    conn.command(Rset).await.map_err(|e| stop_at(Stage::Mail, answer_of("", &e)))?;
+                }
+                Ok((conn, poison))
+            };
+            return match tokio::time::timeout(self.timeout, dialogue).await {
+                Ok(Ok((conn, poison))) => {
+                    self.status.accepted();
+                    self.idle.lock().expect("pool lock").push(Idle { conn, since: Instant::now(), uses: 0, poison });
+                    true
+                }
+                Ok(Err(Stop::Refused(refusal))) => {
+                    self.status.refused(&refusal);
+                    true
+                }
+                Ok(Err(_)) | Err(_) => false,
+            };
+        }
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         matches!(tokio::time::timeout(Duration::from_secs(5), connect).await, Ok(Ok(_)))
+    }
+
+    /// Whether the upstream refuses the relay right now.
+    pub fn status(&self) -> Arc<RelayStatus> {
+        self.status.clone()
     }
 
     /// `host:port`, for logs and bounces.
@@ -150,9 +190,16 @@ impl SmtpUpstream {
             )))),
         };
         match result {
-            Ok(outcomes) => outcomes,
+            Ok(outcomes) => {
+                self.status.accepted();
+                outcomes
+            }
             Err(Stop::Stale(e)) => vec![Outcome::Deferred(e); rcpts.len()],
             Err(Stop::All(outcome)) => vec![outcome; rcpts.len()],
+            Err(Stop::Refused(refusal)) => {
+                self.status.refused(&refusal);
+                vec![Outcome::Deferred(refusal.text); rcpts.len()]
+            }
         }
     }
 
@@ -176,31 +223,42 @@ impl SmtpUpstream {
 
     /// Open a connection: TCP with `TCP_NODELAY` (lettre writes the data and its final dot
     /// separately; with Nagle's algorithm each message would wait for a delayed ACK), then
-    /// implicit TLS or STARTTLS, then AUTH.
+    /// implicit TLS or STARTTLS, then AUTH. Reads are bounded ([`Bounded`]); writes stop once
+    /// a copy's body cannot be read ([`Guarded`]). A refusing reply at any of these stages, or
+    /// a failed TLS or AUTH exchange, is a refusal of the relay ([`judge`]); a connection that
+    /// breaks before TLS merely defers.
     async fn connect(&self) -> Result<(AsyncSmtpConnection, Arc<AtomicBool>), Stop> {
         let remote = self.describe();
         let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| io_err("connect", e))?;
         tcp.set_nodelay(true).map_err(|e| io_err("connect", e))?;
+        let written = Arc::new(AtomicU64::new(0));
         let stream: Box<dyn AsyncTokioStream> = match &self.implicit_tls {
             Some(connector) => {
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|e| Stop::All(Outcome::Deferred(format!("{remote}: {e}"))))?;
-                let tls = connector.connect(name, tcp).await.map_err(|e| io_err("TLS", e))?;
-                Box::new(TlsSocket(tls))
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| stop_at(Stage::Tls, Answer::Broken(format!("{remote}: TLS: {e}"))))?;
+                Box::new(Bounded::new(TlsSocket(tls), written.clone()))
             }
-            None => Box::new(tcp),
+            None => Box::new(Bounded::new(tcp, written.clone())),
         };
         let poison = Arc::new(AtomicBool::new(false));
         let stream: Box<dyn AsyncTokioStream> = Box::new(Guarded { inner: stream, poison: poison.clone() });
-        let deferred = |e: lettre::transport::smtp::Error| Stop::All(outcome_of_error(&remote, &e));
-        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello).await.map_err(deferred)?;
+        let remote = remote.as_str();
+        let at = |stage: Stage| move |e: lettre::transport::smtp::Error| stop_at(stage, answer_of(remote, &e));
+        let hello = AsyncSmtpConnection::connect_with_transport(stream, &self.hello).await;
+        // Nothing written yet: the greeting failed; otherwise EHLO did.
+        let hello_stage = if written.load(Ordering::Relaxed) == 0 { Stage::Greeting } else { Stage::Ehlo };
+        let mut conn = hello.map_err(at(hello_stage))?;
         if self.mode == UpstreamTls::Starttls {
             let params = self.tls.clone().expect("starttls has TLS parameters");
-            conn.starttls(params, &self.hello).await.map_err(deferred)?;
+            conn.starttls(params, &self.hello).await.map_err(at(Stage::Tls))?;
         }
         if let Some(credentials) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(deferred)?;
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(at(Stage::Auth))?;
         }
         Ok((conn, poison))
     }
@@ -249,14 +307,17 @@ async fn transaction(
     match conn.command(Mail::new(from, params)).await {
         Ok(_) => {}
         Err(e) if e.status().is_none() => return Err(Stop::Stale(e.to_string())),
-        Err(e) => return Err(Stop::All(outcome_of_error("", &e))),
+        Err(e) => return Err(stop_at(Stage::Mail, answer_of("", &e))),
     }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rcpts.len());
     for rcpt in rcpts {
         match conn.command(Rcpt::new(lettre_address(rcpt), vec![])).await {
             Ok(_) => outcomes.push(None),
             Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
-            Err(e) => outcomes.push(Some(outcome_of_error("", &e))),
+            Err(e) => match judge(Stage::Rcpt, answer_of("", &e)) {
+                Judgement::RelayRefused(refusal) => return Err(Stop::Refused(refusal)),
+                judged => outcomes.push(Some(outcome_of(judged))),
+            },
         }
     }
     if outcomes.iter().all(Option::is_some) {
@@ -270,7 +331,10 @@ async fn transaction(
     let accepted = match end.await {
         Ok(response) => Outcome::Delivered(reply_text(&response)),
         Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
-        Err(e) => outcome_of_error("", &e),
+        Err(e) => match judge(Stage::Data, answer_of("", &e)) {
+            Judgement::RelayRefused(refusal) => return Err(Stop::Refused(refusal)),
+            judged => outcome_of(judged),
+        },
     };
     Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| accepted.clone())).collect())
 }
@@ -372,16 +436,45 @@ fn reply_text(response: &Response) -> String {
     format!("{} {}", response.code(), text.join(" "))
 }
 
-/// An error as the outcome it means: 5xx failed, everything else (4xx, network, TLS,
-/// timeout) deferred.
+/// An error without a reply (network, timeout) as the outcome it means: deferred.
 fn outcome_of_error(upstream: &str, e: &lettre::transport::smtp::Error) -> Outcome {
-    let text = match (e.status(), std::error::Error::source(e)) {
-        (Some(code), Some(source)) => format!("{code} {source}"),
-        (Some(code), None) => code.to_string(),
-        (None, _) if upstream.is_empty() => e.to_string(),
-        (None, _) => format!("{upstream}: {e}"),
-    };
-    if e.is_permanent() { Outcome::Failed(text) } else { Outcome::Deferred(text) }
+    match answer_of(upstream, e) {
+        Answer::Reply(r) if r.is_permanent() => Outcome::Failed(r.to_string()),
+        Answer::Reply(r) => Outcome::Deferred(r.to_string()),
+        Answer::Broken(why) => Outcome::Deferred(why),
+    }
+}
+
+/// What the upstream answered, as a value: its reply when lettre has one, else why not
+/// (prefixed with `upstream` when given).
+fn answer_of(upstream: &str, e: &lettre::transport::smtp::Error) -> Answer {
+    match e.status() {
+        Some(code) => {
+            let text = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+            let code = code.to_string().parse().unwrap_or(500);
+            Answer::Reply(Reply::new(code, &text))
+        }
+        None if upstream.is_empty() => Answer::Broken(e.to_string()),
+        None => Answer::Broken(format!("{upstream}: {e}")),
+    }
+}
+
+/// Why an attempt stops after `answer` at `stage`.
+fn stop_at(stage: Stage, answer: Answer) -> Stop {
+    match judge(stage, answer) {
+        Judgement::RelayRefused(refusal) => Stop::Refused(refusal),
+        judged => Stop::All(outcome_of(judged)),
+    }
+}
+
+/// A judgement (other than a refusal of the relay) as a recipient's outcome.
+fn outcome_of(judged: Judgement) -> Outcome {
+    match judged {
+        Judgement::Accepted(r) => Outcome::Delivered(r.to_string()),
+        Judgement::Deferred(why) => Outcome::Deferred(why),
+        Judgement::Failed(r) => Outcome::Failed(r.to_string()),
+        Judgement::RelayRefused(refusal) => Outcome::Deferred(refusal.text),
+    }
 }
 
 /// Certificates from `upstream.ca_file`, as DER.

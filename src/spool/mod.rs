@@ -163,13 +163,15 @@ impl SpoolPaths {
         Ok(Opened { meta, state, head, content })
     }
 
-    /// The journal records of a message (none when it has no journal), up to its last good
-    /// record: a torn line (a crash in the middle of a write) or garbage ends it.
+    /// The journal records of a message (none when it has no journal). Each line is a record
+    /// on its own: a line that is not one (garbage from a disk error) is skipped, and a last
+    /// line without its newline (a crash in the middle of a write) is not read.
     pub fn journal(&self, id: &QueueId) -> io::Result<Vec<Record>> {
         Ok(self.read_journal(id)?.0)
     }
 
-    /// The good records, and the length of the journal they take (the rest is a bad tail).
+    /// The good records, the length of the journal up to its last complete line, and its
+    /// whole length.
     fn read_journal(&self, id: &QueueId) -> io::Result<(Vec<Record>, u64, u64)> {
         let data = match fs::read(self.journal_file(id)) {
             Ok(data) => data,
@@ -177,19 +179,18 @@ impl SpoolPaths {
             Err(e) => return Err(e),
         };
         let mut records = Vec::new();
-        let mut good = 0;
-        while let Some(end) = memchr::memchr(b'\n', &data[good..]) {
-            match serde_json::from_slice::<Record>(&data[good..good + end]) {
-                Ok(r) => records.push(r),
-                Err(_) => break,
+        let mut complete = 0;
+        while let Some(end) = memchr::memchr(b'\n', &data[complete..]) {
+            if let Ok(r) = serde_json::from_slice::<Record>(&data[complete..complete + end]) {
+                records.push(r);
             }
-            good += end + 1;
+            complete += end + 1;
         }
-        Ok((records, good as u64, data.len() as u64))
+        Ok((records, complete as u64, data.len() as u64))
     }
 
-    /// Cut a journal's bad tail off, so records appended later are read again. Returns the
-    /// bytes cut.
+    /// Cut a torn last line off a journal, so the records appended after it start on a line
+    /// of their own. Returns the bytes cut.
     pub fn repair_journal(&self, id: &QueueId) -> io::Result<u64> {
         let (_, good, total) = self.read_journal(id)?;
         if good == total {
@@ -223,8 +224,13 @@ impl SpoolPaths {
         }
         let path = self.journal_file(id);
         let created = !path.exists();
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
         let mut text = String::new();
+        if ends_torn(&file)? {
+            // An append that failed half-way (a full disk) left part of a line: end it, so
+            // the records written now stay whole (the torn line is ignored when read).
+            text.push('\n');
+        }
         for r in records {
             text.push_str(&serde_json::to_string(r).map_err(io::Error::other)?);
             text.push('\n');
@@ -379,6 +385,18 @@ fn envelope_line(meta: &Meta) -> io::Result<Bytes> {
     Ok(Bytes::from(line))
 }
 
+/// Whether a journal ends in the middle of a line.
+fn ends_torn(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
@@ -389,6 +407,26 @@ pub struct Spool {
     paths: SpoolPaths,
     sync: DirSync,
     _lock: File,
+    journal_fault: JournalFault,
+}
+
+/// A switch that makes journal appends fail as on a full disk (`ENOSPC`), for tests and fire
+/// drills: everything else about the append is the real code path.
+#[derive(Clone, Debug, Default)]
+pub struct JournalFault(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl JournalFault {
+    /// Make journal appends fail (`true`) or work again (`false`).
+    pub fn set(&self, failing: bool) {
+        self.0.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()));
+        }
+        Ok(())
+    }
 }
 
 impl Spool {
@@ -403,7 +441,7 @@ impl Spool {
         };
         let _ = lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id()));
         let sync = DirSync::new(paths.queue());
-        Ok(Spool { paths, sync, _lock: lock })
+        Ok(Spool { paths, sync, _lock: lock, journal_fault: JournalFault::default() })
     }
 
     /// Paths and read operations.
@@ -456,9 +494,47 @@ impl Spool {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The switch that makes journal appends fail (see [`JournalFault`]).
+    pub fn journal_fault(&self) -> JournalFault {
+        self.journal_fault.clone()
+    }
+
     /// Append journal records, durably (on a blocking thread).
     pub async fn append(&self, id: &QueueId, records: Vec<Record>) -> io::Result<()> {
+        self.journal_fault.check()?;
         let (paths, id) = (self.paths.clone(), id.clone());
         tokio::task::spawn_blocking(move || paths.append_blocking(&id, &records)).await.map_err(io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::spool::record::{DecisionSummary, FORMAT_VERSION};
+
+    #[test]
+    fn an_append_after_a_torn_line_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SpoolPaths::new(dir.path());
+        fs::create_dir_all(paths.queue()).unwrap();
+        let id = QueueId::generate();
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            received_at: 1,
+            client: "127.0.0.1".into(),
+            sender: "s@x.test".into(),
+            recipients: vec!["a@x.test".into()],
+            decision: DecisionSummary::default(),
+            plan: crate::plan::Plan::default(),
+            dsn: false,
+            size: None,
+            crc32: None,
+        };
+        fs::write(paths.message_file(&id), format!("{}\n", serde_json::to_string(&meta).unwrap())).unwrap();
+        fs::write(paths.journal_file(&id), b"{\"event\":\"delivered\",\"tx").unwrap();
+        let record = Record::Retry { at: 5 };
+        paths.append_blocking(&id, std::slice::from_ref(&record)).unwrap();
+        assert_eq!(paths.journal(&id).unwrap(), [record]);
     }
 }

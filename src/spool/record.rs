@@ -111,6 +111,13 @@ pub enum Record {
         /// Unix milliseconds.
         at: i64,
     },
+    /// An operator retried a failed bounce: these failed recipients are pending again.
+    Requeued {
+        /// Recipient indexes.
+        rcpts: Vec<usize>,
+        /// Unix milliseconds.
+        at: i64,
+    },
 }
 
 /// Where one recipient stands.
@@ -218,6 +225,14 @@ impl State {
                 }
             }
             Record::Retry { at } => self.txns.iter_mut().for_each(|t| t.next = t.next.min(*at)),
+            Record::Requeued { rcpts, at } => {
+                for &i in rcpts {
+                    if let Some(r @ RcptState::Failed { bounced: false, .. }) = self.rcpts.get_mut(i) {
+                        *r = RcptState::Pending;
+                    }
+                }
+                self.txns.iter_mut().for_each(|t| t.next = t.next.min(*at));
+            }
         }
         if let Record::Delivered { txn, reply, .. }
         | Record::Failed { txn, reply, .. }
@@ -250,6 +265,12 @@ impl State {
     /// Failed recipients the sender has not been told about.
     pub fn unbounced(&self) -> Vec<usize> {
         (0..self.rcpts.len()).filter(|&i| matches!(self.rcpts[i], RcptState::Failed { bounced: false, .. })).collect()
+    }
+
+    /// Failed recipients kept without a bounce and nothing left to try: a failed bounce
+    /// (when the message is one; see the delivery manager).
+    pub fn is_failed_bounce(&self) -> bool {
+        self.rcpts.iter().all(RcptState::is_final) && !self.unbounced().is_empty()
     }
 
     /// Every recipient delivered or failed, and every failure reported.

@@ -10,8 +10,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Where in the transaction a scripted reply applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// The greeting (see [`TestUpstream::refuse`]).
+    Greeting,
+    /// The reply to `EHLO`.
+    Ehlo,
+    /// The reply to `AUTH` (advertised when a refusal or acceptance is set for it).
+    Auth,
+    /// The reply to `MAIL FROM`.
+    Mail,
     /// The reply to `RCPT TO`.
     Rcpt,
     /// The reply after the data.
@@ -37,6 +45,13 @@ struct State {
     silent: bool,
     connections: usize,
     delay: std::time::Duration,
+    refusals: HashMap<Stage, String>,
+    ehlos: u32,
+    auths: u32,
+    mails: u32,
+    endless: bool,
+    endless_sent: u64,
+    endless_done: bool,
 }
 
 /// The upstream; stops when dropped.
@@ -88,6 +103,42 @@ impl TestUpstream {
         self.state.lock().unwrap().silent = silent;
     }
 
+    /// Answer `stage` (greeting, EHLO, AUTH, MAIL) with `reply` on every connection from now
+    /// on, or normally with `None`.
+    pub fn refuse(&self, stage: Stage, reply: Option<&str>) {
+        let mut s = self.state.lock().unwrap();
+        match reply {
+            Some(r) => s.refusals.insert(stage, r.to_string()),
+            None => s.refusals.remove(&stage),
+        };
+    }
+
+    /// Greet new connections with a line that never ends.
+    pub fn set_endless_greeting(&self, endless: bool) {
+        self.state.lock().unwrap().endless = endless;
+    }
+
+    /// Bytes of endless greeting sent, and whether the client closed the connection.
+    pub fn endless_sent(&self) -> (u64, bool) {
+        let s = self.state.lock().unwrap();
+        (s.endless_sent, s.endless_done)
+    }
+
+    /// EHLO commands received.
+    pub fn ehlos(&self) -> u32 {
+        self.state.lock().unwrap().ehlos
+    }
+
+    /// AUTH commands received.
+    pub fn auths(&self) -> u32 {
+        self.state.lock().unwrap().auths
+    }
+
+    /// MAIL FROM commands received.
+    pub fn mails(&self) -> u32 {
+        self.state.lock().unwrap().mails
+    }
+
     /// Take this long before answering the data (a slow relay).
     pub fn set_delay(&self, delay: std::time::Duration) {
         self.state.lock().unwrap().delay = delay;
@@ -120,17 +171,29 @@ impl TestUpstream {
 }
 
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>) -> std::io::Result<()> {
-    let silent = {
+    let (silent, endless) = {
         let mut s = state.lock().unwrap();
         s.connections += 1;
-        s.silent
+        (s.silent, s.endless)
     };
+    let refusal = |stage: Stage| state.lock().unwrap().refusals.get(&stage).map(|r| format!("{r}\r\n"));
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     if silent {
         // Hold the connection open without a word until the client gives up.
         let mut sink = String::new();
         while read.read_line(&mut sink).await? > 0 {}
+        return Ok(());
+    }
+    if endless {
+        return endless_greeting(write, &state).await;
+    }
+    if let Some(r) = refusal(Stage::Greeting) {
+        write.write_all(r.as_bytes()).await?;
+        let mut sink = String::new();
+        while read.read_line(&mut sink).await? > 0 {
+            write.write_all(b"503 5.5.1 no\r\n").await?;
+        }
         return Ok(());
     }
     write.write_all(b"220 upstream.test ESMTP test\r\n").await?;
@@ -142,11 +205,19 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
         }
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            "250-upstream.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n".to_string()
+            state.lock().unwrap().ehlos += 1;
+            refusal(Stage::Ehlo).unwrap_or_else(|| {
+                "250-upstream.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE 100000000\r\n"
+                    .to_string()
+            })
+        } else if upper.starts_with("AUTH") {
+            state.lock().unwrap().auths += 1;
+            refusal(Stage::Auth).unwrap_or_else(|| "235 2.7.0 Authentication successful\r\n".into())
         } else if upper.starts_with("MAIL FROM:") {
+            state.lock().unwrap().mails += 1;
             from = between_brackets(&line);
             rcpts.clear();
-            "250 2.1.0 ok\r\n".into()
+            refusal(Stage::Mail).unwrap_or_else(|| "250 2.1.0 ok\r\n".into())
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = between_brackets(&line);
             let attempt = {
@@ -207,5 +278,18 @@ async fn read_data(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> std:
         }
         let line = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
         data.extend_from_slice(line);
+    }
+}
+
+/// Send `220 ` and then never a line end, until the client goes away.
+async fn endless_greeting(mut write: tokio::net::tcp::OwnedWriteHalf, state: &Mutex<State>) -> std::io::Result<()> {
+    let chunk = vec![b'x'; 16 * 1024];
+    write.write_all(b"220 ").await?;
+    loop {
+        if write.write_all(&chunk).await.is_err() {
+            state.lock().unwrap().endless_done = true;
+            return Ok(());
+        }
+        state.lock().unwrap().endless_sent += chunk.len() as u64;
     }
 }
