@@ -77,7 +77,7 @@ async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_co
     let group = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
     assert!(send(&relay, "app@example.com", &group, &fixture("group.eml")).await.starts_with("250 "));
     assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
-    eventually("four refused attempts", || upstream.auths() == 4).await;
+    eventually("four refused attempts", || upstream.auths() >= 4).await;
     eventually("journaled", || queue_cli(&relay, &["list"]).1.matches("AUTH refused").count() == 2).await;
 
     assert_eq!(upstream.mails(), 0, "no transaction without AUTH");
