@@ -53,6 +53,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a session may wait for the client before it is closed with 421.
     pub idle_timeout: Duration,
+    /// Time allowed for one command line, from its first byte to its CRLF, however the bytes
+    /// trickle in; beyond it the session is closed with 421 4.4.2.
+    pub command_timeout: Duration,
+    /// Time allowed for the whole message, from the 354 reply to the final dot; beyond it
+    /// the session is closed with 421 4.4.2.
+    pub data_timeout: Duration,
     /// On SIGTERM/SIGINT, how long transactions and deliveries in progress may take to finish.
     pub shutdown_grace: Duration,
     /// Certificate and key for STARTTLS; STARTTLS is offered only when this is set.
@@ -68,6 +74,8 @@ impl Default for ServerConfig {
             max_recipients: 1000,
             max_connections: 1000,
             idle_timeout: Duration::secs(300),
+            command_timeout: Duration::secs(120),
+            data_timeout: Duration::secs(600),
             shutdown_grace: Duration::secs(30),
             tls: None,
         }

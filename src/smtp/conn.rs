@@ -1,5 +1,6 @@
 //! The connection loop: the only code that reads and writes client sockets. It feeds the
-//! session, carries out its steps, and enforces the idle timeout and shutdown.
+//! session, carries out its steps, and enforces the idle timeout, the command and data
+//! deadlines, and shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,11 +10,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
 use super::Frontend;
 use super::reply::{self, Reply};
-use super::session::{Session, Step};
+use super::session::{Awaiting, Session, Step};
 use crate::Shutdown;
 
 /// How long a closing connection is drained so the peer reads our last reply (a close with
@@ -45,10 +47,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, front: Arc<Frontend>, s
     .await
 }
 
-/// Answer a client beyond `server.max_connections` with 421 and close.
-pub async fn refuse_busy(stream: TcpStream, idle: Duration) {
+/// Answer a client that may not have a session (too many connections) with `reply` and close.
+pub async fn refuse(stream: TcpStream, reply: Reply, idle: Duration) {
     let mut conn = Conn::new(stream, idle);
-    reply::TOO_MANY_CONNECTIONS.write_to(&mut conn.output);
+    reply.write_to(&mut conn.output);
     if conn.flush().await.is_ok() {
         conn.linger_close().await;
     }
@@ -82,6 +84,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pending: Option<Step> = None;
+    let mut deadlines = Deadlines::new(ctx.front.command_timeout(), ctx.front.data_timeout());
     loop {
         if pending.is_none() && ctx.shutdown.soft.is_cancelled() && !session.in_transaction() {
             pending = Some(Step::Close(reply::SHUTTING_DOWN));
@@ -90,11 +93,15 @@ where
             Some(step) => step,
             None => session.advance(&mut conn.input),
         };
+        if !matches!(step, Step::NeedInput) {
+            deadlines.progress();
+        }
         match step {
             Step::Reply(r) => r.write_to(&mut conn.output),
             Step::NeedInput => {
                 conn.flush().await?;
-                if let Read::End(last) = conn.read(session.in_transaction(), ctx.shutdown).await? {
+                let deadline = deadlines.next(session.awaiting(&conn.input), Instant::now());
+                if let Read::End(last) = conn.read(session.in_transaction(), deadline, ctx.shutdown).await? {
                     return conn.close_with(last).await;
                 }
             }
@@ -116,6 +123,44 @@ where
                 r.write_to(&mut conn.output);
             }
         }
+    }
+}
+
+/// `server.command_timeout` and `server.data_timeout`: when the command line or the message
+/// being received began, so that a client trickling bytes cannot hold its session past them
+/// (the idle timeout alone is reset by every byte).
+struct Deadlines {
+    command: Duration,
+    data: Duration,
+    started: Option<(Awaiting, Instant)>,
+}
+
+impl Deadlines {
+    fn new(command: Duration, data: Duration) -> Self {
+        Deadlines { command, data, started: None }
+    }
+
+    /// The session completed a command line or a message: the next one starts its own clock.
+    fn progress(&mut self) {
+        self.started = None;
+    }
+
+    /// The session needs input while `awaiting`: the deadline for it, with the reply to send
+    /// when it passes (`None`: only the idle timeout applies).
+    fn next(&mut self, awaiting: Awaiting, now: Instant) -> Option<(Instant, Reply)> {
+        let (limit, reply) = match awaiting {
+            Awaiting::NextCommand => {
+                self.started = None;
+                return None;
+            }
+            Awaiting::RestOfLine => (self.command, reply::COMMAND_TIMEOUT),
+            Awaiting::Data => (self.data, reply::DATA_TIMEOUT),
+        };
+        let since = match self.started {
+            Some((what, since)) if what == awaiting => since,
+            _ => self.started.insert((awaiting, now)).1,
+        };
+        Some((since + limit, reply))
     }
 }
 
@@ -155,15 +200,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Read more input, unless the client idles too long or the relay shuts down (a soft
-    /// shutdown waits while `busy`, i.e. inside a transaction).
-    async fn read(&mut self, busy: bool, shutdown: &Shutdown) -> io::Result<Read> {
+    /// Read more input, unless the client idles too long, the `deadline` passes, or the relay
+    /// shuts down (a soft shutdown waits while `busy`, i.e. inside a transaction).
+    async fn read(&mut self, busy: bool, deadline: Option<(Instant, Reply)>, shutdown: &Shutdown) -> io::Result<Read> {
+        let now = Instant::now();
+        let (at, expired) = match deadline {
+            Some((at, reply)) if at < now + self.idle => (at, reply),
+            _ => (now + self.idle, reply::IDLE_TIMEOUT),
+        };
+        // Checked before reading too: a client that always has bytes ready (an endless line)
+        // would otherwise never let the timer fire.
+        if at <= now {
+            return Ok(Read::End(Some(expired)));
+        }
         tokio::select! {
             biased;
             _ = shutdown.hard.cancelled() => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
             _ = shutdown.soft.cancelled(), if !busy => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
-            read = tokio::time::timeout(self.idle, self.stream.read_buf(&mut self.input)) => match read {
-                Err(_) => Ok(Read::End(Some(reply::IDLE_TIMEOUT))),
+            read = tokio::time::timeout_at(at, self.stream.read_buf(&mut self.input)) => match read {
+                Err(_) => Ok(Read::End(Some(expired))),
                 Ok(Ok(0)) => Ok(Read::End(None)),
                 Ok(Ok(_)) => Ok(Read::More),
                 Ok(Err(e)) => Err(e),
@@ -192,5 +247,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_line_keeps_its_clock_until_it_is_complete() {
+        let mut d = Deadlines::new(Duration::from_secs(10), Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(d.next(Awaiting::NextCommand, t0), None);
+        let first = d.next(Awaiting::RestOfLine, t0).unwrap();
+        assert_eq!(first, (t0 + Duration::from_secs(10), reply::COMMAND_TIMEOUT));
+        let later = d.next(Awaiting::RestOfLine, t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!(later.0, first.0, "more bytes of the same line do not move the deadline");
+        d.progress();
+        let next_line = d.next(Awaiting::RestOfLine, t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(next_line.0, t0 + Duration::from_secs(14));
+    }
+
+    #[test]
+    fn the_data_clock_runs_from_354_to_the_dot() {
+        let mut d = Deadlines::new(Duration::from_secs(10), Duration::from_secs(60));
+        let t0 = Instant::now();
+        d.next(Awaiting::RestOfLine, t0);
+        let data = d.next(Awaiting::Data, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(data, (t0 + Duration::from_secs(61), reply::DATA_TIMEOUT));
+        assert_eq!(d.next(Awaiting::Data, t0 + Duration::from_secs(30)).unwrap().0, data.0);
+        assert_eq!(d.next(Awaiting::NextCommand, t0 + Duration::from_secs(31)), None);
+        let again = d.next(Awaiting::Data, t0 + Duration::from_secs(32)).unwrap();
+        assert_eq!(again.0, t0 + Duration::from_secs(92));
     }
 }

@@ -99,6 +99,16 @@ impl Frontend {
     pub fn idle_timeout(&self) -> Duration {
         self.server.idle_timeout.0
     }
+
+    /// `server.command_timeout`.
+    pub fn command_timeout(&self) -> Duration {
+        self.server.command_timeout.0
+    }
+
+    /// `server.data_timeout`.
+    pub fn data_timeout(&self) -> Duration {
+        self.server.data_timeout.0
+    }
 }
 
 /// Accept connections on every listener until the soft shutdown; each session runs on the
@@ -131,7 +141,7 @@ async fn accept_loop(
                 });
             }
             Err(_) => {
-                tracker.spawn(conn::refuse_busy(stream, front.idle_timeout()));
+                tracker.spawn(conn::refuse(stream, reply::TOO_MANY_CONNECTIONS, front.idle_timeout()));
             }
         }
     }

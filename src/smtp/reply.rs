@@ -86,6 +86,10 @@ pub const AUTH_OK: Reply = Reply::new(235, Status(2, 7, 0), "Authentication succ
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, Status(4, 7, 0), "Too many connections, try again later");
 /// 421 when the client was silent for `server.idle_timeout`.
 pub const IDLE_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Idle timeout, closing connection");
+/// 421 when one command line took longer than `server.command_timeout` to arrive.
+pub const COMMAND_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Command timeout, closing connection");
+/// 421 when the message took longer than `server.data_timeout` to arrive.
+pub const DATA_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Data timeout, closing connection");
 /// 421 when the relay is shutting down.
 pub const SHUTTING_DOWN: Reply = Reply::new(421, Status(4, 3, 2), "Service shutting down, try again later");
 /// 421 after repeated AUTH failures.

@@ -82,6 +82,18 @@ pub enum Step {
     Message(Incoming),
 }
 
+/// What the session waits for when it asks for input; the connection loop's deadlines
+/// follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The first byte of the next command (only the idle timeout runs).
+    NextCommand,
+    /// The rest of a command line already begun (`server.command_timeout` runs).
+    RestOfLine,
+    /// The message, up to the final dot (`server.data_timeout` runs).
+    Data,
+}
+
 #[derive(Debug)]
 enum State {
     Command,
@@ -145,6 +157,17 @@ impl Session {
     /// True while a mail transaction (or an AUTH exchange) is under way.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some() || !matches!(self.state, State::Command)
+    }
+
+    /// What the session is waiting for, given the input still buffered after
+    /// [`Step::NeedInput`].
+    pub fn awaiting(&self, buffered: &[u8]) -> Awaiting {
+        match self.state {
+            State::Data(_) => Awaiting::Data,
+            State::SkipLongLine => Awaiting::RestOfLine,
+            State::Command | State::Sasl(_) if buffered.is_empty() => Awaiting::NextCommand,
+            State::Command | State::Sasl(_) => Awaiting::RestOfLine,
+        }
     }
 
     /// Consume input up to the next step.

@@ -310,3 +310,20 @@ fn require_auth_refuses_mail_from_anyone_unauthenticated() {
     h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right")));
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
 }
+
+#[test]
+fn awaiting_tells_the_loop_which_deadline_runs() {
+    let mut h = Harness::local();
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+    h.send(b"EHL");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::RestOfLine, "a line begun");
+    h.send(b"O c\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+    h.send(format!("NOOP {}", "x".repeat(600)).as_bytes());
+    assert!(h.input.is_empty(), "an overlong line is discarded as it comes");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::RestOfLine, "still the same line");
+    h.send(b"\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::Data);
+    h.send(b"x\r\n.\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+}

