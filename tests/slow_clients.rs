@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestRelay;
+use common::{RawClient, TestRelay};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -85,4 +85,40 @@ async fn a_message_trickled_past_data_timeout_gets_421_and_is_closed() {
     let lines = lines_until_closed(&mut reader).await;
     assert_eq!(lines, ["421 4.4.2 Data timeout, closing connection"]);
     assert!(relay.spooled().is_empty() && relay.outbox_files().is_empty(), "nothing accepted");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_client_limit_get_421() {
+    let relay = TestRelay::start("[server]\nmax_connections_per_client = 3\n").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(greeted(&relay).await);
+    }
+    let mut fourth = RawClient::connect(relay.addr, None).await;
+    assert_eq!(fourth.reply().await, "421 4.7.0 Too many connections from your address, try again later");
+    assert!(fourth.is_closed().await);
+
+    // Another address has its own count (relay_networks are not exempt, but not shared).
+    let mut other = RawClient::connect(relay.addr, Some("127.0.0.2")).await;
+    assert!(other.reply().await.starts_with("220 "));
+    assert_eq!(other.cmd("NOOP").await, "250 2.0.0 Ok");
+
+    // Once one session ends, the address may open another.
+    assert_eq!(held[0].cmd("QUIT").await, "221 2.0.0 Bye");
+    held.remove(0);
+    let mut again = greeted(&relay).await;
+    assert_eq!(again.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+/// A session from 127.0.0.1, retried while an earlier one (the start-up probe, a session
+/// just quit) may still be closing and holding its slot.
+async fn greeted(relay: &TestRelay) -> RawClient {
+    for _ in 0..100 {
+        let mut c = RawClient::connect(relay.addr, None).await;
+        if c.reply().await.starts_with("220 ") {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no session from 127.0.0.1 was accepted");
 }

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Concurrent SMTP sessions; one more gets 421 4.7.0 and is closed.
     pub max_connections: usize,
+    /// Concurrent SMTP sessions from one client address; one more gets 421 4.7.0 and is
+    /// closed. 0 means no limit. Loopback and `access.relay_networks` are not exempt.
+    pub max_connections_per_client: usize,
     /// How long a session may wait for the client before it is closed with 421.
     pub idle_timeout: Duration,
     /// Time allowed for one command line, from its first byte to its CRLF, however the bytes
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_message_size: ByteSize::mib(25),
             max_recipients: 1000,
             max_connections: 1000,
+            max_connections_per_client: 50,
             idle_timeout: Duration::secs(300),
             command_timeout: Duration::secs(120),
             data_timeout: Duration::secs(600),

@@ -1,4 +1,4 @@
-//! The SMTP front door: listeners, the connection limit, the session state machine (pure),
+//! The SMTP front door: listeners, the connection limits, the session state machine (pure),
 //! the connection loop (the only inbound socket code), replies, TLS and AUTH.
 //!
 //! Bytes flow listener -> [`conn`] -> [`session::Session`] -> [`Intake::accept`], which stores
@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod conn;
 mod data;
+pub mod limit;
 mod line;
 pub mod reply;
 pub mod session;
@@ -23,10 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
+use tracing::debug;
 
 use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
 use auth::Users;
+use limit::PerClient;
 use reply::Reply;
 use session::{Incoming, SessionParams};
 
@@ -114,13 +117,25 @@ impl Frontend {
 /// Accept connections on every listener until the soft shutdown; each session runs on the
 /// tracker so the caller can wait for them to drain.
 pub async fn serve(listeners: Vec<TcpListener>, front: Arc<Frontend>, shutdown: Shutdown, tracker: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(front.server.max_connections));
+    let limits = Limits {
+        total: Arc::new(Semaphore::new(front.server.max_connections)),
+        per_client: PerClient::new(front.server.max_connections_per_client),
+    };
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (front, shutdown, tracker, limit) = (front.clone(), shutdown.clone(), tracker.clone(), limit.clone());
-        loops.spawn(accept_loop(listener, front, shutdown, tracker, limit));
+        let (front, shutdown, tracker, limits) = (front.clone(), shutdown.clone(), tracker.clone(), limits.clone());
+        loops.spawn(accept_loop(listener, front, shutdown, tracker, limits));
     }
     while loops.join_next().await.is_some() {}
+}
+
+/// The connection limits every listener shares.
+#[derive(Clone)]
+struct Limits {
+    /// `server.max_connections`.
+    total: Arc<Semaphore>,
+    /// `server.max_connections_per_client`.
+    per_client: Arc<PerClient>,
 }
 
 async fn accept_loop(
@@ -128,16 +143,22 @@ async fn accept_loop(
     front: Arc<Frontend>,
     shutdown: Shutdown,
     tracker: TaskTracker,
-    limit: Arc<Semaphore>,
+    limits: Limits,
 ) {
     while let Some((stream, peer)) = crate::accept::next(&shutdown.soft, "smtp", || listener.accept()).await {
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
+        // The per-client limit first: an address over its share hears so, whatever the total.
+        let Some(slot) = limits.per_client.try_acquire(peer.ip()) else {
+            debug!(client = %peer, "too many connections from this address");
+            tracker.spawn(conn::refuse(stream, reply::TOO_MANY_FROM_CLIENT, front.idle_timeout()));
+            continue;
+        };
+        match limits.total.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (front, shutdown) = (front.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     conn::handle(stream, peer, front, shutdown).await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(_) => {

@@ -84,6 +84,9 @@ pub const AUTH_OK: Reply = Reply::new(235, Status(2, 7, 0), "Authentication succ
 
 /// 421 when `server.max_connections` sessions are already open.
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, Status(4, 7, 0), "Too many connections, try again later");
+/// 421 when the client's address already has `server.max_connections_per_client` sessions.
+pub const TOO_MANY_FROM_CLIENT: Reply =
+    Reply::new(421, Status(4, 7, 0), "Too many connections from your address, try again later");
 /// 421 when the client was silent for `server.idle_timeout`.
 pub const IDLE_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Idle timeout, closing connection");
 /// 421 when one command line took longer than `server.command_timeout` to arrive.
