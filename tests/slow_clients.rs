@@ -122,3 +122,22 @@ async fn greeted(relay: &TestRelay) -> RawClient {
     }
     panic!("no session from 127.0.0.1 was accepted");
 }
+
+#[tokio::test]
+async fn a_failed_auth_is_answered_after_the_failure_delay() {
+    // bcrypt at cost 4 checks in milliseconds, so the time measured is the delay.
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let relay = TestRelay::start(&format!(
+        "[access]\nallow_plaintext_auth = true\n[[access.users]]\nname = \"app\"\npassword_hash = {hash:?}\n"
+    ))
+    .await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    let started = std::time::Instant::now();
+    // AUTH PLAIN for app / wrong.
+    assert_eq!(c.cmd("AUTH PLAIN AGFwcAB3cm9uZw==").await, "535 5.7.8 Authentication credentials invalid");
+    let waited = started.elapsed();
+    assert!(waited >= bccguard::smtp::auth::FAILURE_DELAY, "535 after {waited:?}");
+    // AUTH PLAIN for app / s3cret.
+    assert_eq!(c.cmd("AUTH PLAIN AGFwcABzM2NyZXQ=").await, "235 2.7.0 Authentication successful");
+}

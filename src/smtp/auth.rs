@@ -1,11 +1,15 @@
-//! SMTP AUTH: password hashes (argon2, bcrypt), the user table, and SASL PLAIN/LOGIN decoding.
+//! SMTP AUTH: password hashes (argon2, bcrypt), the user table, password checks a few at a
+//! time, and SASL PLAIN/LOGIN decoding.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::sync::Semaphore;
 
 use crate::config::UserConfig;
 
@@ -70,19 +74,85 @@ impl Users {
         self.users.is_empty()
     }
 
-    /// Check credentials on a blocking thread. An unknown user costs as much as a known one.
-    pub async fn verify(&self, credentials: Credentials) -> bool {
-        let users = self.users.clone();
-        tokio::task::spawn_blocking(move || match users.get(&credentials.user) {
-            Some(hash) => hash.verify(credentials.password.as_bytes()),
+    /// Whether the credentials are good. Slow by design (an argon2 check takes tens of
+    /// milliseconds and 19 MiB): call it through [`PasswordChecks`]. An unknown user costs as
+    /// much as a known one.
+    pub fn verify_blocking(&self, credentials: &Credentials) -> bool {
+        let password = credentials.password.as_bytes();
+        match self.users.get(&credentials.user) {
+            Some(hash) => hash.verify(password),
             None => {
-                let dummy = dummy_hash();
-                let _ = dummy.verify(credentials.password.as_bytes());
+                let _ = dummy_hash().verify(password);
                 false
             }
+        }
+    }
+}
+
+/// How long a failed AUTH waits before its 535, without holding a check's permit: a client
+/// guessing passwords gets one guess a second per connection, and its waiting costs nothing.
+pub const FAILURE_DELAY: Duration = Duration::from_secs(1);
+
+/// Password checks a few at a time. Each argon2 check holds 19 MiB and a core for tens of
+/// milliseconds; without a bound, 200 connections sending wrong passwords at once ran 200
+/// checks at once (11.7 GB resident). Checks beyond the permits wait their turn.
+#[derive(Debug)]
+pub struct PasswordChecks {
+    permits: Arc<Semaphore>,
+    failure_delay: Duration,
+    gauge: Arc<Gauge>,
+}
+
+#[derive(Debug, Default)]
+struct Gauge {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl PasswordChecks {
+    /// At most `permits` checks at once; a failed one answers after `failure_delay`.
+    pub fn new(permits: usize, failure_delay: Duration) -> PasswordChecks {
+        PasswordChecks { permits: Arc::new(Semaphore::new(permits.max(1))), failure_delay, gauge: Arc::default() }
+    }
+
+    /// The permits bccguard uses: half the cores, at least 1 and at most 4 (76 MiB of argon2
+    /// memory), so a flood of wrong passwords leaves cores for the mail.
+    pub fn default_permits() -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / 2).clamp(1, 4)
+    }
+
+    /// Check credentials on a blocking thread once a permit is free; after a failure, wait
+    /// `failure_delay` (the permit given back) before returning.
+    pub async fn check(&self, users: &Users, credentials: Credentials) -> bool {
+        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (users, gauge) = (users.clone(), self.gauge.clone());
+        // The permit moves into the blocking task: it is given back when the check ends, even
+        // if this session is dropped meanwhile.
+        let ok = tokio::task::spawn_blocking(move || {
+            let running = gauge.running.fetch_add(1, Ordering::SeqCst) + 1;
+            gauge.peak.fetch_max(running, Ordering::SeqCst);
+            let ok = users.verify_blocking(&credentials);
+            gauge.running.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+            ok
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if !ok {
+            tokio::time::sleep(self.failure_delay).await;
+        }
+        ok
+    }
+
+    /// The most checks that ever ran at once.
+    pub fn peak(&self) -> usize {
+        self.gauge.peak.load(Ordering::SeqCst)
+    }
+
+    /// Checks running now.
+    pub fn running(&self) -> usize {
+        self.gauge.running.load(Ordering::SeqCst)
     }
 }
 
@@ -158,6 +228,59 @@ mod tests {
         assert!(!bc.verify(b"pw2"));
         assert!(PasswordHash::parse("pw").is_err());
         assert!(PasswordHash::parse("$argon2id$garbage").is_err());
+    }
+
+    fn bcrypt_users(n: usize) -> Users {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let config: Vec<UserConfig> =
+            (0..n).map(|i| UserConfig { name: format!("u{i}"), password_hash: hash.clone() }).collect();
+        Users::new(&config)
+    }
+
+    fn creds(user: &str, password: &str) -> Credentials {
+        Credentials { user: user.into(), password: password.into() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_never_exceed_the_permits() {
+        let users = bcrypt_users(1);
+        let checks = Arc::new(PasswordChecks::new(2, Duration::ZERO));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (checks, users) = (checks.clone(), users.clone());
+            let password = if i % 2 == 0 { "right" } else { "wrong" };
+            tasks.spawn(async move { checks.check(&users, creds("u0", password)).await });
+        }
+        let mut good = 0;
+        while let Some(ok) = tasks.join_next().await {
+            good += usize::from(ok.unwrap());
+        }
+        assert_eq!(good, 8);
+        assert!((1..=2).contains(&checks.peak()), "peak {}", checks.peak());
+        assert_eq!(checks.running(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_check_waits_without_holding_its_permit() {
+        let users = bcrypt_users(1);
+        let checks = Arc::new(PasswordChecks::new(1, Duration::from_secs(30)));
+        let failing = {
+            let (checks, users) = (checks.clone(), users.clone());
+            tokio::spawn(async move { checks.check(&users, creds("u0", "wrong")).await })
+        };
+        // With the single permit held through the delay, this check would wait 30 s.
+        let good = tokio::time::timeout(Duration::from_secs(10), checks.check(&users, creds("u0", "right")));
+        assert!(good.await.expect("not blocked by the failed check's delay"));
+        assert!(!failing.is_finished(), "the failed check is still in its delay");
+        failing.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_answers_after_the_delay() {
+        let checks = PasswordChecks::new(1, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        assert!(!checks.check(&bcrypt_users(1), creds("u0", "wrong")).await);
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -115,7 +115,7 @@ where
             }
             Step::Authenticate(credentials) => {
                 let user = credentials.user.clone();
-                let ok = ctx.users.verify(credentials).await;
+                let ok = ctx.front.password_checks.check(ctx.users, credentials).await;
                 pending = Some(session.auth_result(ok.then_some(user)));
             }
             Step::Message(incoming) => {

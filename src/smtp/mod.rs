@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
-use auth::Users;
+use auth::{PasswordChecks, Users};
 use limit::PerClient;
 use reply::Reply;
 use session::{Incoming, SessionParams};
@@ -74,6 +74,8 @@ pub struct Frontend {
     pub tls: Option<TlsAcceptor>,
     /// Where messages go.
     pub intake: Arc<dyn Intake>,
+    /// AUTH password checks, a few at a time (shared across reloads of `[access]`).
+    pub password_checks: PasswordChecks,
 }
 
 impl Frontend {
@@ -84,7 +86,14 @@ impl Frontend {
             None => None,
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
-        Ok(Frontend { server: config.server.clone(), access: ArcSwap::from_pointee(access), tls, intake })
+        let password_checks = PasswordChecks::new(PasswordChecks::default_permits(), auth::FAILURE_DELAY);
+        Ok(Frontend {
+            server: config.server.clone(),
+            access: ArcSwap::from_pointee(access),
+            tls,
+            intake,
+            password_checks,
+        })
     }
 
     /// The current access rules.
