@@ -141,3 +141,28 @@ async fn a_failed_auth_is_answered_after_the_failure_delay() {
     // AUTH PLAIN for app / s3cret.
     assert_eq!(c.cmd("AUTH PLAIN AGFwcABzM2NyZXQ=").await, "235 2.7.0 Authentication successful");
 }
+
+#[tokio::test]
+async fn mail_gets_452_while_free_space_is_below_min_free() {
+    let relay = TestRelay::start("[spool]\nmin_free = \"1000TiB\"\n").await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "452 4.3.1 Insufficient system storage");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, "503 5.5.1 Send MAIL first");
+
+    let relay = TestRelay::start("[spool]\nmin_free = 0\n").await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    let reply = c.transaction("a@x.test", &["b@y.test"], b"Subject: room\r\n\r\nok\r\n").await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+}
+
+#[tokio::test]
+async fn a_declared_size_counts_against_min_free() {
+    let relay = TestRelay::start("[spool]\nmin_free = \"1B\"\n[server]\nmax_message_size = \"1000TiB\"\n").await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test> SIZE=1000").await, "250 2.1.0 Sender ok");
+    c.cmd("RSET").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test> SIZE=1000000000000000").await, "452 4.3.1 Insufficient system storage");
+}

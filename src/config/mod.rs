@@ -240,6 +240,9 @@ pub struct SpoolConfig {
     pub retry: Vec<Duration>,
     /// How long a copy may stay undelivered before it bounces.
     pub max_age: Duration,
+    /// Free space the spool's filesystem must keep: below it (or below it plus a declared
+    /// `SIZE=`), MAIL gets 452 4.3.1. 0 turns the check off.
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -248,6 +251,7 @@ impl Default for SpoolConfig {
             dir: "spool".into(),
             retry: [60, 300, 900, 1800, 3600, 7200].map(Duration::secs).to_vec(),
             max_age: Duration::secs(5 * 24 * 3600),
+            min_free: ByteSize::mib(100),
         }
     }
 }

@@ -118,6 +118,9 @@ where
                 let ok = ctx.front.password_checks.check(ctx.users, credentials).await;
                 pending = Some(session.auth_result(ok.then_some(user)));
             }
+            Step::CheckSpace { size } => {
+                pending = Some(session.space_checked(ctx.front.free_space.has_room(size)));
+            }
             Step::Message(incoming) => {
                 let r = ctx.front.intake.accept(incoming).await;
                 r.write_to(&mut conn.output);

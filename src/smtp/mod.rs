@@ -11,6 +11,7 @@ pub mod limit;
 mod line;
 pub mod reply;
 pub mod session;
+pub mod space;
 pub mod tls;
 pub mod trace;
 
@@ -32,6 +33,7 @@ use auth::{PasswordChecks, Users};
 use limit::PerClient;
 use reply::Reply;
 use session::{Incoming, SessionParams};
+use space::FreeSpace;
 
 /// Where a received message goes: stored durably, then answered.
 pub trait Intake: Send + Sync {
@@ -76,6 +78,8 @@ pub struct Frontend {
     pub intake: Arc<dyn Intake>,
     /// AUTH password checks, a few at a time (shared across reloads of `[access]`).
     pub password_checks: PasswordChecks,
+    /// `spool.min_free` against the free space on the spool's filesystem.
+    pub free_space: FreeSpace,
 }
 
 impl Frontend {
@@ -87,12 +91,14 @@ impl Frontend {
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
         let password_checks = PasswordChecks::new(PasswordChecks::default_permits(), auth::FAILURE_DELAY);
+        let free_space = FreeSpace::new(&config.spool.dir, config.spool.min_free.0);
         Ok(Frontend {
             server: config.server.clone(),
             access: ArcSwap::from_pointee(access),
             tls,
             intake,
             password_checks,
+            free_space,
         })
     }
 

@@ -101,6 +101,8 @@ pub const TOO_MANY_AUTH_FAILURES: Reply =
 /// 451 when the message could not be stored durably.
 pub const STORAGE_FAILED: Reply =
     Reply::new(451, Status(4, 3, 0), "Temporary failure storing the message, try again later");
+/// 452 to MAIL while the spool's filesystem has less than `spool.min_free` free.
+pub const INSUFFICIENT_STORAGE: Reply = Reply::new(452, Status(4, 3, 1), "Insufficient system storage");
 /// 452 beyond `server.max_recipients`.
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, Status(4, 5, 3), "Too many recipients");
 /// 454 when STARTTLS fails on our side.

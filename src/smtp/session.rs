@@ -78,6 +78,12 @@ pub enum Step {
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Check that the spool has room for a message of `size` bytes (0 when MAIL declared no
+    /// `SIZE=`), then call [`Session::space_checked`].
+    CheckSpace {
+        /// The declared size.
+        size: u64,
+    },
     /// Store this message and reply with the outcome.
     Message(Incoming),
 }
@@ -129,6 +135,8 @@ pub struct Session {
     tx: Option<Transaction>,
     state: State,
     auth_failures: u8,
+    /// A MAIL accepted but for the check of free space.
+    pending_mail: Option<Transaction>,
 }
 
 impl Session {
@@ -146,6 +154,7 @@ impl Session {
             tx: None,
             state: State::Command,
             auth_failures: 0,
+            pending_mail: None,
         }
     }
 
@@ -232,6 +241,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// After [`Step::CheckSpace`]: open the transaction when there is room, else 452 4.3.1.
+    pub fn space_checked(&mut self, room: bool) -> Step {
+        let Some(tx) = self.pending_mail.take() else {
+            return Step::Reply(reply::MAIL_FIRST);
+        };
+        if !room {
+            return Step::Reply(reply::INSUFFICIENT_STORAGE);
+        }
+        self.tx = Some(tx);
+        Step::Reply(reply::SENDER_OK)
     }
 
     fn end_of_data(&mut self, outcome: DataOutcome) -> Step {
@@ -334,7 +355,8 @@ impl Session {
         if from.flags & !supported != 0 || extensions_used {
             return Step::Reply(reply::UNSUPPORTED_PARAMETER);
         }
-        if declared_size(line).is_some_and(|size| size > self.params.max_message_size as u128) {
+        let size = declared_size(line).unwrap_or(0);
+        if size > self.params.max_message_size as u128 {
             return Step::Reply(reply::MESSAGE_TOO_BIG);
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
@@ -349,8 +371,9 @@ impl Session {
         if !smtputf8 && !sender.is_ascii() {
             return Step::Reply(reply::NEED_SMTPUTF8);
         }
-        self.tx = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
-        Step::Reply(reply::SENDER_OK)
+        self.pending_mail = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
+        // Not above max_message_size, so it fits in a u64.
+        Step::CheckSpace { size: u64::try_from(size).unwrap_or(u64::MAX) }
     }
 
     fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Step {

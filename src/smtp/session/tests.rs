@@ -22,6 +22,8 @@ struct Harness {
     credentials: Vec<Credentials>,
     closed: bool,
     starttls: bool,
+    /// What the free-space check answers.
+    room: bool,
 }
 
 impl Harness {
@@ -33,6 +35,7 @@ impl Harness {
             credentials: Vec::new(),
             closed: false,
             starttls: false,
+            room: true,
         }
     }
 
@@ -71,6 +74,10 @@ impl Harness {
                         other => panic!("unexpected {other:?}"),
                     }
                 }
+                Step::CheckSpace { .. } => match self.session.space_checked(self.room) {
+                    Step::Reply(r) => r.write_to(&mut out),
+                    other => panic!("unexpected {other:?}"),
+                },
                 Step::Message(m) => {
                     self.messages.push(m);
                     reply::queued("ID").write_to(&mut out);
@@ -326,4 +333,20 @@ fn awaiting_tells_the_loop_which_deadline_runs() {
     assert_eq!(h.session.awaiting(&h.input), Awaiting::Data);
     h.send(b"x\r\n.\r\n");
     assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+}
+
+#[test]
+fn mail_asks_for_room_and_is_refused_without_it() {
+    let mut h = Harness::local();
+    h.cmd("EHLO c");
+    h.input.extend_from_slice(b"MAIL FROM:<a@x.test> SIZE=900\r\n");
+    assert!(matches!(h.session.advance(&mut h.input), Step::CheckSpace { size: 900 }));
+    assert!(matches!(h.session.space_checked(false), Step::Reply(r) if r == reply::INSUFFICIENT_STORAGE));
+    assert!(!h.session.in_transaction(), "no transaction was opened");
+    assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "503 5.5.1 Send MAIL first");
+    h.room = false;
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "452 4.3.1 Insufficient system storage");
+    h.room = true;
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
+    assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok");
 }
