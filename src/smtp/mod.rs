@@ -90,7 +90,7 @@ impl Frontend {
             None => None,
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
-        let password_checks = PasswordChecks::new(PasswordChecks::default_permits(), auth::FAILURE_DELAY);
+        let password_checks = PasswordChecks::new(PasswordChecks::default_threads(), auth::FAILURE_DELAY);
         let free_space = FreeSpace::new(&config.spool.dir, config.spool.min_free.0);
         Ok(Frontend {
             server: config.server.clone(),
