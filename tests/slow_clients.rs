@@ -166,3 +166,20 @@ async fn a_declared_size_counts_against_min_free() {
     c.cmd("RSET").await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test> SIZE=1000000000000000").await, "452 4.3.1 Insufficient system storage");
 }
+
+#[tokio::test]
+async fn a_tls_handshake_must_finish_within_command_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = common::test_certificate(dir.path());
+    let toml = format!(
+        "[server]\ncommand_timeout = \"1s\"\nidle_timeout = \"60s\"\n[server.tls]\ncert = {cert:?}\nkey = {key:?}\n"
+    );
+    let relay = TestRelay::start_with(common::test_config(&toml, dir.path()), dir).await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO c").await;
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
+    // A client that never sends its ClientHello is dropped at the command deadline, long
+    // before the idle timeout (is_closed waits at most 10 s).
+    c.send(b"\x16").await;
+    assert!(c.is_closed().await);
+}

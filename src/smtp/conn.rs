@@ -67,7 +67,9 @@ async fn start_tls(conn: Conn<TcpStream>, mut session: Session, ctx: &Ctx<'_>) {
         return;
     };
     let idle = conn.idle;
-    let tls = match tokio::time::timeout(idle, acceptor.accept(conn.stream)).await {
+    // The handshake is answered like a command: whole within the command deadline.
+    let deadline = idle.min(ctx.front.command_timeout());
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(conn.stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
         Err(_) => return debug!("TLS handshake timed out"),
