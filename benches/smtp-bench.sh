@@ -47,6 +47,7 @@ cat > "$work/bccguard.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$relay_port"]
 max_recipients = 1000
+max_connections_per_client = 0   # every session comes from 127.0.0.1
 [upstream]
 host = "127.0.0.1"
 port = $sink_port

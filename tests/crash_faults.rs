@@ -150,7 +150,9 @@ impl Drop for SmallDisk {
 }
 
 /// Recipients starting with `b` are refused (451) on their first attempt, `c` on their first
-/// three; the rest are accepted.
+/// three; the rest are accepted. The refusal is a long multi-line reply, so that each journal
+/// record of it takes about 2.7 KiB: a full disk still takes appends that fit in a journal's
+/// last allocated page, and these do not.
 async fn refusing_b_once_and_c_thrice() -> TestUpstream {
     let script = |stage, rcpt: &str, attempt| {
         let refusals = match rcpt.as_bytes()[0] {
@@ -158,9 +160,18 @@ async fn refusing_b_once_and_c_thrice() -> TestUpstream {
             b'c' => 3,
             _ => 0,
         };
-        (stage == Stage::Rcpt && attempt <= refusals).then(|| "451 4.3.0 come back later".to_string())
+        let line = "greylisted, come back later ".repeat(32);
+        let reply = format!("451-4.3.0 {line}\r\n451-4.3.0 {line}\r\n451 4.3.0 {line}");
+        (stage == Stage::Rcpt && attempt <= refusals).then_some(reply)
     };
     TestUpstream::scripted(Box::new(script)).await
+}
+
+/// Journal writes that failed, from the relay's metrics (in this process).
+fn journal_failures() -> f64 {
+    let text = bccguard::metrics::metrics().encode();
+    let line = text.lines().find(|l| l.starts_with("bccguard_journal_write_failures_total ")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
 /// Send message `n` to `a{n}`, `b{n}` and `c{n}`.
@@ -219,6 +230,7 @@ async fn a_full_disk_during_delivery_then_freed_resends_nothing() {
         upstream.config("max_connections = 2\n")
     );
     let relay = TestRelay::start_with(test_config(&toml, dir.path()), tempfile::tempdir().unwrap()).await;
+    let failures_before = journal_failures();
     for n in 0..5 {
         send_three(relay.addr, n).await;
     }
@@ -228,6 +240,7 @@ async fn a_full_disk_during_delivery_then_freed_resends_nothing() {
     // Second pass: b delivered, c refused, and the journal cannot take it. Third pass: c
     // refused again. b must not go out a second time.
     eventually("every c tried three times", || attempts_all(&upstream, 'c', 3)).await;
+    assert!(journal_failures() > failures_before, "the journal could not be written while the disk was full");
     for n in 0..5 {
         assert_eq!(copies(&upstream, 'b', n), 1, "b{n}: delivered while the disk was full, not sent again");
     }
@@ -272,6 +285,10 @@ async fn a_full_disk_and_a_kill_lose_nothing_and_resend_nothing_recorded() {
     disk.fill();
     // b delivered with the disk full (held in memory only), then the relay dies.
     eventually("every c tried twice", || attempts_all(&upstream, 'c', 2)).await;
+    eventually("journal failures logged", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("cannot write the delivery journal")
+    })
+    .await;
     kill9(relay);
     disk.free();
 

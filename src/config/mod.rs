@@ -55,8 +55,17 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Concurrent SMTP sessions; one more gets 421 4.7.0 and is closed.
     pub max_connections: usize,
+    /// Concurrent SMTP sessions from one client address; one more gets 421 4.7.0 and is
+    /// closed. 0 means no limit. Loopback and `access.relay_networks` are not exempt.
+    pub max_connections_per_client: usize,
     /// How long a session may wait for the client before it is closed with 421.
     pub idle_timeout: Duration,
+    /// Time allowed for one command line, from its first byte to its CRLF, however the bytes
+    /// trickle in; beyond it the session is closed with 421 4.4.2.
+    pub command_timeout: Duration,
+    /// Time allowed for the whole message, from the 354 reply to the final dot; beyond it
+    /// the session is closed with 421 4.4.2.
+    pub data_timeout: Duration,
     /// On SIGTERM/SIGINT, how long transactions and deliveries in progress may take to finish.
     pub shutdown_grace: Duration,
     /// Certificate and key for STARTTLS; STARTTLS is offered only when this is set.
@@ -72,7 +81,10 @@ impl Default for ServerConfig {
             max_data_in_memory: ByteSize::mib(128),
             max_recipients: 1000,
             max_connections: 1000,
+            max_connections_per_client: 50,
             idle_timeout: Duration::secs(300),
+            command_timeout: Duration::secs(120),
+            data_timeout: Duration::secs(600),
             shutdown_grace: Duration::secs(30),
             tls: None,
         }
@@ -233,6 +245,9 @@ pub struct SpoolConfig {
     pub retry: Vec<Duration>,
     /// How long a copy may stay undelivered before it bounces.
     pub max_age: Duration,
+    /// Free space the spool's filesystem must keep: below it (or below it plus a declared
+    /// `SIZE=`), MAIL gets 452 4.3.1. 0 turns the check off.
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -241,6 +256,7 @@ impl Default for SpoolConfig {
             dir: "spool".into(),
             retry: [60, 300, 900, 1800, 3600, 7200].map(Duration::secs).to_vec(),
             max_age: Duration::secs(5 * 24 * 3600),
+            min_free: ByteSize::mib(100),
         }
     }
 }

@@ -44,8 +44,14 @@ fn server(s: &ServerConfig, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::new(key, "must be greater than 0"));
         }
     }
-    if s.idle_timeout.0.is_zero() {
-        errors.push(ConfigError::new("server.idle_timeout", "must be greater than 0"));
+    for (key, value) in [
+        ("server.idle_timeout", s.idle_timeout),
+        ("server.command_timeout", s.command_timeout),
+        ("server.data_timeout", s.data_timeout),
+    ] {
+        if value.0.is_zero() {
+            errors.push(ConfigError::new(key, "must be greater than 0"));
+        }
     }
     if let Some(t) = &s.tls
         && let Err(e) = tls::load_server_config(t)
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn cross_key_errors_are_all_reported() {
         let errs = errors(
-            "[server]\nmax_recipients = 0\nhostname = \"bad name\"\n\
+            "[server]\nmax_recipients = 0\nhostname = \"bad name\"\ndata_timeout = \"0s\"\n\
              [upstream]\nhost = \"relay\"\ndirectory = \"out\"\nusername = \"u\"\n\
              [spool]\nretry = []\n[policy]\ninternal_domains = [\"ex ample.com\"]\n\
              [access]\nrequire_auth = true\n",
@@ -157,6 +163,7 @@ mod tests {
         for needle in [
             "server.max_recipients: must be greater than 0",
             "server.hostname:",
+            "server.data_timeout: must be greater than 0",
             "upstream.directory: set either",
             "upstream.username: username and a password",
             "spool.retry: at least one",

@@ -1,5 +1,6 @@
 //! The connection loop: the only code that reads and writes client sockets. It feeds the
-//! session, carries out its steps, and enforces the idle timeout and shutdown.
+//! session, carries out its steps, and enforces the idle timeout, the command and data
+//! deadlines, and shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,10 +11,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info_span};
 
 use super::reply::{self, Reply};
-use super::session::{Incoming, Session, Step};
+use super::session::{Awaiting, Incoming, Session, Step};
 use super::{Body, DATA_RESERVATION, Frontend, Intake, SPILL_AT};
 use crate::Shutdown;
 use crate::spool::Spill;
@@ -47,10 +49,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, front: Arc<Frontend>, s
     .await
 }
 
-/// Answer a client beyond `server.max_connections` with 421 and close.
-pub async fn refuse_busy(stream: TcpStream, idle: Duration) {
+/// Answer a client that may not have a session (too many connections) with `reply` and close.
+pub async fn refuse(stream: TcpStream, reply: Reply, idle: Duration) {
     let mut conn = Conn::new(stream, idle);
-    reply::TOO_MANY_CONNECTIONS.write_to(&mut conn.output);
+    reply.write_to(&mut conn.output);
     if conn.flush().await.is_ok() {
         conn.linger_close().await;
     }
@@ -67,7 +69,9 @@ async fn start_tls(conn: Conn<TcpStream>, mut session: Session, ctx: &Ctx<'_>) {
         return;
     };
     let idle = conn.idle;
-    let tls = match tokio::time::timeout(idle, acceptor.accept(conn.stream)).await {
+    // The handshake is answered like a command: whole within the command deadline.
+    let deadline = idle.min(ctx.front.command_timeout());
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(conn.stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
         Err(_) => return debug!("TLS handshake timed out"),
@@ -85,6 +89,7 @@ where
 {
     let mut pending: Option<Step> = None;
     let mut sink = DataSink::default();
+    let mut deadlines = Deadlines::new(ctx.front.command_timeout(), ctx.front.data_timeout());
     loop {
         if pending.is_none() && ctx.shutdown.soft.is_cancelled() && !session.in_transaction() {
             pending = Some(Step::Close(reply::SHUTTING_DOWN));
@@ -97,6 +102,9 @@ where
             // The data ended without a message (too big, NUL, closed): drop its spill file.
             sink = DataSink::default();
         }
+        if !matches!(step, Step::NeedInput) {
+            deadlines.progress();
+        }
         match step {
             Step::Reply(r) => r.write_to(&mut conn.output),
             Step::NeedInput => {
@@ -104,7 +112,8 @@ where
                     sink.spill_from(session, ctx.front.intake.as_ref()).await;
                 }
                 conn.flush().await?;
-                if let Read::End(last) = conn.read(session.in_transaction(), ctx.shutdown).await? {
+                let deadline = deadlines.next(session.awaiting(&conn.input), Instant::now());
+                if let Read::End(last) = conn.read(session.in_transaction(), deadline, ctx.shutdown).await? {
                     return conn.close_with(last).await;
                 }
             }
@@ -118,8 +127,11 @@ where
             }
             Step::Authenticate(credentials) => {
                 let user = credentials.user.clone();
-                let ok = ctx.users.verify(credentials).await;
+                let ok = ctx.front.password_checks.check(ctx.users, credentials).await;
                 pending = Some(session.auth_result(ok.then_some(user)));
+            }
+            Step::CheckSpace { size } => {
+                pending = Some(session.space_checked(ctx.front.free_space.has_room(size)));
             }
             Step::ReserveData => {
                 sink = DataSink::default();
@@ -194,6 +206,44 @@ impl DataSink {
     }
 }
 
+/// `server.command_timeout` and `server.data_timeout`: when the command line or the message
+/// being received began, so that a client trickling bytes cannot hold its session past them
+/// (the idle timeout alone is reset by every byte).
+struct Deadlines {
+    command: Duration,
+    data: Duration,
+    started: Option<(Awaiting, Instant)>,
+}
+
+impl Deadlines {
+    fn new(command: Duration, data: Duration) -> Self {
+        Deadlines { command, data, started: None }
+    }
+
+    /// The session completed a command line or a message: the next one starts its own clock.
+    fn progress(&mut self) {
+        self.started = None;
+    }
+
+    /// The session needs input while `awaiting`: the deadline for it, with the reply to send
+    /// when it passes (`None`: only the idle timeout applies).
+    fn next(&mut self, awaiting: Awaiting, now: Instant) -> Option<(Instant, Reply)> {
+        let (limit, reply) = match awaiting {
+            Awaiting::NextCommand => {
+                self.started = None;
+                return None;
+            }
+            Awaiting::RestOfLine => (self.command, reply::COMMAND_TIMEOUT),
+            Awaiting::Data => (self.data, reply::DATA_TIMEOUT),
+        };
+        let since = match self.started {
+            Some((what, since)) if what == awaiting => since,
+            _ => self.started.insert((awaiting, now)).1,
+        };
+        Some((since + limit, reply))
+    }
+}
+
 /// What a read brought.
 enum Read {
     /// More input is buffered.
@@ -230,15 +280,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Read more input, unless the client idles too long or the relay shuts down (a soft
-    /// shutdown waits while `busy`, i.e. inside a transaction).
-    async fn read(&mut self, busy: bool, shutdown: &Shutdown) -> io::Result<Read> {
+    /// Read more input, unless the client idles too long, the `deadline` passes, or the relay
+    /// shuts down (a soft shutdown waits while `busy`, i.e. inside a transaction).
+    async fn read(&mut self, busy: bool, deadline: Option<(Instant, Reply)>, shutdown: &Shutdown) -> io::Result<Read> {
+        let now = Instant::now();
+        let (at, expired) = match deadline {
+            Some((at, reply)) if at < now + self.idle => (at, reply),
+            _ => (now + self.idle, reply::IDLE_TIMEOUT),
+        };
+        // Checked before reading too: a client that always has bytes ready (an endless line)
+        // would otherwise never let the timer fire.
+        if at <= now {
+            return Ok(Read::End(Some(expired)));
+        }
         tokio::select! {
             biased;
             _ = shutdown.hard.cancelled() => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
             _ = shutdown.soft.cancelled(), if !busy => Ok(Read::End(Some(reply::SHUTTING_DOWN))),
-            read = tokio::time::timeout(self.idle, self.stream.read_buf(&mut self.input)) => match read {
-                Err(_) => Ok(Read::End(Some(reply::IDLE_TIMEOUT))),
+            read = tokio::time::timeout_at(at, self.stream.read_buf(&mut self.input)) => match read {
+                Err(_) => Ok(Read::End(Some(expired))),
                 Ok(Ok(0)) => Ok(Read::End(None)),
                 Ok(Ok(_)) => Ok(Read::More),
                 Ok(Err(e)) => Err(e),
@@ -267,5 +327,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_line_keeps_its_clock_until_it_is_complete() {
+        let mut d = Deadlines::new(Duration::from_secs(10), Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(d.next(Awaiting::NextCommand, t0), None);
+        let first = d.next(Awaiting::RestOfLine, t0).unwrap();
+        assert_eq!(first, (t0 + Duration::from_secs(10), reply::COMMAND_TIMEOUT));
+        let later = d.next(Awaiting::RestOfLine, t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!(later.0, first.0, "more bytes of the same line do not move the deadline");
+        d.progress();
+        let next_line = d.next(Awaiting::RestOfLine, t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(next_line.0, t0 + Duration::from_secs(14));
+    }
+
+    #[test]
+    fn the_data_clock_runs_from_354_to_the_dot() {
+        let mut d = Deadlines::new(Duration::from_secs(10), Duration::from_secs(60));
+        let t0 = Instant::now();
+        d.next(Awaiting::RestOfLine, t0);
+        let data = d.next(Awaiting::Data, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(data, (t0 + Duration::from_secs(61), reply::DATA_TIMEOUT));
+        assert_eq!(d.next(Awaiting::Data, t0 + Duration::from_secs(30)).unwrap().0, data.0);
+        assert_eq!(d.next(Awaiting::NextCommand, t0 + Duration::from_secs(31)), None);
+        let again = d.next(Awaiting::Data, t0 + Duration::from_secs(32)).unwrap();
+        assert_eq!(again.0, t0 + Duration::from_secs(92));
     }
 }

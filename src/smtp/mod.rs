@@ -1,4 +1,4 @@
-//! The SMTP front door: listeners, the connection limit, the session state machine (pure),
+//! The SMTP front door: listeners, the connection limits, the session state machine (pure),
 //! the connection loop (the only inbound socket code), replies, TLS and AUTH.
 //!
 //! Bytes flow listener -> [`conn`] -> [`session::Session`] -> [`Intake::accept`], which stores
@@ -7,9 +7,11 @@
 pub mod auth;
 pub mod conn;
 mod data;
+pub mod limit;
 mod line;
 pub mod reply;
 pub mod session;
+pub mod space;
 pub mod tls;
 pub mod trace;
 
@@ -23,13 +25,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
+use tracing::debug;
 
 use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
 use crate::spool::Spill;
-use auth::Users;
+use auth::{PasswordChecks, Users};
+use limit::PerClient;
 use reply::Reply;
 use session::{Incoming, SessionParams};
+use space::FreeSpace;
 
 /// Message data a transaction may hold in memory; beyond it, what arrives is written to a
 /// spill file as it comes.
@@ -93,6 +98,10 @@ pub struct Frontend {
     pub intake: Arc<dyn Intake>,
     /// `server.max_data_in_memory`, in bytes.
     pub data_budget: Arc<Semaphore>,
+    /// AUTH password checks, a few at a time (shared across reloads of `[access]`).
+    pub password_checks: PasswordChecks,
+    /// `spool.min_free` against the free space on the spool's filesystem.
+    pub free_space: FreeSpace,
 }
 
 impl Frontend {
@@ -108,7 +117,17 @@ impl Frontend {
             None => None,
         };
         let access = Access::new(&config.server, &config.access, tls.is_some());
-        Ok(Frontend { server: config.server.clone(), access: ArcSwap::from_pointee(access), tls, intake, data_budget })
+        let password_checks = PasswordChecks::new(PasswordChecks::default_threads(), auth::FAILURE_DELAY);
+        let free_space = FreeSpace::new(&config.spool.dir, config.spool.min_free.0);
+        Ok(Frontend {
+            server: config.server.clone(),
+            access: ArcSwap::from_pointee(access),
+            tls,
+            intake,
+            data_budget,
+            password_checks,
+            free_space,
+        })
     }
 
     /// The current access rules.
@@ -126,6 +145,16 @@ impl Frontend {
     pub fn idle_timeout(&self) -> Duration {
         self.server.idle_timeout.0
     }
+
+    /// `server.command_timeout`.
+    pub fn command_timeout(&self) -> Duration {
+        self.server.command_timeout.0
+    }
+
+    /// `server.data_timeout`.
+    pub fn data_timeout(&self) -> Duration {
+        self.server.data_timeout.0
+    }
 }
 
 /// The memory budget for message data being received (`server.max_data_in_memory`), one
@@ -138,13 +167,25 @@ pub fn data_budget(config: &Config) -> Arc<Semaphore> {
 /// Accept connections on every listener until the soft shutdown; each session runs on the
 /// tracker so the caller can wait for them to drain.
 pub async fn serve(listeners: Vec<TcpListener>, front: Arc<Frontend>, shutdown: Shutdown, tracker: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(front.server.max_connections));
+    let limits = Limits {
+        total: Arc::new(Semaphore::new(front.server.max_connections)),
+        per_client: PerClient::new(front.server.max_connections_per_client),
+    };
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (front, shutdown, tracker, limit) = (front.clone(), shutdown.clone(), tracker.clone(), limit.clone());
-        loops.spawn(accept_loop(listener, front, shutdown, tracker, limit));
+        let (front, shutdown, tracker, limits) = (front.clone(), shutdown.clone(), tracker.clone(), limits.clone());
+        loops.spawn(accept_loop(listener, front, shutdown, tracker, limits));
     }
     while loops.join_next().await.is_some() {}
+}
+
+/// The connection limits every listener shares.
+#[derive(Clone)]
+struct Limits {
+    /// `server.max_connections`.
+    total: Arc<Semaphore>,
+    /// `server.max_connections_per_client`.
+    per_client: Arc<PerClient>,
 }
 
 async fn accept_loop(
@@ -152,20 +193,26 @@ async fn accept_loop(
     front: Arc<Frontend>,
     shutdown: Shutdown,
     tracker: TaskTracker,
-    limit: Arc<Semaphore>,
+    limits: Limits,
 ) {
     while let Some((stream, peer)) = crate::accept::next(&shutdown.soft, "smtp", || listener.accept()).await {
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
+        // The per-client limit first: an address over its share hears so, whatever the total.
+        let Some(slot) = limits.per_client.try_acquire(peer.ip()) else {
+            debug!(client = %peer, "too many connections from this address");
+            tracker.spawn(conn::refuse(stream, reply::TOO_MANY_FROM_CLIENT, front.idle_timeout()));
+            continue;
+        };
+        match limits.total.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (front, shutdown) = (front.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     conn::handle(stream, peer, front, shutdown).await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(_) => {
-                tracker.spawn(conn::refuse_busy(stream, front.idle_timeout()));
+                tracker.spawn(conn::refuse(stream, reply::TOO_MANY_CONNECTIONS, front.idle_timeout()));
             }
         }
     }

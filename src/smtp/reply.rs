@@ -84,8 +84,15 @@ pub const AUTH_OK: Reply = Reply::new(235, Status(2, 7, 0), "Authentication succ
 
 /// 421 when `server.max_connections` sessions are already open.
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, Status(4, 7, 0), "Too many connections, try again later");
+/// 421 when the client's address already has `server.max_connections_per_client` sessions.
+pub const TOO_MANY_FROM_CLIENT: Reply =
+    Reply::new(421, Status(4, 7, 0), "Too many connections from your address, try again later");
 /// 421 when the client was silent for `server.idle_timeout`.
 pub const IDLE_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Idle timeout, closing connection");
+/// 421 when one command line took longer than `server.command_timeout` to arrive.
+pub const COMMAND_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Command timeout, closing connection");
+/// 421 when the message took longer than `server.data_timeout` to arrive.
+pub const DATA_TIMEOUT: Reply = Reply::new(421, Status(4, 4, 2), "Data timeout, closing connection");
 /// 421 when the relay is shutting down.
 pub const SHUTTING_DOWN: Reply = Reply::new(421, Status(4, 3, 2), "Service shutting down, try again later");
 /// 421 after repeated AUTH failures.
@@ -97,6 +104,8 @@ pub const STORAGE_FAILED: Reply =
 /// 452 at DATA when `server.max_data_in_memory` is spent: the client retries later.
 pub const NO_MEMORY_FOR_DATA: Reply =
     Reply::new(452, Status(4, 3, 1), "Insufficient system resources for the message now, try again later");
+/// 452 to MAIL while the spool's filesystem has less than `spool.min_free` free.
+pub const INSUFFICIENT_STORAGE: Reply = Reply::new(452, Status(4, 3, 1), "Insufficient system storage");
 /// 452 beyond `server.max_recipients`.
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, Status(4, 5, 3), "Too many recipients");
 /// 454 when STARTTLS fails on our side.

@@ -81,8 +81,26 @@ pub enum Step {
     /// Reserve memory for the message about to arrive, then call
     /// [`Session::data_reserved`].
     ReserveData,
+    /// Check that the spool has room for a message of `size` bytes (0 when MAIL declared no
+    /// `SIZE=`), then call [`Session::space_checked`].
+    CheckSpace {
+        /// The declared size.
+        size: u64,
+    },
     /// Store this message and reply with the outcome.
     Message(Incoming),
+}
+
+/// What the session waits for when it asks for input; the connection loop's deadlines
+/// follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The first byte of the next command (only the idle timeout runs).
+    NextCommand,
+    /// The rest of a command line already begun (`server.command_timeout` runs).
+    RestOfLine,
+    /// The message, up to the final dot (`server.data_timeout` runs).
+    Data,
 }
 
 #[derive(Debug)]
@@ -120,6 +138,8 @@ pub struct Session {
     tx: Option<Transaction>,
     state: State,
     auth_failures: u8,
+    /// A MAIL accepted but for the check of free space.
+    pending_mail: Option<Transaction>,
 }
 
 impl Session {
@@ -137,6 +157,7 @@ impl Session {
             tx: None,
             state: State::Command,
             auth_failures: 0,
+            pending_mail: None,
         }
     }
 
@@ -148,6 +169,17 @@ impl Session {
     /// True while a mail transaction (or an AUTH exchange) is under way.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some() || !matches!(self.state, State::Command)
+    }
+
+    /// What the session is waiting for, given the input still buffered after
+    /// [`Step::NeedInput`].
+    pub fn awaiting(&self, buffered: &[u8]) -> Awaiting {
+        match self.state {
+            State::Data(_) => Awaiting::Data,
+            State::SkipLongLine => Awaiting::RestOfLine,
+            State::Command | State::Sasl(_) if buffered.is_empty() => Awaiting::NextCommand,
+            State::Command | State::Sasl(_) => Awaiting::RestOfLine,
+        }
     }
 
     /// Consume input up to the next step.
@@ -243,6 +275,18 @@ impl Session {
     /// Whether the session is receiving a message's data.
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_))
+    }
+
+    /// After [`Step::CheckSpace`]: open the transaction when there is room, else 452 4.3.1.
+    pub fn space_checked(&mut self, room: bool) -> Step {
+        let Some(tx) = self.pending_mail.take() else {
+            return Step::Reply(reply::MAIL_FIRST);
+        };
+        if !room {
+            return Step::Reply(reply::INSUFFICIENT_STORAGE);
+        }
+        self.tx = Some(tx);
+        Step::Reply(reply::SENDER_OK)
     }
 
     fn end_of_data(&mut self, outcome: DataOutcome) -> Step {
@@ -345,7 +389,8 @@ impl Session {
         if from.flags & !supported != 0 || extensions_used {
             return Step::Reply(reply::UNSUPPORTED_PARAMETER);
         }
-        if declared_size(line).is_some_and(|size| size > self.params.max_message_size as u128) {
+        let size = declared_size(line).unwrap_or(0);
+        if size > self.params.max_message_size as u128 {
             return Step::Reply(reply::MESSAGE_TOO_BIG);
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
@@ -360,8 +405,9 @@ impl Session {
         if !smtputf8 && !sender.is_ascii() {
             return Step::Reply(reply::NEED_SMTPUTF8);
         }
-        self.tx = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
-        Step::Reply(reply::SENDER_OK)
+        self.pending_mail = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
+        // Not above max_message_size, so it fits in a u64.
+        Step::CheckSpace { size: u64::try_from(size).unwrap_or(u64::MAX) }
     }
 
     fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Step {

@@ -24,6 +24,8 @@ struct Harness {
     starttls: bool,
     /// Refuse DATA's memory reservation.
     no_memory: bool,
+    /// What the free-space check answers.
+    room: bool,
 }
 
 impl Harness {
@@ -36,6 +38,7 @@ impl Harness {
             closed: false,
             starttls: false,
             no_memory: false,
+            room: true,
         }
     }
 
@@ -75,6 +78,10 @@ impl Harness {
                     }
                 }
                 Step::ReserveData => match self.session.data_reserved(!self.no_memory) {
+                    Step::Reply(r) => r.write_to(&mut out),
+                    other => panic!("unexpected {other:?}"),
+                },
+                Step::CheckSpace { .. } => match self.session.space_checked(self.room) {
                     Step::Reply(r) => r.write_to(&mut out),
                     other => panic!("unexpected {other:?}"),
                 },
@@ -330,4 +337,37 @@ fn require_auth_refuses_mail_from_anyone_unauthenticated() {
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "530 5.7.0 Authentication required");
     h.cmd(&format!("AUTH PLAIN {}", b64("\0app\0right")));
     assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
+}
+
+#[test]
+fn awaiting_tells_the_loop_which_deadline_runs() {
+    let mut h = Harness::local();
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+    h.send(b"EHL");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::RestOfLine, "a line begun");
+    h.send(b"O c\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+    h.send(format!("NOOP {}", "x".repeat(600)).as_bytes());
+    assert!(h.input.is_empty(), "an overlong line is discarded as it comes");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::RestOfLine, "still the same line");
+    h.send(b"\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::Data);
+    h.send(b"x\r\n.\r\n");
+    assert_eq!(h.session.awaiting(&h.input), Awaiting::NextCommand);
+}
+
+#[test]
+fn mail_asks_for_room_and_is_refused_without_it() {
+    let mut h = Harness::local();
+    h.cmd("EHLO c");
+    h.input.extend_from_slice(b"MAIL FROM:<a@x.test> SIZE=900\r\n");
+    assert!(matches!(h.session.advance(&mut h.input), Step::CheckSpace { size: 900 }));
+    assert!(matches!(h.session.space_checked(false), Step::Reply(r) if r == reply::INSUFFICIENT_STORAGE));
+    assert!(!h.session.in_transaction(), "no transaction was opened");
+    assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "503 5.5.1 Send MAIL first");
+    h.room = false;
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "452 4.3.1 Insufficient system storage");
+    h.room = true;
+    assert_eq!(h.cmd("MAIL FROM:<a@x.test>"), "250 2.1.0 Sender ok");
+    assert_eq!(h.cmd("RCPT TO:<b@y.test>"), "250 2.1.5 Recipient ok");
 }
