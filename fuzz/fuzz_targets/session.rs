@@ -18,7 +18,10 @@
 //!   5-6  AUTH outcome: 0 always fails, 1 always passes, 2-3 alternates
 //!   7    the peer address is IPv4-mapped IPv6
 //! byte 2: 0 feeds everything at once, else chunks of 1..=byte 2 bytes
-//! byte 3: seed for the chunk sizes
+//! byte 3: seed for the chunk sizes; its bits 5-7 also say: 5 every other DATA finds the
+//!         memory budget spent (452), 6 every other MAIL finds the disk short (452), 7 the
+//!         loop takes the message's bytes out of the session whenever it asks for input (as
+//!         it does to spill a large message to disk)
 //! rest:   what the client sends (after the prefix)
 //!
 //! Invariants checked (a correct session keeps them whatever the client sends and however
@@ -32,8 +35,8 @@
 //!   (+2) until it asks for input;
 //! - `NeedInput` leaves no LF in the buffer (no complete line is left waiting: pipelined
 //!   commands cannot stall) and at most one AUTH line (12288 octets) buffered;
-//! - DATA: what the session makes of the bytes after its `354` is exactly what a plain
-//!   line-by-line reference makes of them (ends at the first `.` line, strips one leading
+//! - DATA: what the session makes of the bytes after its `354` (the bytes taken out while it
+//!   arrived, then the rest) is exactly what a plain line-by-line reference makes of them (ends at the first `.` line, strips one leading
 //!   dot, refuses bare CR/LF, 552 past the size limit, 554 with a NUL), whatever the
 //!   chunking; a delivered message is CRLF-only, NUL-free, within the size limit;
 //! - a delivered message has 1..=max_recipients distinct recipients, the session's TLS
@@ -193,6 +196,14 @@ struct Harness<'a> {
     messages: u32,
     /// Stream offset of the first byte after the `354`, while in DATA.
     data_start: Option<usize>,
+    /// Take the message's bytes out of the session at every `NeedInput` in DATA.
+    spill: bool,
+    /// The bytes taken out so far.
+    spilled: Vec<u8>,
+    /// Refuse every other DATA reservation / MAIL free-space check.
+    deny_memory: bool,
+    deny_space: bool,
+    asks: u32,
 }
 
 impl Harness<'_> {
@@ -231,6 +242,7 @@ impl Harness<'_> {
             match &step {
                 Step::NeedInput | Step::Message(_) => {}
                 Step::Close(r) => {
+                    self.spilled.clear();
                     check_reply(r);
                     assert_eq!(*r, reply::BARE_LINE_ENDING, "DATA closed otherwise than for a bare line ending");
                     let reference = reference_data(&self.stream[start..]);
@@ -244,6 +256,7 @@ impl Harness<'_> {
                 }
                 _ => {
                     self.data_start = None;
+                    self.spilled.clear();
                     if let Step::Reply(r) = &step {
                         check_reply(r);
                     }
@@ -256,7 +269,34 @@ impl Harness<'_> {
             Step::NeedInput => {
                 assert!(!input.contains(&b'\n'), "NeedInput with a complete line buffered: {input:?}");
                 assert!(input.len() <= MAX_AUTH_LINE, "{} bytes buffered", input.len());
+                if self.spill && self.data_start.is_some() {
+                    let before = session.data_buffered();
+                    let taken = session.take_data();
+                    assert_eq!(taken.len(), before, "data_buffered and take_data disagree");
+                    assert_eq!(session.data_buffered(), 0);
+                    self.spilled.extend_from_slice(&taken);
+                }
                 true
+            }
+            Step::ReserveData => {
+                assert!(self.data_start.is_none(), "DATA reserved inside DATA");
+                self.asks += 1;
+                let granted = !(self.deny_memory && self.asks.is_multiple_of(2));
+                let next = session.data_reserved(granted);
+                if !granted {
+                    assert!(matches!(&next, Step::Reply(r) if *r == reply::NO_MEMORY_FOR_DATA), "{next:?}");
+                    assert!(!session.in_data());
+                }
+                self.step(session, input, next)
+            }
+            Step::CheckSpace { .. } => {
+                self.asks += 1;
+                let room = !(self.deny_space && self.asks.is_multiple_of(2));
+                let next = session.space_checked(room);
+                if !room {
+                    assert!(matches!(&next, Step::Reply(r) if *r == reply::INSUFFICIENT_STORAGE), "{next:?}");
+                }
+                self.step(session, input, next)
             }
             Step::Reply(r) => {
                 check_reply(&r);
@@ -320,8 +360,10 @@ impl Harness<'_> {
                 assert!(n >= 1 && n <= p.max_recipients, "{n} recipients (max {})", p.max_recipients);
                 let keys: HashSet<_> = incoming.recipients.iter().map(|r| address::key(r)).collect();
                 assert_eq!(keys.len(), n, "duplicate recipients: {:?}", incoming.recipients);
-                assert!(incoming.data.len() <= p.max_message_size);
-                self.data_end(start, input, Ok(incoming.data));
+                let mut message = std::mem::take(&mut self.spilled);
+                message.extend_from_slice(&incoming.data);
+                assert!(message.len() <= p.max_message_size);
+                self.data_end(start, input, Ok(message));
                 self.messages += 1;
                 let answer = if self.reject_mode && self.messages.is_multiple_of(2) {
                     Reply::dynamic(550, Status(5, 7, 1), "Message refused: it shows 3 external recipient addresses")
@@ -381,6 +423,11 @@ fuzz_target!(|data: &[u8]| {
         reject_mode: bit(b0, 7),
         messages: 0,
         data_start: None,
+        spill: bit(seed, 7),
+        spilled: Vec::new(),
+        deny_memory: bit(seed, 5),
+        deny_space: bit(seed, 6),
+        asks: 0,
     };
     let mut chunker = Chunker { state: u32::from(seed) | 0x100, max: usize::from(chunk_max) };
     let mut input = BytesMut::new();

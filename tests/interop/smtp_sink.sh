@@ -88,15 +88,21 @@ wait_for "an empty spool after retry" spool_empty
 [ "$(dumps)" = $((before + 1)) ] || fail "delivered after retry"
 pass "-r . (4xx at end of data): deferred, listed, delivered after queue retry"
 
-# 3. 5xx to RCPT: failed for good, bounced to the sender (the bounce itself fails at the same
-#    sink and, having the null sender, is dropped: no bounce of a bounce).
+# 3. 5xx to RCPT: failed for good, bounced to the sender. The bounce itself fails at the same
+#    sink: having the null sender it is not bounced again, but kept in the queue as a failed
+#    bounce (never dropped) until an operator retries or deletes it.
 start_sink -f RCPT
 send "nobody@delta.test" "hard"
-wait_for "an empty spool after the 5xx" spool_empty
+failed_bounce() { queue list | grep -q "failed bounce"; }
+wait_for "the bounce kept as a failed bounce" failed_bounce
 grep -q 'failed.*to=n\*\*\*@delta.test.*reply=5' "$work/relay.log" || fail "the 5xx was not logged as failed"
 grep -q 'bounce queued' "$work/relay.log" || fail "no bounce was queued"
-grep -q 'no bounce for the null sender' "$work/relay.log" || fail "the failed bounce was not dropped"
-pass "-f RCPT (5xx): failed, DSN queued to the sender, no bounce of the bounce"
+grep -q 'a bounce cannot be delivered' "$work/relay.log" || fail "the failed bounce was not logged"
+queue list | grep -q "1 message, 0 transactions pending, 1 failed bounce" || fail "queue list: $(queue list)"
+dsn=$(queue list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+queue delete "$dsn" | grep -q "Deleted $dsn." || fail "queue delete of the failed bounce"
+wait_for "an empty spool after the delete" spool_empty
+pass "-f RCPT (5xx): failed, DSN queued to the sender, the failed DSN kept until deleted"
 
 # 4. Connection dropped after the data: deferred, then delivered.
 start_sink -q .
