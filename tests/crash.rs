@@ -4,23 +4,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::upstream::TestUpstream;
-use common::{RawClient, eventually};
-
-fn spawn_relay(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
+use common::{RawClient, eventually, spawn_relay};
 
 async fn wait_listening(addr: std::net::SocketAddr) {
     eventually("the relay listens", || std::net::TcpStream::connect(addr).is_ok()).await;

@@ -12,20 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{RawClient, TestRelay, eventually, test_config};
+use common::{RawClient, TestRelay, eventually, spawn_relay, test_config};
 
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
-
-fn spawn_relay(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
 
 fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{TestRelay, eventually, fixture};
+use common::{TestRelay, eventually, fixture, queue_cli, queue_cli_in};
 
 /// Fast retries, so tests take seconds.
 const FAST: &str = "[spool]\nretry = [\"200ms\"]\n";
@@ -196,26 +196,6 @@ async fn a_spool_that_cannot_be_written_gives_451_and_nothing_is_delivered() {
 /// `bccguard queue list` for the relay's spool, as text.
 fn bccguard_queue_list(relay: &TestRelay) -> String {
     queue_cli(relay, &["list"]).1
-}
-
-fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
-    let (code, out, err) = queue_cli_in(relay.dir.path(), args);
-    (code, out + &err)
-}
-
-/// `bccguard queue ARGS` on the spool under `dir`: (exit code, stdout, stderr).
-fn queue_cli_in(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let config = dir.join("cli.toml");
-    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 // Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.

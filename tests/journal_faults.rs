@@ -4,25 +4,9 @@
 mod common;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{TestRelay, eventually};
+use common::{TestRelay, eventually, queue_cli};
 
 const TWO: &[u8] = b"From: app@example.com\r\nTo: ann@alpha.test, ben@beta.test\r\nSubject: hi\r\n\r\nhello\r\n";
-
-/// `bccguard queue ARGS` on the relay's spool: (exit code, stdout + stderr).
-fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
-    let dir = relay.dir.path();
-    let config = dir.join("cli.toml");
-    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout) + &text(&out.stderr))
-}
 
 // Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

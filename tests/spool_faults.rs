@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{TestRelay, eventually, test_config};
+use common::{TestRelay, eventually, queue_cli_in, test_config};
 
 const FAST: &str = "[spool]\nretry = [\"200ms\"]\n";
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
@@ -154,20 +154,6 @@ fn message_files_by_sender(dir: &std::path::Path) -> std::collections::HashMap<S
     found
 }
 
-fn queue_list(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let config = dir.join("cli.toml");
-    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 // Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_spool_files_are_set_aside_listed_and_never_delivered() {
@@ -219,7 +205,7 @@ async fn damaged_spool_files_are_set_aside_listed_and_never_delivered() {
     let ids: std::collections::HashMap<&str, String> =
         files.iter().map(|(s, p)| (s.as_str(), p.file_stem().unwrap().to_string_lossy().into_owned())).collect();
 
-    let (code, listed) = queue_list(dir.path(), &["list"]);
+    let (code, listed, _) = queue_cli_in(dir.path(), &["list"]);
     assert_eq!(code, 0);
     assert!(listed.contains("4 messages"), "every entry is listed, readable or not:\n{listed}");
     assert!(listed.lines().any(|l| l.contains(&ids["zero@example.com"]) && l.contains("unreadable")), "{listed}");
@@ -244,18 +230,18 @@ async fn damaged_spool_files_are_set_aside_listed_and_never_delivered() {
     assert!(reason("zero@example.com").contains("empty file"));
     assert!(reason("garbage@example.com").contains("bad envelope line"));
 
-    let (code, listed) = queue_list(relay.dir.path(), &["list"]);
+    let (code, listed, _) = queue_cli_in(relay.dir.path(), &["list"]);
     assert_eq!(code, 0);
     assert_eq!(listed.lines().filter(|l| l.split_whitespace().nth(1) == Some("damaged")).count(), 3, "{listed}");
     assert!(listed.contains("3 damaged or unreadable, never delivered"), "{listed}");
     let big_line = listed.lines().find(|l| l.contains(&ids["big@example.com"])).unwrap();
     assert!(big_line.contains("b***@example.com"), "what the envelope line still tells: {big_line}");
-    let (code, json) = queue_list(relay.dir.path(), &["list", "--json"]);
+    let (code, json, _) = queue_cli_in(relay.dir.path(), &["list", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(v.as_array().unwrap().iter().all(|e| e["state"] == "damaged"), "{json}");
 
-    let (code, out) = queue_list(relay.dir.path(), &["delete", &ids["big@example.com"]]);
+    let (code, out, _) = queue_cli_in(relay.dir.path(), &["delete", &ids["big@example.com"]]);
     assert_eq!((code, out.trim().to_string()), (0, format!("Deleted {}.", ids["big@example.com"])));
     assert!(!damaged.join(format!("{}.msg", ids["big@example.com"])).exists());
     let metrics = bccguard::metrics::metrics().encode();

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{TestRelay, eventually, fixture};
+use common::{TestRelay, eventually, fixture, queue_cli};
 
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
 const SIMPLE: &[u8] = b"From: app@example.com\r\nTo: customer@client.test\r\nSubject: hi\r\n\r\nhello\r\n";
@@ -40,22 +40,6 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = response[9..12].parse().unwrap();
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
-}
-
-/// `bccguard queue ARGS` on the relay's spool: (exit code, stdout + stderr).
-fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
-    let dir = relay.dir.path();
-    let config = dir.join("cli.toml");
-    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout) + &text(&out.stderr))
 }
 
 fn sample(text: &str, line_start: &str) -> f64 {

@@ -297,3 +297,37 @@ pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     (cert_path, key_path, cert_pem)
 }
+
+/// `bccguard queue ARGS` on the spool under `dir` (a relay's temporary directory): (exit
+/// code, stdout, stderr).
+pub fn queue_cli_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let config = dir.join("cli.toml");
+    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `bccguard queue ARGS` on the relay's spool: (exit code, stdout and stderr together).
+pub fn queue_cli(relay: &TestRelay, args: &[&str]) -> (i32, String) {
+    let (code, out, err) = queue_cli_in(relay.dir.path(), args);
+    (code, out + &err)
+}
+
+/// The relay binary, `bccguard serve --config CONFIG`, its log appended to `log`.
+pub fn spawn_relay(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
