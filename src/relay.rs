@@ -61,20 +61,23 @@ impl Relay {
         let id = QueueId::generate();
         let now = Utc::now();
         let received = trace::received_field(&incoming, &self.hostname, id.as_str(), now);
-        // The message in memory, or (spilled) its first bytes: at least the header block.
-        let (message, spill, _extra) = match body {
+        let received = Bytes::from(received);
+        // The Received field and the start of the message (at least its header block), to
+        // decide on; the message itself stays where it is (in memory, or spilled), and is
+        // stored after the Received field without being copied to prepend it.
+        let (head, body, _extra) = match body {
             Body::Memory(data) => {
-                let mut bytes = Vec::with_capacity(received.len() + data.len());
-                bytes.extend_from_slice(received.as_bytes());
-                bytes.extend_from_slice(&data);
-                (Bytes::from(bytes), None, None)
+                let data = Bytes::from(data);
+                let head = [&received[..], &data[..header_block_len(&data)]].concat();
+                (Bytes::from(head), Stored::Memory(data), None)
             }
-            Body::Spilled(spill) => match self.spilled_head(&spill, received.as_bytes()).await {
-                Ok((head, permit)) => (head, Some(spill), permit),
+            Body::Spilled(spill) => match self.spilled_head(&spill, &received).await {
+                Ok((head, permit)) => (head, Stored::Spilled(spill), permit),
                 Err(r) => return r,
             },
         };
-        let Ok(headers) = Headers::parse(&message) else {
+        let size = received.len() + usize::try_from(body.len()).unwrap_or(usize::MAX);
+        let Ok(headers) = Headers::parse(&head) else {
             return reply::HEADERS_TOO_LARGE;
         };
         let policy = self.policy.load();
@@ -85,7 +88,7 @@ impl Relay {
                 client: incoming.peer,
                 sender: &incoming.sender,
                 recipients: incoming.recipients.len(),
-                size: message.len(),
+                size,
                 decision: &decision,
                 transactions: 0,
                 copies: 0,
@@ -106,9 +109,9 @@ impl Relay {
             size: None,
             crc32: None,
         };
-        let stored = match spill {
-            None => self.spool.store(&mut meta, &message).await,
-            Some(spill) => self.spool.store_spilled(&mut meta, Bytes::from(received), spill).await,
+        let stored = match body {
+            Stored::Memory(data) => self.spool.store(&mut meta, &[received, data]).await,
+            Stored::Spilled(spill) => self.spool.store_spilled(&mut meta, received, spill).await,
         };
         if let Err(e) = stored {
             error!(queue_id = %id, error = %e, "cannot store the message in the spool");
@@ -119,7 +122,7 @@ impl Relay {
             client: incoming.peer,
             sender: &meta.sender,
             recipients: meta.recipients.len(),
-            size: message.len(),
+            size,
             decision: &decision,
             transactions: meta.plan.transactions.len(),
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
@@ -157,6 +160,30 @@ impl Relay {
             extra = Some(self.budget.clone().try_acquire_many_owned(want).map_err(|_| reply::NO_MEMORY_FOR_DATA)?);
         }
     }
+}
+
+/// A received message's bytes after the Received field.
+enum Stored {
+    Memory(Bytes),
+    Spilled(Spill),
+}
+
+impl Stored {
+    fn len(&self) -> u64 {
+        match self {
+            Stored::Memory(b) => b.len() as u64,
+            Stored::Spilled(s) => s.len(),
+        }
+    }
+}
+
+/// The length of `data`'s header block, its empty line included (all of it when it has no
+/// empty line).
+fn header_block_len(data: &[u8]) -> usize {
+    if data.starts_with(b"\r\n") {
+        return 2;
+    }
+    memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4)
 }
 
 /// How much of a spilled message's header block is read under the transaction's own

@@ -351,7 +351,7 @@ async fn queue_dsn(
         size: None,
         crc32: None,
     };
-    ctx.spool.store(&mut dsn_meta, &bytes).await?;
+    ctx.spool.store(&mut dsn_meta, std::slice::from_ref(&bytes)).await?;
     ctx.deliverer.submit(id.clone());
     crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);

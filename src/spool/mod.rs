@@ -245,22 +245,20 @@ impl SpoolPaths {
 
     /// Remove a message, from the queue or from `damaged/`: its file first, so a crash in
     /// between leaves only a journal, which recovery deletes. `NotFound` when it is in
-    /// neither.
+    /// neither. (A message found in the queue costs two unlinks, as before `damaged/`.)
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
+        let ignore_missing = |r: io::Result<()>| match r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            other => other.map(|()| true),
+        };
+        if ignore_missing(fs::remove_file(self.message_file(id)))? {
+            ignore_missing(fs::remove_file(self.journal_file(id)))?;
+            return Ok(());
+        }
         let damaged = self.damaged();
-        let mut found = false;
-        for path in [
-            self.message_file(id),
-            self.journal_file(id),
-            damaged.join(format!("{id}.msg")),
-            damaged.join(format!("{id}.state")),
-            damaged.join(format!("{id}.reason")),
-        ] {
-            match fs::remove_file(&path) {
-                Ok(()) => found = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        let mut found = ignore_missing(fs::remove_file(self.journal_file(id)))?;
+        for ext in ["msg", "state", "reason"] {
+            found |= ignore_missing(fs::remove_file(damaged.join(format!("{id}.{ext}"))))?;
         }
         if found { Ok(()) } else { Err(io::Error::new(io::ErrorKind::NotFound, format!("{id} is not in the spool"))) }
     }
@@ -449,13 +447,18 @@ impl Spool {
         &self.paths
     }
 
-    /// Store a new message durably: when this returns `Ok`, the file's data and name are on
-    /// disk. Records the message's length and checksum in `meta`.
-    pub async fn store(&self, meta: &mut Meta, message: &Bytes) -> io::Result<()> {
-        meta.size = Some(message.len() as u64);
-        meta.crc32 = Some(crc32fast::hash(message));
+    /// Store a new message, the concatenation of `parts`, durably: when this returns `Ok`,
+    /// the file's data and name are on disk. Records the message's length and checksum in
+    /// `meta`.
+    pub async fn store(&self, meta: &mut Meta, parts: &[Bytes]) -> io::Result<()> {
+        let mut crc = crc32fast::Hasher::new();
+        parts.iter().for_each(|p| crc.update(p));
+        meta.size = Some(parts.iter().map(|p| p.len() as u64).sum());
+        meta.crc32 = Some(crc.finalize());
         let name = format!("{}.msg", meta.id);
-        self.sync.write_file(&name, vec![envelope_line(meta)?, message.clone()], None).await
+        let mut file = vec![envelope_line(meta)?];
+        file.extend(parts.iter().cloned());
+        self.sync.write_file(&name, file, None).await
     }
 
     /// Store a new message whose bytes are `head` followed by what was spilled to disk while
