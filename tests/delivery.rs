@@ -146,7 +146,8 @@ async fn an_upstream_that_comes_up_later_gets_the_mail() {
     assert_eq!(upstream.delivered_to("customer@client.test").len(), 1);
 }
 
-#[tokio::test]
+// Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_times_out_and_the_copy_is_retried() {
     let upstream = TestUpstream::start().await;
     upstream.set_silent(true);
@@ -252,7 +253,8 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     assert_eq!(code, 2, "{out}");
 }
 
-#[tokio::test]
+// Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_commands_work_on_the_files_when_no_relay_runs() {
     let upstream =
         TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Rcpt).then(|| "451 4.4.1 later".to_string())))

@@ -136,6 +136,8 @@ async fn data_gets_452_while_the_memory_budget_is_spent() {
         reply = c.cmd("DATA").await;
     }
     assert_eq!(reply, "354 End data with <CR><LF>.<CR><LF>");
+    c.send(b"Subject: four\r\n\r\nbody\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 "));
     relay.stop().await.unwrap();
 }
 
