@@ -38,6 +38,8 @@ config() { # upstream section
 [server]
 listen = ["127.0.0.1:$relay_port"]
 max_message_size = "64MiB"
+# Every client session comes from 127.0.0.1 here.
+max_connections_per_client = 0
 [spool]
 dir = "$work/spool"
 [upstream]
