@@ -6,7 +6,10 @@
 #                  (directory upstream); peak RSS, then RSS once the spool is empty;
 #   (b) blackhole: an upstream that accepts TCP and never greets, QUEUED messages of
 #                  QUEUED_MIB MiB sent by SESSIONS clients; peak RSS;
-#   (c) restart:   the relay restarted on that spool, no client at all, for 20 s; peak RSS.
+#   (c) restart:   the relay restarted on that spool, no client at all, for 20 s; peak RSS;
+#   (d) fan-out:   (run after (a)) 50 messages whose To: shows 1,000 external recipients, each
+#                  exploded into 1,000 copies (50,000 files); peak RSS, RSS when drained and
+#                  10 s later.
 #
 # Usage: benches/memory.sh [SESSIONS] [BURST_MIB] [QUEUED] [QUEUED_MIB]   (defaults 100 10 500 20)
 # Needs python3 and about QUEUED x QUEUED_MIB of free disk. BCCGUARD_BIN picks another binary.
@@ -66,13 +69,15 @@ kib() { awk -v k="$1" '/^'"$1"':/ { print $2 }' "/proc/$relay/status"; }
 mib() { echo $(( $1 / 1024 )); }
 spool_count() { find "$work/spool/queue" -name '*.msg' | wc -l; }
 
-send() { # messages, MiB each, concurrent sessions
-    python3 - "$relay_port" "$1" "$2" "$3" <<'PY'
+send() { # messages, MiB each, concurrent sessions[, recipients each, all shown in To:]
+    python3 - "$relay_port" "$1" "$2" "$3" "${4:-1}" <<'PY'
 import smtplib, sys, threading, queue
-port, count, mib, sessions = (int(a) for a in sys.argv[1:])
+port, count, mib, sessions, nrcpt = (int(a) for a in sys.argv[1:])
 line = b"x" * 76 + b"\r\n"
-body = line * (mib * 1024 * 1024 // len(line))
-message = (b"From: app@example.com\r\nTo: customer@client.test\r\nSubject: big\r\n\r\n" + body)
+body = line * max(1, mib * 1024 * 1024 // len(line))
+rcpts = ["customer@client.test"] if nrcpt == 1 else [f"c{i}@client{i % 7}.test" for i in range(nrcpt)]
+to = ",\r\n ".join(rcpts).encode()
+message = (b"From: app@example.com\r\nTo: " + to + b"\r\nSubject: big\r\n\r\n" + body)
 todo = queue.Queue()
 for _ in range(count):
     todo.put(1)
@@ -85,7 +90,7 @@ def worker():
             return
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=600) as s:
-                s.sendmail("app@example.com", ["customer@client.test"], message)
+                s.sendmail("app@example.com", rcpts, message)
         except Exception as e:
             failed.append(repr(e))
 threads = [threading.Thread(target=worker) for _ in range(min(sessions, count))]
@@ -105,6 +110,19 @@ while [ "$(spool_count)" -gt 0 ]; do sleep 0.2; done
 sleep 2
 printf '  RSS at start      %5d MiB\n  peak RSS          %5d MiB\n  RSS after drain   %5d MiB\n' \
     "$(mib "$rss0")" "$(mib "$(kib VmHWM)")" "$(mib "$(kib VmRSS)")"
+echo "  delivered: $(find "$work/outbox" -name '*.eml' | wc -l) files"
+kill "$relay"; wait "$relay" || true
+rm -rf "$work/spool" "$work/outbox"
+
+echo "(d) fan-out: 50 messages x 1,000 external recipients shown in To:, 10 sessions, exploded"
+config "directory = \"$work/outbox\""
+start_relay
+send 50 0 10 1000
+while [ "$(spool_count)" -gt 0 ]; do sleep 0.2; done
+drained=$(kib VmRSS)
+sleep 10
+printf '  peak RSS          %5d MiB\n  RSS when drained  %5d MiB\n  RSS 10 s later    %5d MiB\n' \
+    "$(mib "$(kib VmHWM)")" "$(mib "$drained")" "$(mib "$(kib VmRSS)")"
 echo "  delivered: $(find "$work/outbox" -name '*.eml' | wc -l) files"
 kill "$relay"; wait "$relay" || true
 rm -rf "$work/spool" "$work/outbox"
