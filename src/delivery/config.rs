@@ -24,6 +24,10 @@ pub struct DeliveryConfig {
     pub redaction: Redaction,
     /// Delivery passes running at once.
     pub max_passes: usize,
+    /// Copies one pass sends at once (`upstream.max_connections`): the next copy is built
+    /// only when a send finishes, so a pass holds as many copies as the upstream has
+    /// connections, however many recipients the message has.
+    pub sends_per_pass: usize,
 }
 
 impl DeliveryConfig {
@@ -35,6 +39,7 @@ impl DeliveryConfig {
             max_age: config.spool.max_age.0,
             redaction: Redaction(config.log.redact_addresses),
             max_passes: config.upstream.max_connections.max(1) * PASSES_PER_CONNECTION,
+            sends_per_pass: config.upstream.max_connections.max(1),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! most one chunk's deliveries: at-least-once. A journal write that fails keeps the outcomes
 //! in memory, never re-sending them while the relay runs (see [`super::journal`]).
 //!
-//! The decisions about time are
+//! Within a chunk a pass sends at most `sends_per_pass` copies at once (the upstream's
+//! connection count) and builds the next copy only when a send ends, so what a pass holds
+//! follows the connections, not the recipients. The decisions about time are
 //! [`super::schedule`]'s; a pass reads the clock and hands it the instant. A bounce is
 //! spooled here and handed back to the manager to submit: a pass never calls its manager.
 
@@ -215,28 +217,31 @@ impl Message<'_> {
     }
 }
 
-/// Send the copies of `txns`, concurrently (the upstream bounds its connections).
+/// Send the copies of `txns`, at most `sends_per_pass` at once: a copy is built when a send
+/// ends, never ahead of the connections that will carry it.
 async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]) -> Vec<Attempted> {
     let meta = message.meta;
     let mut sends = JoinSet::new();
-    for &t in txns {
-        let pending = state.pending_in(&meta.plan, t);
-        let copy = message.copy(t);
-        let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
-        sends.spawn(async move {
-            let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
-            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
-            (t, pending, outcomes)
-        });
-    }
+    let mut waiting = txns.iter();
     let mut results = Vec::with_capacity(txns.len());
-    while let Some(done) = sends.join_next().await {
-        match done {
-            Ok(result) => results.push(result),
-            Err(e) => error!(queue_id = %meta.id, error = %e, "a delivery task failed"),
+    loop {
+        while sends.len() < ctx.config.sends_per_pass {
+            let Some(&t) = waiting.next() else { break };
+            let pending = state.pending_in(&meta.plan, t);
+            let copy = message.copy(t);
+            let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
+            sends.spawn(async move {
+                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
+                let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
+                (t, pending, outcomes)
+            });
+        }
+        match sends.join_next().await {
+            Some(Ok(result)) => results.push(result),
+            Some(Err(e)) => error!(queue_id = %meta.id, error = %e, "a delivery task failed"),
+            None => return results,
         }
     }
-    results
 }
 
 /// Log and count each recipient's outcome.

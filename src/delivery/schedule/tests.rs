@@ -17,6 +17,7 @@ fn config() -> DeliveryConfig {
         max_age: Duration::from_secs(3600),
         redaction: Redaction(false),
         max_passes: 2,
+        sends_per_pass: 4,
     }
 }
 
