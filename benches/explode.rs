@@ -1,69 +1,155 @@
-//! Bench (not a test): explode one 100 KiB message with 30,000 external recipients into
-//! copies written to a null sink; reports time, copies/s and peak memory (VmHWM).
+//! Bench (not a test): one 100 KiB message with 30,000 and then 100,000 external recipients,
+//! sent to the real relay (the release binary, in its own process) and exploded into copies
+//! delivered to an SMTP sink with `upstream.max_connections` = 16. Prints, per count, the
+//! time until the sink had every copy, copies/s, and the relay's peak resident memory
+//! (`VmHWM`), which is the figure to watch: it must follow the connections, not the
+//! recipients.
 //!
-//! Run: `cargo bench --bench explode` (add `-- 100000` for another recipient count).
+//! Run: `cargo bench --bench explode` (or `-- 30000` for one recipient count);
+//! `BCCGUARD_BIN=path` measures another build of the relay.
 
-use std::io::Write;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use bccguard::config::{Action, PolicyConfig};
-use bccguard::message::decide::{Policy, decide};
-use bccguard::message::parse::Headers;
-use bccguard::plan::Plan;
-use bccguard::rewrite::header_block;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
-fn main() {
-    let recipients: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30_000);
-    let rss_before = peak_rss_kib();
-    let message = message(100 * 1024);
-    let rcpts: Vec<String> = (0..recipients).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
-    let policy = Policy::from_config(&PolicyConfig {
-        internal_domains: vec!["example.com".into()],
-        max_visible_external: 1,
-        action: Action::Explode,
-        keep_internal_visible: true,
-        monitor: false,
-    });
+const CONNECTIONS: usize = 16;
 
-    let start = Instant::now();
-    let headers = Headers::parse(&message).expect("parses");
-    let decision = decide(&headers, &policy);
-    let plan = Plan::build(&decision, &headers, &rcpts, &policy).expect("explode");
-    let planned = start.elapsed();
-    let body = &message[headers.body_start..];
-    let mut sink = std::io::sink();
-    let mut bytes = 0usize;
-    for txn in &plan.transactions {
-        let head = header_block(&message, &headers, &plan, txn, &rcpts);
-        sink.write_all(&head).unwrap();
-        sink.write_all(body).unwrap();
-        bytes += head.len() + body.len();
+#[tokio::main]
+async fn main() {
+    let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let counts = if counts.is_empty() { vec![30_000, 100_000] } else { counts };
+    for n in counts {
+        run(n).await;
     }
-    let elapsed = start.elapsed();
-    let copies = plan.transactions.len();
-    println!(
-        "message: {} bytes, {} addresses visible, {recipients} envelope recipients",
-        message.len(),
-        headers.visible().count()
+}
+
+async fn run(recipients: usize) {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let received = Arc::new(AtomicUsize::new(0));
+    let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
+    let sink_port = sink.local_addr().expect("sink address").port();
+    tokio::spawn(serve_sink(sink, received.clone()));
+    let relay_port = free_port();
+    let config = work.path().join("bccguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{relay_port}\"]\nmax_recipients = {recipients}\n\
+             [spool]\ndir = \"{spool}\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {sink_port}\ntls = \"none\"\nmax_connections = {CONNECTIONS}\n\
+             [policy]\ninternal_domains = [\"example.com\"]\n[log]\nlevel = \"error\"\n",
+            spool = work.path().join("spool").display()
+        ),
+    )
+    .expect("write the config");
+    let relay = Relay(
+        Command::new(std::env::var("BCCGUARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bccguard").into()))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the relay"),
     );
-    println!("decision: leak={} exposure={} action={}", decision.leak, decision.exposure, decision.action.as_str());
-    println!("parse+decide+plan: {:.1} ms", planned.as_secs_f64() * 1e3);
+    let mut client = connect(relay_port).await;
+    let message = message(100 * 1024);
+    let started = Instant::now();
+    send(&mut client, recipients, &message).await;
+    let accepted = started.elapsed();
+    let peak_accepted = peak_rss_kib(relay.0.id());
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while received.load(Ordering::Relaxed) < recipients {
+        assert!(Instant::now() < deadline, "only {} copies arrived", received.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(relay.0.id());
     println!(
-        "explode: {copies} copies, {:.1} MiB written to the sink in {:.2} s ({:.0} copies/s)",
-        bytes as f64 / (1 << 20) as f64,
+        "{recipients} recipients, {} KiB message, {CONNECTIONS} connections: accepted in {:.2} s, \
+         every copy at the sink in {:.1} s ({:.0} copies/s); relay peak RSS {:.1} MiB \
+         ({:.1} MiB when the message was accepted)",
+        message.len() / 1024,
+        accepted.as_secs_f64(),
         elapsed.as_secs_f64(),
-        copies as f64 / elapsed.as_secs_f64()
+        recipients as f64 / (elapsed - accepted).as_secs_f64(),
+        peak as f64 / 1024.0,
+        peak_accepted as f64 / 1024.0
     );
-    println!(
-        "peak RSS: {:.1} MiB (before the message: {:.1} MiB)",
-        peak_rss_kib() as f64 / 1024.0,
-        rss_before as f64 / 1024.0
-    );
+}
+
+/// Kills the relay when dropped.
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+async fn connect(port: u16) -> BufReader<TcpStream> {
+    for _ in 0..200 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            return BufReader::new(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the relay did not start");
+}
+
+/// One transaction: RCPTs pipelined a thousand at a time, then the data.
+async fn send(c: &mut BufReader<TcpStream>, recipients: usize, message: &[u8]) {
+    expect(c, "220").await;
+    c.get_mut().write_all(b"EHLO bench.test\r\nMAIL FROM:<support@example.com>\r\n").await.unwrap();
+    expect(c, "250").await;
+    expect(c, "250").await;
+    let mut sent = 0;
+    while sent < recipients {
+        let batch = (recipients - sent).min(1000);
+        let mut out = String::new();
+        for i in sent..sent + batch {
+            out.push_str(&format!("RCPT TO:<{}>\r\n", address(i)));
+        }
+        c.get_mut().write_all(out.as_bytes()).await.unwrap();
+        for _ in 0..batch {
+            expect(c, "250").await;
+        }
+        sent += batch;
+    }
+    c.get_mut().write_all(b"DATA\r\n").await.unwrap();
+    expect(c, "354").await;
+    c.get_mut().write_all(message).await.unwrap();
+    c.get_mut().write_all(b".\r\nQUIT\r\n").await.unwrap();
+    expect(c, "250").await;
+}
+
+/// Read one reply (all its lines); it must start with `code`.
+async fn expect(c: &mut BufReader<TcpStream>, code: &str) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        c.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return;
+        }
+    }
+}
+
+fn address(i: usize) -> String {
+    format!("customer{i:06}@domain{}.test", i % 500)
 }
 
 /// A 100 KiB-ish message whose To shows 1,000 external customers (a batch like the 2019 leak).
 fn message(size: usize) -> Vec<u8> {
-    let to: Vec<String> = (0..1000).map(|i| format!("customer{i:05}@domain{}.test", i % 500)).collect();
+    let to: Vec<String> = (0..1000).map(address).collect();
     let mut m = format!(
         "From: Support <support@example.com>\r\nTo: {}\r\nCc: Ops <ops@example.com>\r\nSubject: Security update\r\n\
          Date: Mon, 18 Nov 2019 09:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
@@ -76,9 +162,63 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
-/// Peak resident set size of this process, in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// An SMTP server that accepts everything and keeps nothing; counts the messages.
+async fn serve_sink(listener: TcpListener, received: Arc<AtomicUsize>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let received = received.clone();
+        tokio::spawn(async move {
+            let _ = sink_session(stream, &received).await;
+        });
+    }
+}
+
+async fn sink_session(stream: TcpStream, received: &AtomicUsize) -> std::io::Result<()> {
+    let mut c = BufReader::with_capacity(64 * 1024, stream);
+    c.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        if c.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).map(|v| v.to_ascii_uppercase()).unwrap_or_default();
+        let reply: &[u8] = match verb.as_slice() {
+            b"EHLO" => b"250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n",
+            b"DATA" => {
+                c.get_mut().write_all(b"354 go on\r\n").await?;
+                skip_data(&mut c, &mut line).await?;
+                received.fetch_add(1, Ordering::Relaxed);
+                b"250 2.0.0 ok\r\n"
+            }
+            b"QUIT" => {
+                c.get_mut().write_all(b"221 bye\r\n").await?;
+                let mut rest = Vec::new();
+                let _ = c.read_to_end(&mut rest).await;
+                return Ok(());
+            }
+            _ => b"250 2.0.0 ok\r\n",
+        };
+        c.get_mut().write_all(reply).await?;
+    }
+}
+
+/// Read data lines up to the lone dot.
+async fn skip_data(c: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        line.clear();
+        if c.read_until(b'\n', line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.as_slice() == b".\r\n" {
+            return Ok(());
+        }
+    }
+}
+
+/// Peak resident set size of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -104,9 +104,7 @@ impl DeliveryAttempt<'_> {
         };
         metrics().deliveries.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
         let to = redaction.address(self.recipient);
-        let reply = match self.outcome {
-            Outcome::Delivered(r) | Outcome::Deferred(r) | Outcome::Failed(r) => redaction.text(r),
-        };
+        let reply = redaction.text(&self.outcome.to_string());
         match self.outcome {
             Outcome::Delivered(_) => {
                 info!(queue_id = %self.id, to = %to, attempts = self.attempts, reply = %reply, "delivered")

@@ -17,6 +17,7 @@
 //! - [`rewrite`]: the header block of each copy (pure); bodies are shared, never copied.
 //! - [`config`]: the TOML file, environment overrides, and validation with key paths.
 //! - [`cli`]: the command line.
+//! - [`Shutdown`]: the two phases of shutdown, shared by the front door and delivery.
 //!
 //! [`start`] wires them together on listeners the caller has already bound (so tests can bind
 //! `127.0.0.1:0`) and returns a [`Running`] relay that can be reloaded and stopped; [`run`]
@@ -39,8 +40,11 @@ pub mod plan;
 pub mod queue_id;
 pub mod relay;
 pub mod rewrite;
+mod shutdown;
 pub mod smtp;
 pub mod spool;
+
+pub use shutdown::Shutdown;
 
 use std::io;
 use std::net::SocketAddr;
@@ -64,17 +68,6 @@ use spool::Spool;
 
 /// How often readiness is checked (spool writable, upstream reachable).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
-
-/// The two phases of shutdown.
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown {
-    /// Stop accepting; idle sessions get 421, sessions in a transaction finish it first; no
-    /// new delivery passes start.
-    pub soft: CancellationToken,
-    /// The grace period is over: every session gets 421 now, deliveries in flight stop (their
-    /// messages stay spooled).
-    pub hard: CancellationToken,
-}
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::reply::{Answer, Reply};
 use super::{Copy, Outcome};
 use crate::durable::DirSync;
 use crate::queue_id::QueueId;
@@ -56,14 +57,17 @@ impl DirectoryUpstream {
                 (slot, name, result)
             });
         }
-        let mut outcomes = vec![Outcome::Deferred("451 4.3.0 not written".into()); rcpts.len()];
+        let mut outcomes = vec![Outcome::Deferred(Answer::Reply(Reply::new(451, "4.3.0 not written"))); rcpts.len()];
         while let Some(done) = writes.join_next().await {
             let Ok((slot, name, result)) = done else {
                 continue;
             };
             outcomes[slot] = match result {
-                Ok(()) => Outcome::Delivered(format!("250 2.0.0 written to {name}")),
-                Err(e) => Outcome::Deferred(format!("451 4.3.0 cannot write {name} to the outbox: {e}")),
+                Ok(()) => Outcome::Delivered(Reply::new(250, &format!("2.0.0 written to {name}"))),
+                Err(e) => Outcome::Deferred(Answer::Reply(Reply::new(
+                    451,
+                    &format!("4.3.0 cannot write {name} to the outbox: {e}"),
+                ))),
             };
         }
         outcomes

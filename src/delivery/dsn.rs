@@ -4,18 +4,37 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 
+use super::outcome;
+use super::reply::Answer;
 use crate::message::parse::{FieldKind, Headers};
 use crate::queue_id::QueueId;
+use crate::spool::record::{Meta, RcptState, State};
 
 /// One recipient the message could not be delivered to.
 #[derive(Clone, Debug)]
 pub struct Failure {
     /// The recipient.
     pub recipient: String,
-    /// The upstream's reply (or why the message expired).
-    pub reply: String,
+    /// The upstream's last reply, or why there was none.
+    pub reply: Answer,
     /// True when it failed by running out of `spool.max_age`.
     pub expired: bool,
+}
+
+/// The failures of recipients `failed` (indexes into `meta.recipients`), from the state the
+/// journal rebuilt: each reply, recorded as text, is a value again here, once.
+pub fn failures(meta: &Meta, state: &State, failed: &[usize]) -> Vec<Failure> {
+    failed
+        .iter()
+        .filter_map(|&i| match &state.rcpts[i] {
+            RcptState::Failed { reply, expired, .. } => Some(Failure {
+                recipient: meta.recipients[i].clone(),
+                reply: outcome::recorded(reply),
+                expired: *expired,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a notification is about.
@@ -59,7 +78,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
     ));
     for f in report.failures {
         let why = if f.expired { "the message was undeliverable for too long; last reply: " } else { "" };
-        out.push_str(&format!("<{}>: {why}{}\r\n", f.recipient, one_line(&f.reply)));
+        out.push_str(&format!("<{}>: {why}{}\r\n", f.recipient, one_line(&f.reply.to_string())));
     }
     out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
     out.push_str(&format!(
@@ -77,7 +96,7 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         if !report.remote.is_empty() {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", report.remote));
         }
-        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply)));
+        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply.to_string())));
     }
     out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
     let mut bytes = out.into_bytes();
@@ -92,7 +111,7 @@ fn status_of(f: &Failure) -> String {
     if f.expired {
         return "4.4.7".into();
     }
-    super::reply::Reply::parse(&f.reply).and_then(|r| r.enhanced).map_or_else(|| "5.0.0".to_string(), |e| e.to_string())
+    f.reply.enhanced().map_or_else(|| "5.0.0".to_string(), |e| e.to_string())
 }
 
 /// Reply text on one line, without control characters.
@@ -119,14 +138,18 @@ fn headers_without_addresses(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::reply::Reply;
 
     #[test]
     fn the_report_names_only_the_failed_recipient() {
         let message = b"Received: x\r\nFrom: shop@example.com\r\nTo: a@x.test, b@y.test\r\nCc: c@z.test\r\n\
             Subject: offer\r\n\r\nbody\r\n";
         let id = QueueId::generate();
-        let failures =
-            [Failure { recipient: "b@y.test".into(), reply: "550 5.1.1 no such user".into(), expired: false }];
+        let failures = [Failure {
+            recipient: "b@y.test".into(),
+            reply: Answer::Reply(Reply::new(550, "5.1.1 no such user")),
+            expired: false,
+        }];
         let report = Report {
             hostname: "relay.test",
             remote: "smtp.test:25",
@@ -147,9 +170,15 @@ mod tests {
 
     #[test]
     fn expired_and_unknown_statuses() {
-        let f = |reply: &str, expired| Failure { recipient: "r@x.test".into(), reply: reply.into(), expired };
-        assert_eq!(status_of(&f("451 4.3.0 busy", true)), "4.4.7");
-        assert_eq!(status_of(&f("554 rejected", false)), "5.0.0");
-        assert_eq!(status_of(&f("550 5.7.1 denied", false)), "5.7.1");
+        let f = |code, text: &str, expired| Failure {
+            recipient: "r@x.test".into(),
+            reply: Answer::Reply(Reply::new(code, text)),
+            expired,
+        };
+        assert_eq!(status_of(&f(451, "4.3.0 busy", true)), "4.4.7");
+        assert_eq!(status_of(&f(554, "rejected", false)), "5.0.0");
+        assert_eq!(status_of(&f(550, "5.7.1 denied", false)), "5.7.1");
+        let broken = Failure { recipient: "r@x.test".into(), reply: Answer::Broken("reset".into()), expired: false };
+        assert_eq!(status_of(&broken), "5.0.0");
     }
 }

@@ -1,9 +1,9 @@
-//! The queue manager: one task that knows every spooled message and when to try it next,
-//! runs passes over them (a bounded number at once), and takes commands: a newly accepted
+//! The queue manager: one task that carries out the [`Schedule`]: it reads the clock, starts
+//! the passes the schedule names (a bounded number at once), sleeps until the schedule's next
+//! instant, delivers the bounces passes hand back, and takes commands: a newly accepted
 //! message, "retry now", "delete".
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,49 +12,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::Upstream;
-use super::pass::{self, Ctx, PassEnd, now_ms};
-use crate::Shutdown;
-use crate::config::Config;
-use crate::events::Redaction;
+use super::config::DeliveryConfig;
+use super::pass::{self, Ctx, Ended, now_ms};
+use super::schedule::{Deleted, Next, PassEnd, Schedule};
 use crate::queue_id::QueueId;
+use crate::shutdown::Shutdown;
 use crate::spool::Spool;
 use crate::spool::record::Record;
 
-/// Passes running at once, per upstream connection: a pass holds its message's header block
-/// and the copies being written, so the messages in delivery follow the upstream's
-/// connection cap, not the length of the queue (which is kept as ids and times only).
-const PASSES_PER_CONNECTION: usize = 2;
-
 /// Wait before a message whose pass panicked is tried again.
 const PANIC_WAIT: i64 = 60_000;
-
-/// Delivery settings.
-#[derive(Clone, Debug)]
-pub struct DeliveryConfig {
-    /// Our host name (for bounces).
-    pub hostname: String,
-    /// `spool.retry`.
-    pub retry: Vec<Duration>,
-    /// `spool.max_age`.
-    pub max_age: Duration,
-    /// `log.redact_addresses`.
-    pub redaction: Redaction,
-    /// Delivery passes running at once.
-    pub max_passes: usize,
-}
-
-impl DeliveryConfig {
-    /// The settings in `config`.
-    pub fn from_config(config: &Config) -> DeliveryConfig {
-        DeliveryConfig {
-            hostname: config.server.hostname.clone(),
-            retry: config.spool.retry.iter().map(|d| d.0).collect(),
-            max_age: config.spool.max_age.0,
-            redaction: Redaction(config.log.redact_addresses),
-            max_passes: config.upstream.max_connections.max(1) * PASSES_PER_CONNECTION,
-        }
-    }
-}
 
 /// The delivery manager is not running (shutting down).
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +29,7 @@ impl DeliveryConfig {
 pub struct ManagerStopped;
 
 /// A pass ended: the message, how, and its journal records still only in memory.
-type Done = (QueueId, PassEnd, Vec<Record>);
+type Done = (QueueId, Ended, Vec<Record>);
 
 enum Command {
     Submit(QueueId),
@@ -119,14 +86,12 @@ pub fn start(
 ) -> Deliverer {
     let (tx, rx) = mpsc::unbounded_channel();
     let deliverer = Deliverer { tx };
-    let ctx = Arc::new(Ctx { spool, upstream, config, deliverer: deliverer.clone() });
+    let schedule = Schedule::new(config.max_passes);
+    let ctx = Arc::new(Ctx { spool, upstream, config });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let manager = Manager {
         ctx,
-        entries: HashMap::new(),
-        timers: BinaryHeap::new(),
-        ready: VecDeque::new(),
-        running: 0,
+        schedule,
         unwritten: HashMap::new(),
         done_tx,
         tracker: tracker.clone(),
@@ -136,22 +101,9 @@ pub fn start(
     deliverer
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    /// Next attempt at this time (Unix ms).
-    Waiting(i64),
-    /// In the ready queue.
-    Ready,
-    /// A pass is running; afterwards run again at once (`rerun`) or delete.
-    Running { rerun: bool, delete: bool },
-}
-
 struct Manager {
     ctx: Arc<Ctx>,
-    entries: HashMap<QueueId, Entry>,
-    timers: BinaryHeap<Reverse<(i64, QueueId)>>,
-    ready: VecDeque<(QueueId, bool)>,
-    running: usize,
+    schedule: Schedule,
     /// Journal records not yet on disk, per message (see `super::journal`).
     unwritten: HashMap<QueueId, Vec<Record>>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -168,26 +120,38 @@ impl Manager {
     ) {
         self.recover().await;
         loop {
-            crate::metrics::metrics().spool_messages.set(self.entries.len() as i64);
-            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            crate::metrics::metrics().spool_messages.set(self.schedule.len() as i64);
+            let wake = self.start_due();
             let sleep = async move {
-                match next_timer {
+                match wake {
                     Some(at) => tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = shutdown.soft.cancelled() => break,
-                Some((id, end, unwritten)) = done.recv() => self.finished(id, end, unwritten),
+                Some((id, ended, unwritten)) = done.recv() => self.finished(id, ended, unwritten),
                 command = commands.recv() => match command {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                _ = sleep => self.fire_timers(),
+                _ = sleep => {}
             }
         }
-        let waiting = self.entries.len();
-        info!(in_flight = self.running, queued = waiting, "delivery manager stopped; undelivered mail stays spooled");
+        let (running, queued) = (self.schedule.running(), self.schedule.len());
+        info!(in_flight = running, queued, "delivery manager stopped; undelivered mail stays spooled");
+    }
+
+    /// Start every pass the schedule says is due now; returns when to look again.
+    fn start_due(&mut self) -> Option<i64> {
+        let now = now_ms();
+        loop {
+            match self.schedule.next(now) {
+                Next::Run(id, force) => self.start_pass(id, force),
+                Next::Sleep(at) => return Some(at),
+                Next::Idle => return None,
+            }
+        }
     }
 
     /// Schedule every message found in the spool at its next attempt (the spool was cleaned
@@ -214,128 +178,71 @@ impl Manager {
             info!(messages = found.len(), "resuming delivery of spooled mail");
         }
         for (id, at) in found {
-            self.schedule(id, at);
+            self.schedule.add(id, at);
         }
     }
 
-    fn schedule(&mut self, id: QueueId, at: i64) {
-        self.entries.insert(id.clone(), Entry::Waiting(at));
-        self.timers.push(Reverse((at, id)));
-    }
-
-    fn make_ready(&mut self, id: QueueId, force: bool) {
-        self.entries.insert(id.clone(), Entry::Ready);
-        self.ready.push_back((id, force));
-        self.start_ready();
-    }
-
-    fn start_ready(&mut self) {
-        while self.running < self.ctx.config.max_passes {
-            let Some((id, force)) = self.ready.pop_front() else {
-                return;
+    /// Run a pass over `id` on the tracker; its end comes back through `done`.
+    fn start_pass(&mut self, id: QueueId, force: bool) {
+        let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
+        let mut unwritten = self.unwritten.remove(&id).unwrap_or_default();
+        self.tracker.spawn(async move {
+            let pass = {
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let ended = pass::run(&ctx, &id, force, &mut unwritten).await;
+                    (ended, unwritten)
+                })
             };
-            if self.entries.get(&id) != Some(&Entry::Ready) {
-                continue;
-            }
-            self.entries.insert(id.clone(), Entry::Running { rerun: false, delete: false });
-            self.running += 1;
-            let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
-            let mut unwritten = self.unwritten.remove(&id).unwrap_or_default();
-            self.tracker.spawn(async move {
-                let pass = {
-                    let id = id.clone();
-                    tokio::spawn(async move {
-                        let end = pass::run(&ctx, &id, force, &mut unwritten).await;
-                        (end, unwritten)
-                    })
-                };
-                let abort = pass.abort_handle();
-                let (end, unwritten) = tokio::select! {
-                    end = pass => end.unwrap_or_else(|e| {
-                        error!(queue_id = %id, error = %e, "a delivery pass failed; trying again later");
-                        (PassEnd::Later(now_ms() + PANIC_WAIT), Vec::new())
-                    }),
-                    // Interrupted: the message stays spooled as it is.
-                    _ = hard.cancelled() => {
-                        abort.abort();
-                        (PassEnd::Later(now_ms()), Vec::new())
-                    }
-                };
-                let _ = done.send((id, end, unwritten));
-            });
-        }
+            let abort = pass.abort_handle();
+            let later = |at| Ended { end: PassEnd::Later(at), dsn: None };
+            let (ended, unwritten) = tokio::select! {
+                ended = pass => ended.unwrap_or_else(|e| {
+                    error!(queue_id = %id, error = %e, "a delivery pass failed; trying again later");
+                    (later(now_ms() + PANIC_WAIT), Vec::new())
+                }),
+                // Interrupted: the message stays spooled as it is (and so does any bounce
+                // it queued, for the next start).
+                _ = hard.cancelled() => {
+                    abort.abort();
+                    (later(now_ms()), Vec::new())
+                }
+            };
+            let _ = done.send((id, ended, unwritten));
+        });
     }
 
-    fn fire_timers(&mut self) {
-        let now = now_ms();
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
-                break;
-            }
-            let Reverse((at, id)) = self.timers.pop().expect("peeked");
-            if self.entries.get(&id) == Some(&Entry::Waiting(at)) {
-                self.make_ready(id, false);
-            }
+    fn finished(&mut self, id: QueueId, ended: Ended, unwritten: Vec<Record>) {
+        let Ended { end, dsn } = ended;
+        if let Some(dsn) = dsn {
+            self.schedule.submit(dsn);
         }
-    }
-
-    fn finished(&mut self, id: QueueId, end: PassEnd, unwritten: Vec<Record>) {
-        self.running -= 1;
-        let entry = self.entries.remove(&id);
-        let stays = matches!(end, PassEnd::Later(_) | PassEnd::Parked)
-            && !matches!(entry, Some(Entry::Running { delete: true, .. }));
-        if stays && !unwritten.is_empty() {
-            self.unwritten.insert(id.clone(), unwritten);
+        let stays = matches!(end, PassEnd::Later(_) | PassEnd::Parked);
+        let delete = self.schedule.finished(id.clone(), &end);
+        if delete {
+            self.unwritten.remove(&id);
+            self.remove(&id);
+        } else if stays && !unwritten.is_empty() {
+            self.unwritten.insert(id, unwritten);
         }
-        match (entry, end) {
-            (Some(Entry::Running { delete: true, .. }), _) => self.remove(&id),
-            (_, PassEnd::Done | PassEnd::Gone) => {}
-            (Some(Entry::Running { rerun: true, .. }), PassEnd::Later(_) | PassEnd::Parked) => {
-                self.make_ready(id, true)
-            }
-            (_, PassEnd::Later(at)) => self.schedule(id, at),
-            // Only a retry or a delete moves it.
-            (_, PassEnd::Parked) => {
-                self.entries.insert(id, Entry::Waiting(i64::MAX));
-            }
-        }
-        self.start_ready();
     }
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Submit(id) => self.make_ready(id, false),
+            Command::Submit(id) => self.schedule.submit(id),
             Command::Retry(which, reply) => {
-                let ids: Vec<QueueId> = match which {
-                    Some(id) => vec![id],
-                    None => self.entries.keys().cloned().collect(),
-                };
-                let mut n = 0;
-                for id in ids {
-                    match self.entries.get_mut(&id) {
-                        Some(Entry::Waiting(_)) => self.make_ready(id, true),
-                        Some(Entry::Running { rerun, .. }) => *rerun = true,
-                        Some(Entry::Ready) => {}
-                        None => continue,
-                    }
-                    n += 1;
-                }
-                let _ = reply.send(n);
+                let _ = reply.send(self.schedule.retry(which.as_ref()));
             }
             Command::Delete(id, reply) => {
-                let found = match self.entries.get_mut(&id) {
-                    Some(Entry::Running { delete, .. }) => {
-                        *delete = true;
-                        true
-                    }
-                    Some(_) => {
-                        self.entries.remove(&id);
+                let found = match self.schedule.delete(&id) {
+                    Deleted::AfterPass => true,
+                    Deleted::Now => {
                         self.unwritten.remove(&id);
                         self.remove(&id);
                         true
                     }
                     // Not scheduled: maybe damaged or unreadable; its files go all the same.
-                    None => self.ctx.spool.paths().remove(&id).is_ok(),
+                    Deleted::Unknown => self.ctx.spool.paths().remove(&id).is_ok(),
                 };
                 let _ = reply.send(found);
             }

@@ -4,20 +4,29 @@
 //! After the spool has a message, the manager runs *passes* over it: each due transaction's
 //! copy is built (header block + shared body) and sent; outcomes are journaled; failures
 //! bounce; a finished message leaves the spool.
+//!
+//! Who uses whom (no circle): `manager` carries out `schedule` (pure: time is a parameter)
+//! and runs `pass`; `pass` uses `schedule`, `journal`, `dsn` and the transports, and hands
+//! any bounce it spooled back to the manager; `config` and `outcome` are shared values.
 
 mod bounded;
+mod config;
 pub mod directory;
 pub mod dsn;
 mod journal;
 mod manager;
+pub mod outcome;
 mod pass;
 mod refusals;
 pub mod reply;
+mod schedule;
 pub mod smtp;
 
 use bytes::Bytes;
 
-pub use manager::{Deliverer, DeliveryConfig, ManagerStopped, start};
+pub use config::DeliveryConfig;
+pub use manager::{Deliverer, ManagerStopped, start};
+pub use outcome::Outcome;
 pub use refusals::RelayStatus;
 
 use crate::config::{Config, UpstreamKind};
@@ -25,18 +34,6 @@ use crate::queue_id::QueueId;
 use crate::spool::content::Content;
 use directory::DirectoryUpstream;
 use smtp::{SmtpSetupError, SmtpUpstream};
-
-/// What happened to one recipient in one attempt; the text is the upstream's reply or the
-/// error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted (2xx).
-    Delivered(String),
-    /// Try again later (4xx, connection failure, timeout).
-    Deferred(String),
-    /// Refused for good (5xx).
-    Failed(String),
-}
 
 /// One copy to send: its header block, and the body it shares with every other copy.
 #[derive(Clone, Debug)]

@@ -5,19 +5,25 @@
 //! message finishes in this pass (then it is simply removed). A crash therefore repeats at
 //! most one chunk's deliveries: at-least-once. A journal write that fails keeps the outcomes
 //! in memory, never re-sending them while the relay runs (see [`super::journal`]).
+//!
+//! Within a chunk a pass sends at most `sends_per_pass` copies at once (the upstream's
+//! connection count) and builds the next copy only when a send ends, so what a pass holds
+//! follows the connections, not the recipients. The decisions about time are
+//! [`super::schedule`]'s; a pass reads the clock and hands it the instant. A bounce is
+//! spooled here and handed back to the manager to submit: a pass never calls its manager.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
-use super::dsn::{self, Failure};
+use super::config::DeliveryConfig;
+use super::dsn;
 use super::journal::{Gone, Journal};
-use super::manager::{Deliverer, DeliveryConfig};
-use super::{Copy, Outcome, Upstream};
+use super::schedule::{self, Attempted, PassEnd};
+use super::{Copy, Upstream};
 use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
@@ -37,7 +43,15 @@ pub(super) struct Ctx {
     pub spool: Arc<Spool>,
     pub upstream: Arc<Upstream>,
     pub config: DeliveryConfig,
-    pub deliverer: Deliverer,
+}
+
+/// What a pass hands back to the manager.
+#[derive(Debug)]
+pub(super) struct Ended {
+    /// How it ended.
+    pub end: PassEnd,
+    /// A bounce it spooled, for the manager to deliver.
+    pub dsn: Option<QueueId>,
 }
 
 /// A message opened for this pass: its header block in memory, its body where it lies.
@@ -50,20 +64,6 @@ struct Loaded {
     eight_bit: bool,
 }
 
-/// How a pass ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum PassEnd {
-    /// Everything delivered or bounced; the message left the spool.
-    Done,
-    /// Work remains; next attempt at this time (Unix ms).
-    Later(i64),
-    /// Nothing will be tried until an operator says so: a bounce (or another message with
-    /// the null sender) that failed for good stays queued, visibly, until retried or deleted.
-    Parked,
-    /// The message is no longer in the spool (deleted, or set aside as damaged).
-    Gone,
-}
-
 /// Now, in Unix milliseconds.
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -72,7 +72,19 @@ pub(super) fn now_ms() -> i64 {
 /// Run one pass over message `id`, read from the spool. With `force`, every pending
 /// transaction is tried, whatever its schedule. `unwritten` holds journal records earlier
 /// passes could not write (see [`Journal`]); on return, those still not written.
-pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Vec<Record>) -> PassEnd {
+pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Vec<Record>) -> Ended {
+    let mut dsn = None;
+    let end = deliver(ctx, id, force, unwritten, &mut dsn).await;
+    Ended { end, dsn }
+}
+
+async fn deliver(
+    ctx: &Ctx,
+    id: &QueueId,
+    force: bool,
+    unwritten: &mut Vec<Record>,
+    dsn: &mut Option<QueueId>,
+) -> PassEnd {
     let loaded = match load(ctx, id).await {
         Ok(l) => l,
         Err(end) => return end,
@@ -96,12 +108,13 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Ve
             }
         }
     }
-    let due = state.due(&meta.plan, if force { i64::MAX } else { now_ms() });
+    let due = schedule::due(&state, &meta.plan, now_ms(), force);
     let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
     for (n, chunk) in chunks.iter().enumerate() {
         let message = Message { meta: &meta, head: &head, content: &content, headers: &headers, eight_bit };
         let results = attempt(ctx, &message, &state, chunk).await;
-        let records = records_for(&ctx.config, &meta, &state, results, now_ms());
+        log_attempts(&ctx.config, &meta, &state, &results);
+        let records = schedule::records_for(&ctx.config, &meta, &state, results, now_ms());
         for r in &records {
             state.apply(r);
         }
@@ -110,7 +123,7 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Ve
             return PassEnd::Gone;
         }
     }
-    if let Err(end) = bounce(ctx, &meta, &head, &mut state, &mut journal).await {
+    if let Err(end) = bounce(ctx, &meta, &head, &mut state, &mut journal, dsn).await {
         return end;
     }
     if state.is_done() {
@@ -121,11 +134,7 @@ pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Ve
     }
     // Records only in memory: try the journal again soon, whatever the schedule.
     let catch_up = journal.is_behind().then(|| now_ms() + SPOOL_TROUBLE_WAIT);
-    match (state.next_attempt(&meta.plan), catch_up) {
-        (Some(at), Some(soon)) => PassEnd::Later(at.min(soon)),
-        (Some(at), None) | (None, Some(at)) => PassEnd::Later(at),
-        (None, None) => PassEnd::Parked,
-    }
+    schedule::after_pass(&state, &meta.plan, catch_up)
 }
 
 /// A message whose permanent failures are kept rather than bounced: a bounce, or anything
@@ -189,9 +198,6 @@ pub(super) async fn set_aside(ctx: &Ctx, id: &QueueId, reason: &str) -> PassEnd 
     }
 }
 
-/// The outcome of one transaction's attempt: (transaction, recipients tried, outcomes).
-type Attempted = (usize, Vec<usize>, Vec<Outcome>);
-
 /// What every copy of a message is made from.
 struct Message<'a> {
     meta: &'a Arc<Meta>,
@@ -211,77 +217,54 @@ impl Message<'_> {
     }
 }
 
-/// Send the copies of `txns`, concurrently (the upstream bounds its connections).
+/// Send the copies of `txns`, at most `sends_per_pass` at once: a copy is built when a send
+/// ends, never ahead of the connections that will carry it.
 async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]) -> Vec<Attempted> {
     let meta = message.meta;
     let mut sends = JoinSet::new();
-    for &t in txns {
-        let pending = state.pending_in(&meta.plan, t);
-        let copy = message.copy(t);
-        let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
-        sends.spawn(async move {
-            let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
-            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
-            (t, pending, outcomes)
-        });
-    }
+    let mut waiting = txns.iter();
     let mut results = Vec::with_capacity(txns.len());
-    while let Some(done) = sends.join_next().await {
-        match done {
-            Ok(result) => results.push(result),
-            Err(e) => error!(queue_id = %meta.id, error = %e, "a delivery task failed"),
-        }
-    }
-    results
-}
-
-/// Journal records for a chunk's outcomes: temporary failures are scheduled on
-/// `spool.retry`, or fail once the message is older than `spool.max_age`.
-fn records_for(config: &DeliveryConfig, meta: &Meta, state: &State, results: Vec<Attempted>, now: i64) -> Vec<Record> {
-    let mut records = Vec::new();
-    let expired = now - meta.received_at >= config.max_age.as_millis() as i64;
-    for (txn, rcpts, outcomes) in results {
-        let attempts = state.txns[txn].attempts + 1;
-        let mut groups: Vec<(Outcome, Vec<usize>)> = Vec::new();
-        for (rcpt, outcome) in rcpts.into_iter().zip(outcomes) {
-            DeliveryAttempt { id: &meta.id, recipient: &meta.recipients[rcpt], outcome: &outcome, attempts }
-                .emit(config.redaction);
-            match groups.iter_mut().find(|(o, _)| *o == outcome) {
-                Some((_, list)) => list.push(rcpt),
-                None => groups.push((outcome, vec![rcpt])),
-            }
-        }
-        for (outcome, rcpts) in groups {
-            records.push(match outcome {
-                Outcome::Delivered(reply) => Record::Delivered { txn, rcpts, at: now, reply },
-                Outcome::Failed(reply) => Record::Failed { txn, rcpts, at: now, reply, expired: false },
-                Outcome::Deferred(reply) if expired => Record::Failed { txn, rcpts, at: now, reply, expired: true },
-                Outcome::Deferred(reply) => {
-                    let next = now + retry_delay(&config.retry, attempts).as_millis() as i64;
-                    Record::Deferred { txn, rcpts, at: now, reply, attempts, next }
-                }
+    loop {
+        while sends.len() < ctx.config.sends_per_pass {
+            let Some(&t) = waiting.next() else { break };
+            let pending = state.pending_in(&meta.plan, t);
+            let copy = message.copy(t);
+            let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
+            sends.spawn(async move {
+                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
+                let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
+                (t, pending, outcomes)
             });
         }
+        match sends.join_next().await {
+            Some(Ok(result)) => results.push(result),
+            Some(Err(e)) => error!(queue_id = %meta.id, error = %e, "a delivery task failed"),
+            None => return results,
+        }
     }
-    records
 }
 
-/// The wait after the `attempts`-th temporary failure: `spool.retry[attempts - 1]`, the last
-/// interval repeating.
-pub(super) fn retry_delay(retry: &[Duration], attempts: u32) -> Duration {
-    let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
-    retry.get(i).copied().unwrap_or(Duration::from_secs(60))
+/// Log and count each recipient's outcome.
+fn log_attempts(config: &DeliveryConfig, meta: &Meta, state: &State, results: &[Attempted]) {
+    for (txn, rcpts, outcomes) in results {
+        let attempts = state.txns[*txn].attempts + 1;
+        for (&rcpt, outcome) in rcpts.iter().zip(outcomes) {
+            DeliveryAttempt { id: &meta.id, recipient: &meta.recipients[rcpt], outcome, attempts }
+                .emit(config.redaction);
+        }
+    }
 }
 
-/// Tell the sender about failed recipients: one DSN, spooled and submitted, for all of them.
-/// A DSN or another message with the null sender sends none: its failures are kept, and it
-/// stays queued as a failed bounce.
+/// Tell the sender about failed recipients: one DSN for all of them, spooled, its id left in
+/// `queued` for the manager to deliver. A DSN or another message with the null sender sends
+/// none: its failures are kept, and it stays queued as a failed bounce.
 async fn bounce(
     ctx: &Ctx,
     meta: &Meta,
     message: &[u8],
     state: &mut State,
     journal: &mut Journal<'_>,
+    queued: &mut Option<QueueId>,
 ) -> Result<(), PassEnd> {
     let failed = state.unbounced();
     if failed.is_empty() {
@@ -294,7 +277,10 @@ async fn bounce(
         return Ok(());
     }
     let dsn = match queue_dsn(ctx, meta, message, state, &failed).await {
-        Ok(id) => Some(id),
+        Ok(id) => {
+            *queued = Some(id.clone());
+            Some(id)
+        }
         Err(e) => {
             error!(queue_id = %meta.id, error = %e, "cannot queue the bounce");
             return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
@@ -315,15 +301,7 @@ async fn queue_dsn(
     state: &State,
     failed: &[usize],
 ) -> std::io::Result<QueueId> {
-    let failures: Vec<Failure> = failed
-        .iter()
-        .filter_map(|&i| match &state.rcpts[i] {
-            RcptState::Failed { reply, expired, .. } => {
-                Some(Failure { recipient: meta.recipients[i].clone(), reply: reply.clone(), expired: *expired })
-            }
-            _ => None,
-        })
-        .collect();
+    let failures = dsn::failures(meta, state, failed);
     let remote = ctx.upstream.remote();
     let report = dsn::Report {
         hostname: &ctx.config.hostname,
@@ -352,20 +330,7 @@ async fn queue_dsn(
         crc32: None,
     };
     ctx.spool.store(&mut dsn_meta, std::slice::from_ref(&bytes)).await?;
-    ctx.deliverer.submit(id.clone());
     crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_last_retry_interval_repeats() {
-        let retry = [60, 300, 7200].map(Duration::from_secs);
-        let delays: Vec<u64> = (1..=5).map(|n| retry_delay(&retry, n).as_secs()).collect();
-        assert_eq!(delays, [60, 300, 7200, 7200, 7200]);
-    }
 }

@@ -185,6 +185,25 @@ pub enum Answer {
     Broken(String),
 }
 
+impl Answer {
+    /// The reply's enhanced status code, when there is a reply and it has one.
+    pub fn enhanced(&self) -> Option<Enhanced> {
+        match self {
+            Answer::Reply(r) => r.enhanced,
+            Answer::Broken(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Reply(r) => r.fmt(f),
+            Answer::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The upstream refused the relay itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -201,8 +220,8 @@ pub struct Refusal {
 pub enum Judgement {
     /// Go on (2xx, 3xx).
     Accepted(Reply),
-    /// Try these recipients again later.
-    Deferred(String),
+    /// Try these recipients again later: a 4xx reply, or no usable one.
+    Deferred(Answer),
     /// These recipients will not get the message.
     Failed(Reply),
     /// The relay itself was refused: every copy is deferred, nothing bounces.
@@ -218,17 +237,17 @@ pub fn judge(stage: Stage, answer: Answer) -> Judgement {
         Answer::Broken(why) if stage.is_setup() && stage != Stage::Greeting && stage != Stage::Ehlo => {
             refused(None, why)
         }
-        Answer::Broken(why) => Judgement::Deferred(why),
+        Answer::Broken(why) => Judgement::Deferred(Answer::Broken(why)),
         Answer::Reply(r) if r.is_positive() => Judgement::Accepted(r),
         Answer::Reply(r) if stage.is_setup() => refused(Some(r.clone()), r.to_string()),
-        Answer::Reply(r) if r.is_transient() => Judgement::Deferred(r.to_string()),
+        Answer::Reply(r) if r.is_transient() => Judgement::Deferred(Answer::Reply(r)),
         Answer::Reply(r) if stage == Stage::Mail && r.refuses_the_relay_at_mail() => {
             refused(Some(r.clone()), r.to_string())
         }
         Answer::Reply(r) if r.wants_authentication() => refused(Some(r.clone()), r.to_string()),
         Answer::Reply(r) if r.is_permanent() => Judgement::Failed(r),
         // Not a reply SMTP defines (1xx, 6xx and up): nothing was accepted.
-        Answer::Reply(r) => Judgement::Deferred(r.to_string()),
+        Answer::Reply(r) => Judgement::Deferred(Answer::Reply(r)),
     }
 }
 
@@ -298,8 +317,8 @@ mod tests {
     #[test]
     fn broken_connections_defer_and_broken_tls_or_auth_refuse_the_relay() {
         let broken = |stage| judge(stage, Answer::Broken("reset".into()));
-        assert_eq!(broken(Stage::Greeting), Judgement::Deferred("reset".into()));
-        assert_eq!(broken(Stage::Rcpt), Judgement::Deferred("reset".into()));
+        assert_eq!(broken(Stage::Greeting), Judgement::Deferred(Answer::Broken("reset".into())));
+        assert_eq!(broken(Stage::Rcpt), Judgement::Deferred(Answer::Broken("reset".into())));
         for stage in [Stage::Tls, Stage::Auth] {
             let Judgement::RelayRefused(r) = broken(stage) else { panic!("{stage}") };
             assert_eq!(r.text, format!("{stage} refused: reset"));

@@ -183,22 +183,22 @@ impl SmtpUpstream {
         };
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(Stop::All(Outcome::Deferred(format!(
+            Err(_) => Err(Stop::All(Outcome::Deferred(Answer::Broken(format!(
                 "no answer from {} within {}",
                 self.describe(),
                 humantime::format_duration(self.timeout)
-            )))),
+            ))))),
         };
         match result {
             Ok(outcomes) => {
                 self.status.accepted();
                 outcomes
             }
-            Err(Stop::Stale(e)) => vec![Outcome::Deferred(e); rcpts.len()],
+            Err(Stop::Stale(e)) => vec![Outcome::Deferred(Answer::Broken(e)); rcpts.len()],
             Err(Stop::All(outcome)) => vec![outcome; rcpts.len()],
             Err(Stop::Refused(refusal)) => {
                 self.status.refused(&refusal);
-                vec![Outcome::Deferred(refusal.text); rcpts.len()]
+                vec![Outcome::Deferred(Answer::Broken(refusal.text)); rcpts.len()]
             }
         }
     }
@@ -206,7 +206,7 @@ impl SmtpUpstream {
     async fn fresh(&self, sender: &str, rcpts: &[&str], copy: &Copy) -> Result<Vec<Outcome>, Stop> {
         let (conn, poison) = self.connect().await?;
         match self.on_connection(Idle { conn, since: Instant::now(), uses: 0, poison }, sender, rcpts, copy).await {
-            Err(Stop::Stale(e)) => Err(Stop::All(Outcome::Deferred(e))),
+            Err(Stop::Stale(e)) => Err(Stop::All(Outcome::Deferred(Answer::Broken(e)))),
             other => other,
         }
     }
@@ -229,14 +229,16 @@ impl SmtpUpstream {
     /// breaks before TLS merely defers.
     async fn connect(&self) -> Result<(AsyncSmtpConnection, Arc<AtomicBool>), Stop> {
         let remote = self.describe();
-        let io_err = |what: &str, e: std::io::Error| Stop::All(Outcome::Deferred(format!("{remote}: {what}: {e}")));
+        let io_err = |what: &str, e: std::io::Error| {
+            Stop::All(Outcome::Deferred(Answer::Broken(format!("{remote}: {what}: {e}"))))
+        };
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| io_err("connect", e))?;
         tcp.set_nodelay(true).map_err(|e| io_err("connect", e))?;
         let written = Arc::new(AtomicU64::new(0));
         let stream: Box<dyn AsyncTokioStream> = match &self.implicit_tls {
             Some(connector) => {
                 let name = ServerName::try_from(self.host.clone())
-                    .map_err(|e| Stop::All(Outcome::Deferred(format!("{remote}: {e}"))))?;
+                    .map_err(|e| Stop::All(Outcome::Deferred(Answer::Broken(format!("{remote}: {e}")))))?;
                 let tls = connector
                     .connect(name, tcp)
                     .await
@@ -294,9 +296,10 @@ async fn transaction(
     let non_ascii = !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
     if non_ascii {
         if !info.supports_feature(Extension::SmtpUtfEight) {
-            return Err(Stop::All(Outcome::Failed(
-                "553 5.6.7 the upstream does not support SMTPUTF8, needed for this address".into(),
-            )));
+            return Err(Stop::All(Outcome::Failed(Reply::new(
+                553,
+                "5.6.7 the upstream does not support SMTPUTF8, needed for this address",
+            ))));
         }
         params.push(MailParameter::SmtpUtfEight);
     }
@@ -329,7 +332,7 @@ async fn transaction(
         conn.message_iter(CopyChunks::new(copy, poison)).await
     };
     let accepted = match end.await {
-        Ok(response) => Outcome::Delivered(reply_text(&response)),
+        Ok(response) => Outcome::Delivered(reply_of(&response)),
         Err(e) if e.status().is_none() => return Err(Stop::All(outcome_of_error("", &e))),
         Err(e) => match judge(Stage::Data, answer_of("", &e)) {
             Judgement::RelayRefused(refusal) => return Err(Stop::Refused(refusal)),
@@ -431,17 +434,16 @@ fn lettre_address(addr: &str) -> Address {
     Address::new_dangerous(local, domain)
 }
 
-fn reply_text(response: &Response) -> String {
+fn reply_of(response: &Response) -> Reply {
     let text: Vec<&str> = response.message().collect();
-    format!("{} {}", response.code(), text.join(" "))
+    Reply::new(response.code().to_string().parse().unwrap_or(250), &text.join(" "))
 }
 
 /// An error without a reply (network, timeout) as the outcome it means: deferred.
 fn outcome_of_error(upstream: &str, e: &lettre::transport::smtp::Error) -> Outcome {
     match answer_of(upstream, e) {
-        Answer::Reply(r) if r.is_permanent() => Outcome::Failed(r.to_string()),
-        Answer::Reply(r) => Outcome::Deferred(r.to_string()),
-        Answer::Broken(why) => Outcome::Deferred(why),
+        Answer::Reply(r) if r.is_permanent() => Outcome::Failed(r),
+        answer => Outcome::Deferred(answer),
     }
 }
 
@@ -470,10 +472,10 @@ fn stop_at(stage: Stage, answer: Answer) -> Stop {
 /// A judgement (other than a refusal of the relay) as a recipient's outcome.
 fn outcome_of(judged: Judgement) -> Outcome {
     match judged {
-        Judgement::Accepted(r) => Outcome::Delivered(r.to_string()),
-        Judgement::Deferred(why) => Outcome::Deferred(why),
-        Judgement::Failed(r) => Outcome::Failed(r.to_string()),
-        Judgement::RelayRefused(refusal) => Outcome::Deferred(refusal.text),
+        Judgement::Accepted(r) => Outcome::Delivered(r),
+        Judgement::Deferred(answer) => Outcome::Deferred(answer),
+        Judgement::Failed(r) => Outcome::Failed(r),
+        Judgement::RelayRefused(refusal) => Outcome::Deferred(Answer::Broken(refusal.text)),
     }
 }
 

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, error, info_span};
 use super::reply::{self, Reply};
 use super::session::{Awaiting, Incoming, Session, Step};
 use super::{Body, DATA_RESERVATION, Frontend, Intake, SPILL_AT};
-use crate::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::spool::Spill;
 
 /// How long a closing connection is drained so the peer reads our last reply (a close with

@@ -27,8 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::Shutdown;
 use crate::config::{AccessConfig, Config, ServerConfig};
+use crate::shutdown::Shutdown;
 use crate::spool::Spill;
 use auth::{PasswordChecks, Users};
 use limit::PerClient;
