@@ -5,7 +5,8 @@
 //! back with [`Session::tls_started`], [`Session::auth_result`] or a reply of its own.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -122,8 +123,52 @@ enum Sasl {
 struct Transaction {
     sender: String,
     smtputf8: bool,
-    recipients: Vec<String>,
-    seen: HashSet<(String, String)>,
+    recipients: Recipients,
+}
+
+/// A transaction's recipients without duplicates (same local part, same domain in any case).
+/// The duplicate check keeps a keyed hash of each recipient's key and its index, a few bytes
+/// a recipient instead of a second copy of every address: a transaction of 100,000
+/// recipients holds them once.
+#[derive(Debug, Default)]
+struct Recipients {
+    list: Vec<String>,
+    /// Hash of a recipient's key to the first recipient with that hash.
+    by_hash: HashMap<u64, u32>,
+    /// Recipients whose key hash equals an earlier, different recipient's (a 64-bit
+    /// collision: in practice never).
+    collided: Vec<(u64, u32)>,
+    hasher: RandomState,
+}
+
+impl Recipients {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether an address with the same key is already in.
+    fn contains(&self, key: &(String, String)) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let same = |i: u32| address::key(&self.list[i as usize]) == *key;
+        self.by_hash.get(&hash).is_some_and(|&i| same(i)) || self.collided.iter().any(|&(h, i)| h == hash && same(i))
+    }
+
+    /// Add an address not yet in.
+    fn push(&mut self, rcpt: String, key: &(String, String)) {
+        let hash = self.hasher.hash_one(key);
+        let index = u32::try_from(self.list.len()).unwrap_or(u32::MAX);
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => self.collided.push((hash, index)),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+        self.list.push(rcpt);
+    }
 }
 
 /// One client's SMTP session.
@@ -301,7 +346,7 @@ impl Session {
                 tls: self.tls,
                 user: self.user.clone(),
                 sender: tx.sender,
-                recipients: tx.recipients,
+                recipients: tx.recipients.list,
                 data,
             }),
         }
@@ -405,7 +450,7 @@ impl Session {
         if !smtputf8 && !sender.is_ascii() {
             return Step::Reply(reply::NEED_SMTPUTF8);
         }
-        self.pending_mail = Some(Transaction { sender, smtputf8, recipients: Vec::new(), seen: HashSet::new() });
+        self.pending_mail = Some(Transaction { sender, smtputf8, recipients: Recipients::default() });
         // Not above max_message_size, so it fits in a u64.
         Step::CheckSpace { size: u64::try_from(size).unwrap_or(u64::MAX) }
     }
@@ -429,14 +474,13 @@ impl Session {
             return Step::Reply(reply::RELAY_DENIED);
         }
         let key = address::key(&rcpt);
-        if tx.seen.contains(&key) {
+        if tx.recipients.contains(&key) {
             return Step::Reply(reply::RECIPIENT_OK);
         }
         if tx.recipients.len() >= max {
             return Step::Reply(reply::TOO_MANY_RECIPIENTS);
         }
-        tx.seen.insert(key);
-        tx.recipients.push(rcpt);
+        tx.recipients.push(rcpt, &key);
         Step::Reply(reply::RECIPIENT_OK)
     }
 
