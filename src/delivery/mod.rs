@@ -5,7 +5,7 @@
 //! copy is built (header block + shared body) and sent; outcomes are journaled; failures
 //! bounce; a finished message leaves the spool.
 
-mod bounded;
+pub mod client;
 pub mod directory;
 pub mod dsn;
 mod journal;
