@@ -565,12 +565,14 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
                     next_id += 1;
                     continue;
                 }
-                None if conn.client.busy() => {}
+                // Replies still awaited (to RSET): the connection is not idle yet.
+                None if !conn.client.idle() => {}
                 None => return Some(conn),
             }
         }
         if !conn.client.output_pending() {
-            let deadline = flights.iter().map(|f| f.deadline).min().unwrap_or_else(|| Instant::now() + MAX_IDLE);
+            let deadline =
+                flights.iter().map(|f| f.deadline).min().unwrap_or_else(|| Instant::now() + shared.settings.timeout);
             match timeout_at(deadline, conn.io.read(&mut buf)).await {
                 Ok(Ok(0)) => conn.client.close(&format!("{}: the upstream closed the connection", shared.describe())),
                 Ok(Ok(n)) => conn.client.receive(&buf[..n]),

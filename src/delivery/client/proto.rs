@@ -285,11 +285,6 @@ impl Client {
         &self.ext
     }
 
-    /// Whether a transaction is still running.
-    pub fn busy(&self) -> bool {
-        !self.txs.is_empty()
-    }
-
     /// Start a transaction. It may end at once (an address the upstream cannot take).
     pub fn submit(&mut self, s: Submit) {
         let n = s.rcpts.len();
@@ -383,6 +378,11 @@ impl Client {
             self.expected.push_back((id, command));
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// Whether nothing is in flight: no transaction, no reply awaited, nothing to write.
+    pub fn idle(&self) -> bool {
+        self.txs.is_empty() && self.expected.is_empty() && self.pending.is_empty() && self.out.is_empty()
     }
 
     /// Whether [`Client::output`] has something to write now.

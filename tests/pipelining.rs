@@ -1,0 +1,404 @@
+//! The upstream client pipelines (RFC 2920) when the relay offers PIPELINING, against a
+//! scripted upstream that refuses to answer a group before it has read all of it (up to
+//! DATA, or the final dot with nothing after it): a client that waited for each reply would
+//! hang there and its copies would be deferred. Replies are matched to commands in order, and
+//! per-recipient outcomes survive rejected RCPTs, a refused DATA, a 421 mid-group, replies
+//! written a byte at a time, and an upstream without PIPELINING.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bccguard::delivery::smtp::SmtpUpstream;
+use bccguard::delivery::{Copy, Outcome};
+use bccguard::spool::content::Content;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A reply for a command line (without its CRLF; `.` for the end of data), given the
+/// recipients accepted so far in the transaction; `None` for the usual one.
+type Answer = Arc<dyn Fn(&str, &[String]) -> Option<String> + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct Message {
+    from: String,
+    rcpts: Vec<String>,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Log {
+    /// Every byte received, per connection.
+    raw: Vec<Vec<u8>>,
+    /// Writes of replies after EHLO (round trips), per connection.
+    rounds: Vec<usize>,
+    messages: Vec<Message>,
+    /// A command arrived with more bytes behind it although PIPELINING was not offered.
+    pipelined_unasked: bool,
+}
+
+struct Upstream {
+    port: u16,
+    log: Arc<Mutex<Log>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    async fn start(pipelining: bool, trickle: bool, answer: Answer) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let l = log.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (l, a) = (l.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, pipelining, trickle, l, a).await;
+                });
+            }
+        });
+        Upstream { port, log, task }
+    }
+
+    fn upstream(&self, extra: &str) -> SmtpUpstream {
+        let text = format!(
+            "[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n{extra}\n",
+            self.port
+        );
+        let config = bccguard::config::load_str(Some(&text), &[]).unwrap();
+        SmtpUpstream::from_config(&config).unwrap()
+    }
+
+    fn log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
+        f(&self.log.lock().unwrap())
+    }
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8], trickle: bool) -> std::io::Result<()> {
+    if trickle {
+        for b in bytes {
+            stream.write_all(std::slice::from_ref(b)).await?;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    } else {
+        stream.write_all(bytes).await
+    }
+}
+
+fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.iter().position(|b| *b == b'\n')?;
+    Some(buf.drain(..=end).collect())
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    pipelining: bool,
+    trickle: bool,
+    log: Arc<Mutex<Log>>,
+    answer: Answer,
+) -> std::io::Result<()> {
+    let conn = {
+        let mut l = log.lock().unwrap();
+        l.raw.push(Vec::new());
+        l.rounds.push(0);
+        l.raw.len() - 1
+    };
+    write(&mut stream, b"220 upstream.test ESMTP\r\n", trickle).await?;
+    let (mut buf, mut replies, mut data) = (Vec::new(), String::new(), None::<Vec<u8>>);
+    let mut message = Message::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut ehlo_done = false;
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        log.lock().unwrap().raw[conn].extend_from_slice(&chunk[..n]);
+        // Whether the last thing read ends a group: only then are replies written.
+        let mut boundary = false;
+        let mut close = false;
+        while let Some(line) = take_line(&mut buf) {
+            if let Some(d) = data.as_mut() {
+                if line == b".\r\n" {
+                    let reply = answer(".", &message.rcpts).unwrap_or_else(|| "250 2.0.0 queued".into());
+                    if reply.starts_with('2') {
+                        message.data = data.take().unwrap();
+                        log.lock().unwrap().messages.push(std::mem::take(&mut message));
+                    }
+                    data = None;
+                    replies.push_str(&format!("{reply}\r\n"));
+                    boundary = buf.is_empty();
+                } else {
+                    d.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+                }
+                continue;
+            }
+            if !pipelining && !buf.is_empty() {
+                log.lock().unwrap().pipelined_unasked = true;
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            let upper = text.to_ascii_uppercase();
+            let usual = if upper.starts_with("EHLO") {
+                let p = if pipelining { "250-PIPELINING\r\n" } else { "" };
+                format!("250-upstream.test\r\n{p}250-8BITMIME\r\n250-SIZE 1000000\r\n250 SMTPUTF8")
+            } else if upper.starts_with("MAIL FROM:") {
+                message = Message { from: text[11..text.find('>').unwrap()].to_string(), ..Message::default() };
+                "250 2.1.0 ok".into()
+            } else if upper.starts_with("RCPT TO:") {
+                "250 2.1.5 ok".into()
+            } else if upper == "DATA" {
+                if message.rcpts.is_empty() { "554 5.5.1 no valid recipients".into() } else { "354 go ahead".into() }
+            } else if upper == "QUIT" {
+                close = true;
+                "221 2.0.0 bye".into()
+            } else {
+                "250 2.0.0 ok".into()
+            };
+            let reply = answer(&text, &message.rcpts).unwrap_or(usual);
+            if upper.starts_with("RCPT TO:") && reply.starts_with('2') {
+                message.rcpts.push(text[9..text.find('>').unwrap()].to_string());
+            }
+            if upper == "DATA" && reply.starts_with("354") {
+                data = Some(Vec::new());
+            }
+            replies.push_str(&format!("{reply}\r\n"));
+            close |= reply.starts_with("421");
+            boundary = !(upper.starts_with("MAIL") || upper.starts_with("RCPT")) || !pipelining;
+            if close {
+                break;
+            }
+        }
+        if (boundary || close) && !replies.is_empty() {
+            write(&mut stream, std::mem::take(&mut replies).as_bytes(), trickle).await?;
+            if ehlo_done {
+                log.lock().unwrap().rounds[conn] += 1;
+            }
+            ehlo_done = true;
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn copy(text: &str) -> Copy {
+    let (head, body) = text.split_at(text.find("\r\n\r\n").unwrap() + 4);
+    Copy {
+        head: Bytes::copy_from_slice(head.as_bytes()),
+        body: Content::Memory(Bytes::copy_from_slice(body.as_bytes())),
+        eight_bit: false,
+    }
+}
+
+const TEXT: &str = "Subject: hi\r\nTo: a@x.test\r\n\r\n.leading dot\r\nmiddle\r\n..two dots\r\n.\r\nend\r\n";
+
+fn usual() -> Answer {
+    Arc::new(|_, _| None)
+}
+
+fn delivered(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().all(|o| matches!(o, Outcome::Delivered(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_are_pipelined_one_round_trip_each_with_exact_bytes() {
+    let server = Upstream::start(true, false, usual()).await;
+    let upstream = Arc::new(server.upstream("max_connections = 1"));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let upstream = upstream.clone();
+        sends.spawn(async move {
+            let rcpts = [format!("r{i}@x.test"), format!("s{i}@x.test")];
+            let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+            upstream.send("app@example.com", &rcpts, &copy(TEXT)).await
+        });
+    }
+    while let Some(outcomes) = sends.join_next().await {
+        let outcomes = outcomes.unwrap();
+        assert!(delivered(&outcomes), "{outcomes:?}");
+        assert_eq!(outcomes.len(), 2);
+    }
+    server.log(|log| {
+        assert_eq!(log.raw.len(), 1, "one connection");
+        assert_eq!(log.messages.len(), 5, "each copy once");
+        for m in &log.messages {
+            assert_eq!(m.data, TEXT.as_bytes(), "the content, unstuffed, is the copy");
+            assert_eq!(m.from, "app@example.com");
+            assert_eq!(m.rcpts.len(), 2);
+        }
+        // The first group, then one write per copy (its dot, with the next group).
+        assert!(log.rounds[0] <= 6, "{} round trips for 5 copies", log.rounds[0]);
+        let raw = String::from_utf8_lossy(&log.raw[0]);
+        assert!(raw.contains("DATA\r\nSubject: hi\r\nTo: a@x.test\r\n\r\n..leading dot\r\nmiddle\r\n...two dots\r\n..\r\nend\r\n.\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<"), "{raw}");
+        assert_eq!(raw.matches("\r\n.\r\n").count(), 5);
+        assert!(!raw.replace("\r\n", "").contains(['\r', '\n']), "no bare CR or LF");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_recipients_and_a_refused_data_keep_per_recipient_outcomes() {
+    let answer: Answer = Arc::new(|line, rcpts| {
+        if line.contains("nobody@") {
+            Some("550 5.1.1 no such user".into())
+        } else if line.contains("later@") {
+            Some("451 4.3.0 try later".into())
+        } else if line == "DATA" && rcpts.iter().any(|r| r.starts_with("spam")) {
+            Some("554 5.7.1 not from you".into())
+        } else {
+            None
+        }
+    });
+    let server = Upstream::start(true, false, answer).await;
+    let upstream = server.upstream("max_connections = 1");
+    let outcomes = upstream.send("app@example.com", &["a@x.test", "nobody@x.test", "later@x.test"], &copy(TEXT)).await;
+    assert!(matches!(&outcomes[0], Outcome::Delivered(t) if t.starts_with("250 ")), "{outcomes:?}");
+    assert_eq!(outcomes[1], Outcome::Failed("550 5.1.1 no such user".into()));
+    assert_eq!(outcomes[2], Outcome::Deferred("451 4.3.0 try later".into()));
+    // Nobody accepted: DATA is refused, no content goes, RSET follows.
+    let outcomes = upstream.send("app@example.com", &["nobody@x.test"], &copy("Subject: none\r\n\r\nX\r\n")).await;
+    assert_eq!(outcomes, vec![Outcome::Failed("550 5.1.1 no such user".into())]);
+    // DATA refused after an accepted RCPT.
+    let outcomes = upstream.send("app@example.com", &["spam@x.test", "nobody@x.test"], &copy(TEXT)).await;
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Failed("554 5.7.1 not from you".into()), Outcome::Failed("550 5.1.1 no such user".into())]
+    );
+    // The connection is still good.
+    assert!(delivered(&upstream.send("app@example.com", &["b@x.test"], &copy(TEXT)).await));
+    server.log(|log| {
+        assert_eq!(log.raw.len(), 1, "one connection throughout");
+        assert_eq!(log.messages.len(), 2);
+        let raw = String::from_utf8_lossy(&log.raw[0]);
+        assert!(!raw.contains("Subject: none"), "no content without a recipient");
+        assert!(raw.contains("RCPT TO:<nobody@x.test>\r\nDATA\r\nRSET\r\n"), "{raw}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_mid_group_defers_what_is_left_and_a_new_connection_goes_on() {
+    let first = Arc::new(Mutex::new(true));
+    let answer: Answer = Arc::new(move |line, _| {
+        if line.contains("RCPT TO:<b@") && std::mem::take(&mut *first.lock().unwrap()) {
+            Some("421 4.3.2 going down".into())
+        } else if line.contains("RCPT TO:<a@") {
+            Some("550 5.1.1 gone".into())
+        } else {
+            None
+        }
+    });
+    let server = Upstream::start(true, false, answer).await;
+    let upstream = server.upstream("max_connections = 1");
+    let outcomes = upstream.send("app@example.com", &["a@x.test", "b@x.test", "c@x.test"], &copy(TEXT)).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Failed("550 5.1.1 gone".into()),
+            Outcome::Deferred("421 4.3.2 going down".into()),
+            Outcome::Deferred("421 4.3.2 going down".into()),
+        ]
+    );
+    let outcomes = upstream.send("app@example.com", &["b@x.test", "c@x.test"], &copy(TEXT)).await;
+    assert!(delivered(&outcomes), "{outcomes:?}");
+    server.log(|log| {
+        assert_eq!(log.raw.len(), 2, "the closed connection is not reused");
+        assert_eq!(log.messages.len(), 1);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_written_a_byte_at_a_time_and_multiline() {
+    let answer: Answer = Arc::new(|line, _| {
+        line.starts_with("RCPT").then(|| "250-2.1.5 first line\r\n250-2.1.5 second\r\n250 2.1.5 ok".into())
+    });
+    let server = Upstream::start(true, true, answer).await;
+    let upstream = Arc::new(server.upstream("max_connections = 2"));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let upstream = upstream.clone();
+        sends.spawn(async move {
+            let rcpt = format!("r{i}@x.test");
+            upstream.send("app@example.com", &[rcpt.as_str(), "z@x.test"], &copy(TEXT)).await
+        });
+    }
+    while let Some(outcomes) = sends.join_next().await {
+        let outcomes = outcomes.unwrap();
+        assert!(delivered(&outcomes), "{outcomes:?}");
+    }
+    server.log(|log| {
+        assert_eq!(log.messages.len(), 4);
+        assert!(log.raw.len() <= 2, "the connection cap holds");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pipelining_one_command_at_a_time() {
+    let answer: Answer = Arc::new(|line, _| line.contains("nobody@").then(|| "550 5.1.1 no".into()));
+    let server = Upstream::start(false, false, answer).await;
+    let upstream = Arc::new(server.upstream("max_connections = 1"));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let upstream = upstream.clone();
+        sends.spawn(async move {
+            let rcpt = format!("r{i}@x.test");
+            upstream.send("", &[rcpt.as_str(), "nobody@x.test"], &copy(TEXT)).await
+        });
+    }
+    while let Some(outcomes) = sends.join_next().await {
+        let outcomes = outcomes.unwrap();
+        assert!(matches!(outcomes[0], Outcome::Delivered(_)), "{outcomes:?}");
+        assert_eq!(outcomes[1], Outcome::Failed("550 5.1.1 no".into()));
+    }
+    server.log(|log| {
+        assert!(!log.pipelined_unasked, "no command was sent before the previous reply");
+        assert_eq!(log.messages.len(), 3);
+        assert!(log.messages.iter().all(|m| m.data == TEXT.as_bytes() && m.from.is_empty()));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_cannot_be_read_never_gets_its_final_dot() {
+    let server = Upstream::start(true, false, usual()).await;
+    let upstream = server.upstream("max_connections = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short");
+    std::fs::write(&path, vec![b'a'; 1000]).unwrap();
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    // The region runs past the end of the file: the read fails part way.
+    let body = Content::File { file, offset: 0, len: 300_000 };
+    let broken = Copy { head: Bytes::from_static(b"Subject: broken\r\n\r\n"), body, eight_bit: false };
+    let outcomes = upstream.send("app@example.com", &["a@x.test"], &broken).await;
+    assert!(matches!(&outcomes[0], Outcome::Deferred(t) if t.contains("could not be read")), "{outcomes:?}");
+    assert!(delivered(&upstream.send("app@example.com", &["a@x.test"], &copy(TEXT)).await));
+    server.log(|log| {
+        assert_eq!(log.messages.len(), 1, "only the good copy");
+        assert_eq!(log.raw.len(), 2, "the poisoned connection was dropped");
+        assert!(!String::from_utf8_lossy(&log.raw[0]).contains("\r\n.\r\n"), "no final dot");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_times_out_per_copy() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let text = format!("[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"1s\"\n");
+    let config = bccguard::config::load_str(Some(&text), &[]).unwrap();
+    let upstream = SmtpUpstream::from_config(&config).unwrap();
+    let started = std::time::Instant::now();
+    let outcomes = upstream.send("app@example.com", &["a@x.test"], &copy(TEXT)).await;
+    assert!(matches!(&outcomes[0], Outcome::Deferred(t) if t.contains("no answer from")), "{outcomes:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
