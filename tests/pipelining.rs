@@ -12,7 +12,7 @@ use bccguard::delivery::smtp::SmtpUpstream;
 use bccguard::delivery::{Copy, Outcome};
 use bccguard::spool::content::Content;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A reply for a command line (without its CRLF; `.` for the end of data), given the
@@ -80,7 +80,7 @@ impl Upstream {
     }
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8], trickle: bool) -> std::io::Result<()> {
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], trickle: bool) -> std::io::Result<()> {
     if trickle {
         for b in bytes {
             stream.write_all(std::slice::from_ref(b)).await?;
@@ -98,19 +98,33 @@ fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 }
 
 async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     pipelining: bool,
     trickle: bool,
     log: Arc<Mutex<Log>>,
     answer: Answer,
 ) -> std::io::Result<()> {
+    let mut stream = stream;
+    write(&mut stream, b"220 upstream.test ESMTP\r\n", trickle).await?;
+    serve_on(stream, pipelining, trickle, log, answer, false).await
+}
+
+/// The dialogue after the greeting; `auth`: offer AUTH PLAIN and require it before MAIL.
+async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    pipelining: bool,
+    trickle: bool,
+    log: Arc<Mutex<Log>>,
+    answer: Answer,
+    auth: bool,
+) -> std::io::Result<()> {
+    let mut authenticated = !auth;
     let conn = {
         let mut l = log.lock().unwrap();
         l.raw.push(Vec::new());
         l.rounds.push(0);
         l.raw.len() - 1
     };
-    write(&mut stream, b"220 upstream.test ESMTP\r\n", trickle).await?;
     let (mut buf, mut replies, mut data) = (Vec::new(), String::new(), None::<Vec<u8>>);
     let mut message = Message::default();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -148,7 +162,14 @@ async fn serve(
             let upper = text.to_ascii_uppercase();
             let usual = if upper.starts_with("EHLO") {
                 let p = if pipelining { "250-PIPELINING\r\n" } else { "" };
-                format!("250-upstream.test\r\n{p}250-8BITMIME\r\n250-SIZE 1000000\r\n250 SMTPUTF8")
+                let a = if auth { "250-AUTH LOGIN PLAIN\r\n" } else { "" };
+                format!("250-upstream.test\r\n{p}{a}250-8BITMIME\r\n250-SIZE 1000000\r\n250 SMTPUTF8")
+            } else if upper.starts_with("AUTH PLAIN ") {
+                // user "relay", password "secret"
+                authenticated = &text[11..] == "AHJlbGF5AHNlY3JldA==";
+                if authenticated { "235 2.7.0 ok".into() } else { "535 5.7.8 bad credentials".into() }
+            } else if upper.starts_with("MAIL FROM:") && !authenticated {
+                "530 5.7.0 Authentication required".into()
             } else if upper.starts_with("MAIL FROM:") {
                 message = Message { from: text[11..text.find('>').unwrap()].to_string(), ..Message::default() };
                 "250 2.1.0 ok".into()
@@ -401,4 +422,96 @@ async fn a_silent_upstream_times_out_per_copy() {
     let outcomes = upstream.send("app@example.com", &["a@x.test"], &copy(TEXT)).await;
     assert!(matches!(&outcomes[0], Outcome::Deferred(t) if t.contains("no answer from")), "{outcomes:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A CA (written to `dir/ca.pem`) and a TLS acceptor whose certificate it signed, for
+/// "localhost".
+fn tls_acceptor(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &ca).unwrap();
+    let der_key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], der_key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// STARTTLS then AUTH PLAIN, and implicit TLS then AUTH PLAIN, with the relay's CA from
+/// `upstream.ca_file`: the copies pipeline inside TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_implicit_tls_with_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let acceptor = tls_acceptor(dir.path());
+    for implicit in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (l, acceptor) = (log.clone(), acceptor.clone());
+        let server = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (l, acceptor) = (l.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if !implicit {
+                        tcp.write_all(b"220 upstream.test ESMTP\r\n").await?;
+                        let mut line = Vec::new();
+                        let mut byte = [0u8; 1];
+                        for expected in ["EHLO", "STARTTLS"] {
+                            line.clear();
+                            while line.last() != Some(&b'\n') {
+                                tcp.read_exact(&mut byte).await?;
+                                line.push(byte[0]);
+                            }
+                            assert!(line.starts_with(expected.as_bytes()), "{}", String::from_utf8_lossy(&line));
+                            let reply: &[u8] = if expected == "EHLO" {
+                                b"250-upstream.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+                            } else {
+                                b"220 2.0.0 go ahead\r\n"
+                            };
+                            tcp.write_all(reply).await?;
+                        }
+                    }
+                    let mut tls = acceptor.accept(tcp).await?;
+                    if implicit {
+                        tls.write_all(b"220 upstream.test ESMTP\r\n").await?;
+                    }
+                    serve_on(tls, true, false, l, usual(), true).await
+                });
+            }
+        });
+        let text = format!(
+            "[upstream]\nhost = \"localhost\"\nport = {port}\ntls = \"{}\"\ntimeout = \"5s\"\n\
+             ca_file = \"{}\"\nusername = \"relay\"\npassword = \"secret\"\nmax_connections = 1\n",
+            if implicit { "tls" } else { "starttls" },
+            dir.path().join("ca.pem").display()
+        );
+        let config = bccguard::config::load_str(Some(&text), &[]).unwrap();
+        let upstream = Arc::new(SmtpUpstream::from_config(&config).unwrap());
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..3 {
+            let upstream = upstream.clone();
+            sends.spawn(async move {
+                let rcpt = format!("r{i}@x.test");
+                upstream.send("app@example.com", &[rcpt.as_str()], &copy(TEXT)).await
+            });
+        }
+        while let Some(outcomes) = sends.join_next().await {
+            let outcomes = outcomes.unwrap();
+            assert!(delivered(&outcomes), "implicit={implicit}: {outcomes:?}");
+        }
+        let log = log.lock().unwrap();
+        assert_eq!(log.messages.len(), 3, "implicit={implicit}");
+        assert!(log.messages.iter().all(|m| m.data == TEXT.as_bytes()));
+        assert_eq!(log.raw.len(), 1, "one connection");
+        assert!(String::from_utf8_lossy(&log.raw[0]).contains("AUTH PLAIN AHJlbGF5AHNlY3JldA==\r\n"));
+        server.abort();
+    }
 }
