@@ -1,5 +1,5 @@
-//! Delivery: the upstream transports (a directory, or an SMTP relay through lettre), the
-//! queue manager that schedules attempts and retries, and bounces.
+//! Delivery: the upstream transports (a directory, or an SMTP relay through the pipelining
+//! client), the queue manager that schedules attempts and retries, and bounces.
 //!
 //! After the spool has a message, the manager runs *passes* over it: each due transaction's
 //! copy is built (header block + shared body) and sent; outcomes are journaled; failures
