@@ -35,6 +35,8 @@ struct Log {
     messages: Vec<Message>,
     /// A command arrived with more bytes behind it although PIPELINING was not offered.
     pipelined_unasked: bool,
+    /// Offer CHUNKING (BDAT).
+    chunking: bool,
 }
 
 struct Upstream {
@@ -51,9 +53,13 @@ impl Drop for Upstream {
 
 impl Upstream {
     async fn start(pipelining: bool, trickle: bool, answer: Answer) -> Upstream {
+        Self::start_with(Log::default(), pipelining, trickle, answer).await
+    }
+
+    async fn start_with(log: Log, pipelining: bool, trickle: bool, answer: Answer) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let log = Arc::new(Mutex::new(Log::default()));
+        let log = Arc::new(Mutex::new(log));
         let l = log.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -129,6 +135,7 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
     let mut message = Message::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut ehlo_done = false;
+    let mut bdat: Option<(usize, Vec<u8>)> = None;
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -139,7 +146,28 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
         // Whether the last thing read ends a group: only then are replies written.
         let mut boundary = false;
         let mut close = false;
-        while let Some(line) = take_line(&mut buf) {
+        loop {
+            if let Some((left, mut d)) = bdat.take() {
+                let n = left.min(buf.len());
+                d.extend(buf.drain(..n));
+                if n < left {
+                    bdat = Some((left - n, d));
+                    break;
+                }
+                let reply = if message.rcpts.is_empty() {
+                    "554 5.5.1 no valid recipients".to_string()
+                } else {
+                    answer(".", &message.rcpts).unwrap_or_else(|| "250 2.0.0 queued".into())
+                };
+                if reply.starts_with('2') {
+                    message.data = d;
+                    log.lock().unwrap().messages.push(std::mem::take(&mut message));
+                }
+                replies.push_str(&format!("{reply}\r\n"));
+                boundary = buf.is_empty();
+                continue;
+            }
+            let Some(line) = take_line(&mut buf) else { break };
             if let Some(d) = data.as_mut() {
                 if line == b".\r\n" {
                     let reply = answer(".", &message.rcpts).unwrap_or_else(|| "250 2.0.0 queued".into());
@@ -161,13 +189,20 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
             let upper = text.to_ascii_uppercase();
             let usual = if upper.starts_with("EHLO") {
-                let p = if pipelining { "250-PIPELINING\r\n" } else { "" };
+                let mut p = if pipelining { "250-PIPELINING\r\n" } else { "" }.to_string();
+                if log.lock().unwrap().chunking {
+                    p.push_str("250-CHUNKING\r\n");
+                }
                 let a = if auth { "250-AUTH LOGIN PLAIN\r\n" } else { "" };
                 format!("250-upstream.test\r\n{p}{a}250-8BITMIME\r\n250-SIZE 1000000\r\n250 SMTPUTF8")
             } else if upper.starts_with("AUTH PLAIN ") {
                 // user "relay", password "secret"
                 authenticated = &text[11..] == "AHJlbGF5AHNlY3JldA==";
                 if authenticated { "235 2.7.0 ok".into() } else { "535 5.7.8 bad credentials".into() }
+            } else if upper.starts_with("BDAT ") {
+                assert!(upper.ends_with(" LAST"), "{text}");
+                bdat = Some((upper[5..upper.len() - 5].parse().unwrap(), Vec::new()));
+                continue;
             } else if upper.starts_with("MAIL FROM:") && !authenticated {
                 "530 5.7.0 Authentication required".into()
             } else if upper.starts_with("MAIL FROM:") {
@@ -514,4 +549,37 @@ async fn starttls_and_implicit_tls_with_auth() {
         assert!(String::from_utf8_lossy(&log.raw[0]).contains("AUTH PLAIN AHJlbGF5AHNlY3JldA==\r\n"));
         server.abort();
     }
+}
+
+/// CHUNKING: each copy goes as `BDAT size LAST` with its content as it is (no dot-stuffing),
+/// after its RCPTs and before their replies; rejected recipients keep their outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunking_sends_bdat_with_the_content_as_it_is() {
+    let answer: Answer = Arc::new(|line, _| line.contains("nobody@").then(|| "550 5.1.1 no".into()));
+    let server = Upstream::start_with(Log { chunking: true, ..Log::default() }, true, false, answer).await;
+    let upstream = Arc::new(server.upstream("max_connections = 1"));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let upstream = upstream.clone();
+        sends.spawn(async move {
+            let rcpt = format!("r{i}@x.test");
+            upstream.send("app@example.com", &[rcpt.as_str(), "nobody@x.test"], &copy(TEXT)).await
+        });
+    }
+    while let Some(outcomes) = sends.join_next().await {
+        let outcomes = outcomes.unwrap();
+        assert!(matches!(outcomes[0], Outcome::Delivered(_)), "{outcomes:?}");
+        assert_eq!(outcomes[1], Outcome::Failed("550 5.1.1 no".into()));
+    }
+    let outcomes = upstream.send("app@example.com", &["nobody@x.test"], &copy(TEXT)).await;
+    assert_eq!(outcomes, vec![Outcome::Failed("550 5.1.1 no".into())]);
+    server.log(|log| {
+        assert_eq!(log.raw.len(), 1, "one connection");
+        assert_eq!(log.messages.len(), 5);
+        assert!(log.messages.iter().all(|m| m.data == TEXT.as_bytes()), "the content as it is");
+        let raw = String::from_utf8_lossy(&log.raw[0]);
+        let bdat = format!("RCPT TO:<nobody@x.test>\r\nBDAT {} LAST\r\n{TEXT}MAIL FROM:", TEXT.len());
+        assert!(raw.contains(&bdat), "{raw}");
+        assert!(!raw.contains("DATA\r\n") && !raw.contains("..leading"), "no DATA, no dot-stuffing");
+    });
 }

@@ -10,6 +10,9 @@
 //! connection that times out is dropped, never reused. An idle connection is kept for 10 s, and
 //! a connection is closed after 1000 copies.
 //!
+//! With CHUNKING as well (RFC 3030), a copy goes as `BDAT size LAST` and its content as it is,
+//! right after its RCPTs, and the next copy follows without waiting: two copies in flight.
+//!
 //! lettre's transport is not used: it waits for each reply before the next command (four
 //! round trips per copy), and its timeout and pool do not give these guarantees.
 
@@ -22,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
@@ -73,15 +76,17 @@ struct Shared {
     settings: Settings,
     status: Arc<RelayStatus>,
     pool: Mutex<Pool>,
-    /// Wakes an idle worker when a copy is queued (or every worker when closing).
-    wake: Notify,
 }
 
 #[derive(Default)]
 struct Pool {
+    /// Copies no worker has taken yet.
     queue: VecDeque<Job>,
+    /// Idle workers, each waiting to be handed a copy (oldest first).
+    waiting: VecDeque<(u64, oneshot::Sender<Job>)>,
+    next_waiter: u64,
+    /// Workers alive (at most `upstream.max_connections`).
     workers: usize,
-    idle: usize,
     closed: bool,
 }
 
@@ -149,7 +154,7 @@ impl SmtpUpstream {
             timeout: u.timeout.0,
             max_connections: u.max_connections.max(1),
         };
-        let shared = Shared { settings, status: Arc::default(), pool: Mutex::default(), wake: Notify::new() };
+        let shared = Shared { settings, status: Arc::default(), pool: Mutex::default() };
         Ok(SmtpUpstream { shared: Arc::new(shared) })
     }
 
@@ -218,8 +223,10 @@ impl SmtpUpstream {
 
 impl Drop for SmtpUpstream {
     fn drop(&mut self) {
-        self.shared.pool.lock().expect("pool lock").closed = true;
-        self.shared.wake.notify_waiters();
+        let mut pool = self.shared.pool.lock().expect("pool lock");
+        pool.closed = true;
+        // Idle workers see their channel closed, say QUIT and end.
+        pool.waiting.clear();
     }
 }
 
@@ -228,26 +235,25 @@ impl Shared {
         format!("{}:{}", self.settings.host, self.settings.port)
     }
 
-    /// Queue a copy (at the front when it goes back after a failed connection), and start a
-    /// worker when none is idle and the cap allows.
-    fn submit(self: &Arc<Self>, job: Job, front: bool) {
-        let spawn = {
-            let mut pool = self.pool.lock().expect("pool lock");
-            if front {
-                pool.queue.push_front(job)
-            } else {
-                pool.queue.push_back(job)
+    /// Hand a copy to an idle worker; else queue it (at the front when it goes back after a
+    /// failed connection), and start a worker if the cap allows.
+    fn submit(self: &Arc<Self>, mut job: Job, front: bool) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        while let Some((_, waiter)) = pool.waiting.pop_front() {
+            match waiter.send(job) {
+                Ok(()) => return,
+                Err(back) => job = back,
             }
-            let spawn = pool.idle == 0 && pool.workers < self.settings.max_connections;
-            if spawn {
-                pool.workers += 1;
-            }
-            spawn
-        };
-        if spawn {
-            tokio::spawn(worker(self.clone(), None));
+        }
+        if front {
+            pool.queue.push_front(job)
         } else {
-            self.wake.notify_one();
+            pool.queue.push_back(job)
+        }
+        if pool.workers < self.settings.max_connections && !pool.closed {
+            pool.workers += 1;
+            drop(pool);
+            tokio::spawn(worker(self.clone(), None));
         }
     }
 
@@ -266,36 +272,38 @@ impl Shared {
 
     /// A queued copy, without waiting.
     fn try_next(&self) -> Option<Job> {
-        let mut pool = self.pool.lock().expect("pool lock");
-        let job = pool.queue.pop_front();
-        if job.is_some() && !pool.queue.is_empty() && pool.idle > 0 {
-            self.wake.notify_one();
-        }
-        job
+        self.pool.lock().expect("pool lock").queue.pop_front()
     }
 
-    /// The next queued copy, waiting up to [`MAX_IDLE`]; `None`: the worker ends (and its
-    /// slot is given back).
+    /// The next copy, waiting up to [`MAX_IDLE`] to be handed one; `None`: the worker ends
+    /// (and its slot is given back).
     async fn next(&self) -> Option<Job> {
-        let until = Instant::now() + MAX_IDLE;
-        loop {
-            {
-                let mut pool = self.pool.lock().expect("pool lock");
-                if let Some(job) = pool.queue.pop_front() {
-                    if !pool.queue.is_empty() && pool.idle > 0 {
-                        self.wake.notify_one();
-                    }
-                    return Some(job);
-                }
-                if pool.closed || Instant::now() >= until {
-                    pool.workers -= 1;
-                    return None;
-                }
-                pool.idle += 1;
+        let (id, mut handed) = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            if let Some(job) = pool.queue.pop_front() {
+                return Some(job);
             }
-            let _ = timeout_at(until, self.wake.notified()).await;
-            self.pool.lock().expect("pool lock").idle -= 1;
+            if pool.closed {
+                pool.workers -= 1;
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = pool.next_waiter;
+            pool.next_waiter += 1;
+            pool.waiting.push_back((id, tx));
+            (id, rx)
+        };
+        if let Ok(Ok(job)) = tokio::time::timeout(MAX_IDLE, &mut handed).await {
+            return Some(job);
         }
+        let mut pool = self.pool.lock().expect("pool lock");
+        pool.waiting.retain(|(w, _)| *w != id);
+        // Handed a copy just as the wait ended.
+        if let Ok(job) = handed.try_recv() {
+            return Some(job);
+        }
+        pool.workers -= 1;
+        None
     }
 
     /// Open a connection: TCP with `TCP_NODELAY`, implicit TLS or STARTTLS, EHLO, AUTH. A
@@ -512,7 +520,8 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
     loop {
         let out = conn.client.output();
         if !out.is_empty() {
-            let deadline = flights.iter().map(|f| f.deadline).min().unwrap_or_else(Instant::now);
+            let deadline =
+                flights.iter().map(|f| f.deadline).min().unwrap_or_else(|| Instant::now() + shared.settings.timeout);
             match timeout_at(deadline, conn.io.write_all(&out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => conn.client.close(&format!("{}: {e}", shared.describe())),
@@ -552,6 +561,17 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
         }
         if closed {
             return None;
+        }
+        // With BDAT nothing waits for a reply before the content: keep a second copy going.
+        if conn.client.chunking()
+            && flights.len() == 1
+            && conn.uses + 1 < MAX_USES
+            && let Some(job) = shared.try_next()
+        {
+            let deadline = Instant::now() + shared.settings.timeout;
+            start(&mut conn, &mut flights, InFlight { id: next_id, job, deadline });
+            next_id += 1;
+            continue;
         }
         if flights.is_empty() {
             if conn.uses >= MAX_USES {
@@ -596,6 +616,7 @@ fn start(conn: &mut Conn, flights: &mut Vec<InFlight>, flight: InFlight) {
         sender: flight.job.sender.clone(),
         rcpts: flight.job.rcpts.clone(),
         eight_bit: copy.eight_bit || !copy.head.is_ascii(),
+        size: copy.head.len() as u64 + copy.body.len(),
     });
     flights.push(flight);
 }
@@ -612,21 +633,30 @@ async fn write_content(
 ) -> Result<(), String> {
     let remote = shared.describe();
     let mut out = Vec::with_capacity(WRITE_SIZE.min(copy.head.len() + copy.body.len() as usize + 512));
-    let mut stuffer = DotStuffer::default();
-    stuffer.push(&copy.head, &mut out);
+    // After BDAT the content goes as it is; after DATA, dot-stuffed and ended by a dot.
+    let mut stuffer = (!conn.client.chunking()).then(DotStuffer::default);
+    let mut push = |bytes: &[u8], out: &mut Vec<u8>| match stuffer.as_mut() {
+        Some(stuffer) => stuffer.push(bytes, out),
+        None => out.extend_from_slice(bytes),
+    };
+    push(&copy.head, &mut out);
     for chunk in copy.body.chunks() {
         let chunk = chunk.map_err(|e| {
             error!(error = %e, "a spooled message could not be read while sending it; the copy is abandoned");
             "the copy could not be read from the spool".to_string()
         })?;
-        stuffer.push(&chunk, &mut out);
+        push(&chunk, &mut out);
         if out.len() >= WRITE_SIZE {
             conn.io.write_all(&out).await.map_err(|e| format!("{remote}: {e}"))?;
             out.clear();
         }
     }
-    stuffer.finish(&mut out);
+    if let Some(stuffer) = stuffer {
+        stuffer.finish(&mut out);
+    }
+    // At most two copies in flight: the upstream's replies are read before more is written.
     if conn.client.extensions().pipelining
+        && flights.len() < 2
         && conn.uses + (flights.len() as u32) < MAX_USES
         && let Some(job) = shared.try_next()
     {

@@ -185,6 +185,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
         (s.silent, s.endless)
     };
     let refusal = |stage: Stage| state.lock().unwrap().refusals.get(&stage).map(|r| format!("{r}\r\n"));
+    // Replies to pipelined commands go one write each: without this, Nagle's algorithm holds
+    // each one back until the previous is acknowledged (a delayed ACK, up to 40 ms).
+    stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     if silent {

@@ -189,6 +189,8 @@ pub struct Submit {
     pub rcpts: Vec<String>,
     /// Whether the content is not ASCII (`BODY=8BITMIME` when offered).
     pub eight_bit: bool,
+    /// The content's length in bytes (for `BDAT`).
+    pub size: u64,
 }
 
 /// How a transaction ended.
@@ -210,7 +212,9 @@ pub struct Finished {
 /// What the caller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Write this transaction's content, then the final dot (see [`DotStuffer`]).
+    /// Write this transaction's content: dot-stuffed and with the final dot (see
+    /// [`DotStuffer`]) after `354`; as it is after `BDAT` (see [`Client::chunking`]), right
+    /// after the bytes [`Client::output`] returned.
     Content(TxId),
     /// A transaction ended.
     Finished(Finished),
@@ -223,6 +227,8 @@ enum Command {
     Mail,
     Rcpt(usize),
     Data,
+    /// `BDAT size LAST` and the content (RFC 3030).
+    Bdat(u64),
     /// The final dot (written by the caller with the content).
     Dot,
     Rset,
@@ -280,6 +286,12 @@ impl Client {
         }
     }
 
+    /// Whether copies go with `BDAT` (CHUNKING, used with PIPELINING only): the content as it
+    /// is, without dot-stuffing, after its command and before the replies to the group.
+    pub fn chunking(&self) -> bool {
+        self.ext.chunking && self.ext.pipelining
+    }
+
     /// The upstream's extensions.
     pub fn extensions(&self) -> &Extensions {
         &self.ext
@@ -324,7 +336,8 @@ impl Client {
         for (i, _) in outcomes.iter().enumerate().filter(|(_, o)| o.is_none()) {
             self.pending.push_back((s.id, Command::Rcpt(i)));
         }
-        self.pending.push_back((s.id, Command::Data));
+        let last = if self.chunking() { Command::Bdat(s.size) } else { Command::Data };
+        self.pending.push_back((s.id, last));
         self.txs.push(Tx {
             id: s.id,
             mail_line,
@@ -373,6 +386,13 @@ impl Client {
                     continue;
                 }
                 Command::Data => self.out.extend_from_slice(b"DATA\r\n"),
+                Command::Bdat(size) => {
+                    // The content follows these bytes: nothing more is released before it.
+                    self.out.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
+                    self.expected.push_back((id, command));
+                    self.events.push_back(Event::Content(id));
+                    break;
+                }
                 _ => continue,
             }
             self.expected.push_back((id, command));
@@ -489,6 +509,13 @@ impl Client {
                 settle_accepted(tx, judge(Stage::Data, Answer::Reply(reply)));
                 self.finish(id);
             }
+            // With no recipient accepted the refusal of BDAT is expected.
+            Command::Bdat(_) => {
+                if tx.has_recipients() {
+                    settle_accepted(tx, judge(Stage::Data, Answer::Reply(reply)));
+                }
+                self.finish(id);
+            }
             Command::Rset | Command::Discard | Command::Quit => {}
         }
     }
@@ -548,7 +575,7 @@ mod tests {
 
     fn submit(client: &mut Client, id: TxId, rcpts: &[&str]) {
         let rcpts = rcpts.iter().map(|r| r.to_string()).collect();
-        client.submit(Submit { id, sender: "app@example.com".into(), rcpts, eight_bit: false });
+        client.submit(Submit { id, sender: "app@example.com".into(), rcpts, eight_bit: false, size: 10 });
     }
 
     /// Feed `bytes` one byte at a time (replies split anywhere).
@@ -589,6 +616,32 @@ mod tests {
         assert_eq!(done[0].outcomes, vec![Outcome::Delivered("250 2.0.0 queued as A".into()); 2]);
         assert!(done[0].mail_accepted && !done[0].untouched);
         assert_eq!(got.last(), Some(&Event::Content(2)));
+    }
+
+    #[test]
+    fn with_chunking_bdat_takes_the_place_of_data() {
+        let ext = Extensions { chunking: true, ..pipelining() };
+        let mut c = Client::new(ext, ReplyReader::default());
+        submit(&mut c, 1, &["a@x.test", "b@x.test"]);
+        submit(&mut c, 2, &["c@x.test"]);
+        assert_eq!(
+            String::from_utf8(c.output()).unwrap(),
+            "MAIL FROM:<app@example.com>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nBDAT 10 LAST\r\n",
+            "nothing after BDAT before its content"
+        );
+        assert_eq!(events(&mut c), vec![Event::Content(1)]);
+        assert!(c.output().starts_with(b"MAIL"), "then the next copy");
+        assert_eq!(events(&mut c), vec![Event::Content(2)]);
+        c.receive(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n250 2.0.0 queued\r\n");
+        let done = finished(&events(&mut c));
+        assert_eq!(
+            done[0].outcomes,
+            vec![Outcome::Delivered("250 2.0.0 queued".into()), Outcome::Failed("550 5.1.1 no".into())]
+        );
+        // Nobody accepted: the refusal of BDAT is expected, and the copy fails as RCPT said.
+        c.receive(b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n");
+        let done = finished(&events(&mut c));
+        assert_eq!(done[0].outcomes, vec![Outcome::Failed("550 5.1.1 no".into())]);
     }
 
     #[test]
@@ -697,7 +750,7 @@ mod tests {
     #[test]
     fn smtputf8_and_8bitmime_only_when_offered() {
         let mut c = Client::new(pipelining(), ReplyReader::default());
-        c.submit(Submit { id: 1, sender: String::new(), rcpts: vec!["josé@x.test".into()], eight_bit: true });
+        c.submit(Submit { id: 1, sender: String::new(), rcpts: vec!["josé@x.test".into()], eight_bit: true, size: 1 });
         assert!(c.output().is_empty());
         assert_eq!(
             finished(&events(&mut c))[0].outcomes,
@@ -705,7 +758,7 @@ mod tests {
         );
         let ext = Extensions { smtputf8: true, eight_bit_mime: true, ..pipelining() };
         let mut c = Client::new(ext, ReplyReader::default());
-        c.submit(Submit { id: 1, sender: String::new(), rcpts: vec!["josé@x.test".into()], eight_bit: true });
+        c.submit(Submit { id: 1, sender: String::new(), rcpts: vec!["josé@x.test".into()], eight_bit: true, size: 1 });
         assert!(String::from_utf8(c.output()).unwrap().starts_with("MAIL FROM:<> SMTPUTF8 BODY=8BITMIME\r\n"));
     }
 
