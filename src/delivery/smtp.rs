@@ -466,6 +466,8 @@ struct InFlight {
     id: u64,
     job: Job,
     deadline: Instant,
+    /// Its content was (being) written.
+    content: bool,
 }
 
 /// One worker: one connection at a time, copies from the queue until it has been idle for
@@ -494,7 +496,7 @@ async fn worker(shared: Arc<Shared>, mut conn: Option<Conn>) {
                 }
             },
         };
-        conn = session(&shared, c, InFlight { id: 0, job, deadline }).await;
+        conn = session(&shared, c, InFlight { id: 0, job, deadline, content: false }).await;
     }
 }
 
@@ -533,6 +535,7 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
             match event {
                 Event::Content(id) => {
                     let Some(i) = flights.iter().position(|f| f.id == id) else { continue };
+                    flights[i].content = true;
                     let copy = flights[i].job.copy.clone();
                     let deadline = flights[i].deadline;
                     let result =
@@ -547,7 +550,10 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
                     let Some(i) = flights.iter().position(|f| f.id == finished.id) else { continue };
                     let flight = flights.swap_remove(i);
                     conn.uses += 1;
-                    let again = finished.untouched && !flight.job.retried && Instant::now() < flight.deadline;
+                    let again = finished.untouched
+                        && !flight.content
+                        && !flight.job.retried
+                        && Instant::now() < flight.deadline;
                     if again && closed_before_answer(&finished) {
                         let mut job = flight.job;
                         job.retried = true;
@@ -569,7 +575,7 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
             && let Some(job) = shared.try_next()
         {
             let deadline = Instant::now() + shared.settings.timeout;
-            start(&mut conn, &mut flights, InFlight { id: next_id, job, deadline });
+            start(&mut conn, &mut flights, InFlight { id: next_id, job, deadline, content: false });
             next_id += 1;
             continue;
         }
@@ -581,7 +587,7 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
             match shared.try_next() {
                 Some(job) => {
                     let deadline = Instant::now() + shared.settings.timeout;
-                    start(&mut conn, &mut flights, InFlight { id: next_id, job, deadline });
+                    start(&mut conn, &mut flights, InFlight { id: next_id, job, deadline, content: false });
                     next_id += 1;
                     continue;
                 }
@@ -603,8 +609,8 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
     }
 }
 
-/// A copy that got no answer at all may go to another connection (the connection was stale,
-/// or closed under it): its content was never sent.
+/// A copy that got no answer at all, and whose content was not written, may go to another
+/// connection (the connection was stale, or closed under it).
 fn closed_before_answer(finished: &Finished) -> bool {
     finished.refusal.is_none() && finished.outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_)))
 }
@@ -661,7 +667,7 @@ async fn write_content(
         && let Some(job) = shared.try_next()
     {
         let deadline = Instant::now() + shared.settings.timeout;
-        start(conn, flights, InFlight { id: *next_id, job, deadline });
+        start(conn, flights, InFlight { id: *next_id, job, deadline, content: false });
         *next_id += 1;
         out.extend_from_slice(&conn.client.output());
     }
