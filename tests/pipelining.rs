@@ -178,6 +178,11 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
                     data = None;
                     replies.push_str(&format!("{reply}\r\n"));
                     boundary = buf.is_empty();
+                    // An upstream that drops the connection after answering, without a word.
+                    if reply.ends_with("[then close]") {
+                        close = true;
+                        break;
+                    }
                 } else {
                     d.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
                 }
@@ -581,5 +586,28 @@ async fn chunking_sends_bdat_with_the_content_as_it_is() {
         let bdat = format!("RCPT TO:<nobody@x.test>\r\nBDAT {} LAST\r\n{TEXT}MAIL FROM:", TEXT.len());
         assert!(raw.contains(&bdat), "{raw}");
         assert!(!raw.contains("DATA\r\n") && !raw.contains("..leading"), "no DATA, no dot-stuffing");
+    });
+}
+
+/// Idle connections the upstream has closed meanwhile (each of the two workers holds one): the
+/// next copy goes to one of them, finds it dead before any reply, and is sent again at once
+/// on a new connection, neither deferred nor duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_on_a_stale_idle_connection_goes_on_a_new_one() {
+    let answer: Answer = Arc::new(|line, _| (line == ".").then(|| "250 2.0.0 queued [then close]".into()));
+    let server = Upstream::start(true, false, answer).await;
+    let upstream = Arc::new(server.upstream("max_connections = 2"));
+    let text = copy(TEXT);
+    let (a, b) = tokio::join!(
+        upstream.send("app@example.com", &["a@x.test"], &text),
+        upstream.send("app@example.com", &["b@x.test"], &text),
+    );
+    assert!(delivered(&a) && delivered(&b), "{a:?} {b:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = upstream.send("app@example.com", &["c@x.test"], &copy(TEXT)).await;
+    assert!(delivered(&c), "{c:?}");
+    server.log(|log| {
+        assert_eq!(log.messages.len(), 3, "each copy once");
+        assert!(log.raw.len() >= 3, "a new connection for the third copy");
     });
 }

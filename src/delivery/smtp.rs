@@ -216,7 +216,7 @@ impl SmtpUpstream {
             done,
             retried: false,
         };
-        self.shared.submit(job, false);
+        self.shared.submit(job);
         outcomes.await.unwrap_or_else(|_| vec![Outcome::Deferred("the delivery worker stopped".into()); rcpts.len()])
     }
 }
@@ -235,9 +235,8 @@ impl Shared {
         format!("{}:{}", self.settings.host, self.settings.port)
     }
 
-    /// Hand a copy to an idle worker; else queue it (at the front when it goes back after a
-    /// failed connection), and start a worker if the cap allows.
-    fn submit(self: &Arc<Self>, mut job: Job, front: bool) {
+    /// Hand a copy to an idle worker; else queue it, and start a worker if the cap allows.
+    fn submit(self: &Arc<Self>, mut job: Job) {
         let mut pool = self.pool.lock().expect("pool lock");
         while let Some((_, waiter)) = pool.waiting.pop_front() {
             match waiter.send(job) {
@@ -245,11 +244,7 @@ impl Shared {
                 Err(back) => job = back,
             }
         }
-        if front {
-            pool.queue.push_front(job)
-        } else {
-            pool.queue.push_back(job)
-        }
+        pool.queue.push_back(job);
         if pool.workers < self.settings.max_connections && !pool.closed {
             pool.workers += 1;
             drop(pool);
@@ -555,9 +550,11 @@ async fn session(shared: &Arc<Shared>, mut conn: Conn, first: InFlight) -> Optio
                         && !flight.job.retried
                         && Instant::now() < flight.deadline;
                     if again && closed_before_answer(&finished) {
+                        // To the front of the queue, not to an idle worker (whose connection
+                        // may be as stale): this worker takes it next, on a new connection.
                         let mut job = flight.job;
                         job.retried = true;
-                        shared.submit(job, true);
+                        shared.pool.lock().expect("pool lock").queue.push_front(job);
                     } else {
                         shared.resolve(flight.job, finished);
                     }
