@@ -37,6 +37,8 @@ struct Log {
     pipelined_unasked: bool,
     /// Offer CHUNKING (BDAT).
     chunking: bool,
+    /// Offer AUTH LOGIN only, and require it.
+    login_only: bool,
 }
 
 struct Upstream {
@@ -112,7 +114,8 @@ async fn serve(
 ) -> std::io::Result<()> {
     let mut stream = stream;
     write(&mut stream, b"220 upstream.test ESMTP\r\n", trickle).await?;
-    serve_on(stream, pipelining, trickle, log, answer, false).await
+    let auth = log.lock().unwrap().login_only;
+    serve_on(stream, pipelining, trickle, log, answer, auth).await
 }
 
 /// The dialogue after the greeting; `auth`: offer AUTH PLAIN and require it before MAIL.
@@ -125,6 +128,8 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
     auth: bool,
 ) -> std::io::Result<()> {
     let mut authenticated = !auth;
+    // AUTH LOGIN: 1 waiting for the user name, 2 for the password.
+    let mut login = 0;
     let conn = {
         let mut l = log.lock().unwrap();
         l.raw.push(Vec::new());
@@ -192,14 +197,32 @@ async fn serve_on<S: AsyncRead + AsyncWrite + Unpin>(
                 log.lock().unwrap().pipelined_unasked = true;
             }
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if login > 0 {
+                let (expected, next) =
+                    if login == 1 { ("cmVsYXk=", "334 UGFzc3dvcmQ6") } else { ("c2VjcmV0", "235 2.7.0 ok") };
+                let reply = if text == expected { next } else { "535 5.7.8 bad credentials" };
+                login = if text == expected && login == 1 { 2 } else { 0 };
+                authenticated |= reply.starts_with("235");
+                replies.push_str(&format!("{reply}\r\n"));
+                boundary = true;
+                continue;
+            }
             let upper = text.to_ascii_uppercase();
             let usual = if upper.starts_with("EHLO") {
                 let mut p = if pipelining { "250-PIPELINING\r\n" } else { "" }.to_string();
                 if log.lock().unwrap().chunking {
                     p.push_str("250-CHUNKING\r\n");
                 }
-                let a = if auth { "250-AUTH LOGIN PLAIN\r\n" } else { "" };
+                let login_only = log.lock().unwrap().login_only;
+                let a = match (auth, login_only) {
+                    (false, _) => "",
+                    (true, true) => "250-AUTH LOGIN\r\n",
+                    (true, false) => "250-AUTH LOGIN PLAIN\r\n",
+                };
                 format!("250-upstream.test\r\n{p}{a}250-8BITMIME\r\n250-SIZE 1000000\r\n250 SMTPUTF8")
+            } else if upper == "AUTH LOGIN" {
+                login = 1;
+                "334 VXNlcm5hbWU6".into()
             } else if upper.starts_with("AUTH PLAIN ") {
                 // user "relay", password "secret"
                 authenticated = &text[11..] == "AHJlbGF5AHNlY3JldA==";
@@ -609,5 +632,18 @@ async fn a_copy_on_a_stale_idle_connection_goes_on_a_new_one() {
     server.log(|log| {
         assert_eq!(log.messages.len(), 3, "each copy once");
         assert!(log.raw.len() >= 3, "a new connection for the third copy");
+    });
+}
+
+/// AUTH LOGIN when the relay offers only that mechanism.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_login_when_plain_is_not_offered() {
+    let server = Upstream::start_with(Log { login_only: true, ..Log::default() }, true, false, usual()).await;
+    let upstream = server.upstream("username = \"relay\"\npassword = \"secret\"");
+    let outcomes = upstream.send("app@example.com", &["a@x.test"], &copy(TEXT)).await;
+    assert!(delivered(&outcomes), "{outcomes:?}");
+    server.log(|log| {
+        let raw = String::from_utf8_lossy(&log.raw[0]);
+        assert!(raw.contains("AUTH LOGIN\r\ncmVsYXk=\r\nc2VjcmV0\r\nMAIL FROM:"), "{raw}");
     });
 }
