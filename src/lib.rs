@@ -8,7 +8,7 @@
 //!   to the dot.
 //! - [`spool`]: the durable queue: one file per message, a journal of delivery events.
 //! - [`delivery`]: the queue manager, delivery passes, the upstream transports (directory,
-//!   SMTP via lettre), retries and bounces.
+//!   SMTP through a pipelining client), retries and bounces.
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.

@@ -33,6 +33,8 @@ async fn temporary_failures_are_retried_and_delivered_exactly_once() {
         (stage == Stage::Data && attempt <= 2).then(|| "451 4.3.0 try again later".to_string())
     }))
     .await;
+    // The sequential dialogue (the other tests pipeline).
+    upstream.set_pipelining(false);
     let relay = relay_to(&upstream, "").await;
     assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;

@@ -1,5 +1,5 @@
-//! Delivery: the upstream transports (a directory, or an SMTP relay through lettre), the
-//! queue manager that schedules attempts and retries, and bounces.
+//! Delivery: the upstream transports (a directory, or an SMTP relay through the pipelining
+//! client), the queue manager that schedules attempts and retries, and bounces.
 //!
 //! After the spool has a message, the manager runs *passes* over it: each due transaction's
 //! copy is built (header block + shared body) and sent; outcomes are journaled; failures
@@ -9,7 +9,7 @@
 //! and runs `pass`; `pass` uses `schedule`, `journal`, `dsn` and the transports, and hands
 //! any bounce it spooled back to the manager; `config` and `outcome` are shared values.
 
-mod bounded;
+pub mod client;
 mod config;
 pub mod directory;
 pub mod dsn;

@@ -52,6 +52,8 @@ struct State {
     endless: bool,
     endless_sent: u64,
     endless_done: bool,
+    /// PIPELINING is not advertised.
+    no_pipelining: bool,
 }
 
 /// The upstream; stops when dropped.
@@ -111,6 +113,12 @@ impl TestUpstream {
             Some(r) => s.refusals.insert(stage, r.to_string()),
             None => s.refusals.remove(&stage),
         };
+    }
+
+    /// Advertise PIPELINING (the default) or not, from the next EHLO on.
+    #[allow(dead_code)]
+    pub fn set_pipelining(&self, on: bool) {
+        self.state.lock().unwrap().no_pipelining = !on;
     }
 
     /// Greet new connections with a line that never ends.
@@ -177,6 +185,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
         (s.silent, s.endless)
     };
     let refusal = |stage: Stage| state.lock().unwrap().refusals.get(&stage).map(|r| format!("{r}\r\n"));
+    // Replies to pipelined commands go one write each: without this, Nagle's algorithm holds
+    // each one back until the previous is acknowledged (a delayed ACK, up to 40 ms).
+    stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     if silent {
@@ -198,6 +209,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
     }
     write.write_all(b"220 upstream.test ESMTP test\r\n").await?;
     let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
+    let mut in_mail = false;
     loop {
         let mut line = String::new();
         if read.read_line(&mut line).await? == 0 {
@@ -205,10 +217,15 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
         }
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            state.lock().unwrap().ehlos += 1;
+            let pipelining = {
+                let mut s = state.lock().unwrap();
+                s.ehlos += 1;
+                if s.no_pipelining { "" } else { "250-PIPELINING\r\n" }
+            };
             refusal(Stage::Ehlo).unwrap_or_else(|| {
-                "250-upstream.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE 100000000\r\n"
-                    .to_string()
+                format!(
+                    "250-upstream.test\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE 100000000\r\n"
+                )
             })
         } else if upper.starts_with("AUTH") {
             state.lock().unwrap().auths += 1;
@@ -217,7 +234,11 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
             state.lock().unwrap().mails += 1;
             from = between_brackets(&line);
             rcpts.clear();
-            refusal(Stage::Mail).unwrap_or_else(|| "250 2.1.0 ok\r\n".into())
+            let reply = refusal(Stage::Mail);
+            in_mail = reply.is_none();
+            reply.unwrap_or_else(|| "250 2.1.0 ok\r\n".into())
+        } else if upper.starts_with("RCPT TO:") && !in_mail {
+            "503 5.5.1 Error: need MAIL command\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = between_brackets(&line);
             let attempt = {
@@ -233,6 +254,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
                     "250 2.1.5 ok\r\n".into()
                 }
             }
+        } else if upper.starts_with("DATA") && rcpts.is_empty() {
+            // As Postfix does; a pipelining client sends DATA before it knows.
+            "554 5.5.1 Error: no valid recipients\r\n".into()
         } else if upper.starts_with("DATA") {
             write.write_all(b"354 go ahead\r\n").await?;
             let data = read_data(&mut read).await?;
@@ -256,6 +280,10 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Script>)
         } else {
             "250 2.0.0 ok\r\n".into()
         };
+        if upper.starts_with("DATA") || upper.starts_with("RSET") {
+            in_mail = false;
+            rcpts.clear();
+        }
         write.write_all(reply.as_bytes()).await?;
     }
 }
