@@ -122,7 +122,7 @@ fn one_line(s: &str) -> String {
 /// The original header block without To, Cc, Bcc and Resent-* fields (and without the empty
 /// line): enough for the sender to recognize the message, and no other recipient's address.
 fn headers_without_addresses(message: &[u8]) -> Vec<u8> {
-    let Ok(headers) = Headers::parse(message) else {
+    let Ok(headers) = Headers::parse_layout(message) else {
         return Vec::new();
     };
     let mut out = Vec::with_capacity(headers.header_end);

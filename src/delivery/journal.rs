@@ -22,12 +22,19 @@ pub(super) struct Journal<'a> {
     spool: &'a Spool,
     id: &'a QueueId,
     unwritten: &'a mut Vec<Record>,
+    /// Whether this pass tried to append (a failed append may have created the file).
+    touched: bool,
 }
 
 impl<'a> Journal<'a> {
     /// The journal of `id`; `unwritten` are records earlier passes could not write.
     pub fn new(spool: &'a Spool, id: &'a QueueId, unwritten: &'a mut Vec<Record>) -> Journal<'a> {
-        Journal { spool, id, unwritten }
+        Journal { spool, id, unwritten, touched: false }
+    }
+
+    /// Whether this pass tried to write to the journal file.
+    pub fn touched(&self) -> bool {
+        self.touched
     }
 
     /// Records not yet on disk, oldest first (they happened after everything on disk).
@@ -48,6 +55,7 @@ impl<'a> Journal<'a> {
         if self.unwritten.is_empty() {
             return Ok(());
         }
+        self.touched = true;
         match self.spool.append(self.id, self.unwritten.clone()).await {
             Ok(()) => {
                 if was_behind {

@@ -62,6 +62,8 @@ struct Loaded {
     state: State,
     headers: Headers,
     eight_bit: bool,
+    /// Whether it had a journal file when opened.
+    journaled: bool,
 }
 
 /// Now, in Unix milliseconds.
@@ -89,7 +91,7 @@ async fn deliver(
         Ok(l) => l,
         Err(end) => return end,
     };
-    let Loaded { meta, head, content, mut state, headers, eight_bit } = loaded;
+    let Loaded { meta, head, content, mut state, headers, eight_bit, journaled } = loaded;
     let mut journal = Journal::new(&ctx.spool, id, unwritten);
     for r in journal.unwritten() {
         state.apply(r);
@@ -127,7 +129,7 @@ async fn deliver(
         return end;
     }
     if state.is_done() {
-        if let Err(e) = ctx.spool.remove(id).await {
+        if let Err(e) = ctx.spool.remove_delivered(id, journaled || journal.touched()).await {
             warn!(queue_id = %id, error = %e, "cannot remove a finished message from the spool");
         }
         return PassEnd::Done;
@@ -174,12 +176,12 @@ async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
             return Err(PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT));
         }
     };
-    let headers = match Headers::parse(&opened.head) {
+    let headers = match Headers::parse_layout(&opened.head) {
         Ok(h) => h,
         Err(e) => return Err(set_aside(ctx, id, &format!("header block cannot be parsed: {e}")).await),
     };
-    let Opened { meta, state, head, content } = opened;
-    Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit })
+    let Opened { meta, state, head, content, journaled } = opened;
+    Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit, journaled })
 }
 
 /// Move a damaged message to `damaged/` (or, if even that fails, leave it and try later).

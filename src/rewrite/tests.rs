@@ -25,6 +25,9 @@ fn copies(message: &str, recipients: &[&str], policy: &Policy) -> Vec<(Vec<Strin
         .iter()
         .map(|t| {
             let mut copy = header_block(message, &headers, &plan, t, &recipients);
+            // Delivery rewrites from the fields alone, without the addresses parsed again.
+            let layout = Headers::parse_layout(message).unwrap();
+            assert_eq!(header_block(message, &layout, &plan, t, &recipients), copy, "layout-only rewrite");
             copy.extend_from_slice(&message[headers.body_start..]);
             let rcpts = t.recipients.iter().map(|&i| recipients[i].clone()).collect();
             (rcpts, String::from_utf8(copy).unwrap())

@@ -159,25 +159,30 @@ impl SpoolPaths {
             }
         }
         let head = header_prefix(&content).map_err(OpenError::Io)?;
-        let state = State::replay(&meta, &self.journal(id).map_err(OpenError::Io)?);
-        Ok(Opened { meta, state, head, content })
+        let (records, journaled) = match self.read_journal(id) {
+            Ok((records, _, _)) => (records, true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), false),
+            Err(e) => return Err(OpenError::Io(e)),
+        };
+        let state = State::replay(&meta, &records);
+        Ok(Opened { meta, state, head, content, journaled })
     }
 
     /// The journal records of a message (none when it has no journal). Each line is a record
     /// on its own: a line that is not one (garbage from a disk error) is skipped, and a last
     /// line without its newline (a crash in the middle of a write) is not read.
     pub fn journal(&self, id: &QueueId) -> io::Result<Vec<Record>> {
-        Ok(self.read_journal(id)?.0)
+        match self.read_journal(id) {
+            Ok((records, _, _)) => Ok(records),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The good records, the length of the journal up to its last complete line, and its
-    /// whole length.
+    /// whole length; `NotFound` when there is no journal.
     fn read_journal(&self, id: &QueueId) -> io::Result<(Vec<Record>, u64, u64)> {
-        let data = match fs::read(self.journal_file(id)) {
-            Ok(data) => data,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
-            Err(e) => return Err(e),
-        };
+        let data = fs::read(self.journal_file(id))?;
         let mut records = Vec::new();
         let mut complete = 0;
         while let Some(end) = memchr::memchr(b'\n', &data[complete..]) {
@@ -192,7 +197,10 @@ impl SpoolPaths {
     /// Cut a torn last line off a journal, so the records appended after it start on a line
     /// of their own. Returns the bytes cut.
     pub fn repair_journal(&self, id: &QueueId) -> io::Result<u64> {
-        let (_, good, total) = self.read_journal(id)?;
+        let (_, good, total) = match self.read_journal(id) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            other => other?,
+        };
         if good == total {
             return Ok(0);
         }
@@ -312,6 +320,8 @@ pub struct Opened {
     pub head: Bytes,
     /// Its bytes (after the envelope line).
     pub content: Content,
+    /// Whether it has a journal file.
+    pub journaled: bool,
 }
 
 /// Why a message could not be opened for delivery.
@@ -487,6 +497,22 @@ impl Spool {
     pub async fn remove(&self, id: &QueueId) -> io::Result<()> {
         let (paths, id) = (self.paths.clone(), id.clone());
         tokio::task::spawn_blocking(move || paths.remove(&id)).await.map_err(io::Error::other)?
+    }
+
+    /// Remove a message that was delivered: its file, and its journal only when it has one
+    /// (`journal`), so a message delivered at the first attempt costs one unlink, not a
+    /// second one that fails.
+    pub async fn remove_delivered(&self, id: &QueueId, journal: bool) -> io::Result<()> {
+        let (paths, id) = (self.paths.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            fs::remove_file(paths.message_file(&id))?;
+            match journal.then(|| fs::remove_file(paths.journal_file(&id))) {
+                Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Whether a file can be written into the queue directory now.
