@@ -173,47 +173,55 @@ async fn serve_sink(listener: TcpListener, received: Arc<AtomicUsize>) {
     }
 }
 
+/// One sink session, answering as a pipelining server does: replies are collected and
+/// written when the client has nothing more buffered (with `TCP_NODELAY`), so a pipelined
+/// group gets its replies in one write and nobody waits for a delayed ACK.
 async fn sink_session(stream: TcpStream, received: &AtomicUsize) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut c = BufReader::with_capacity(64 * 1024, stream);
-    c.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
+    let mut out: Vec<u8> = b"220 sink.test ESMTP\r\n".to_vec();
     let mut line = Vec::with_capacity(1024);
     loop {
-        line.clear();
-        if c.read_until(b'\n', &mut line).await? == 0 {
+        if !read_line(&mut c, &mut line, &mut out).await? {
             return Ok(());
         }
         let verb = line.get(..4).map(|v| v.to_ascii_uppercase()).unwrap_or_default();
-        let reply: &[u8] = match verb.as_slice() {
-            b"EHLO" => b"250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n",
+        match verb.as_slice() {
+            b"EHLO" => out.extend_from_slice(b"250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"),
             b"DATA" => {
-                c.get_mut().write_all(b"354 go on\r\n").await?;
-                skip_data(&mut c, &mut line).await?;
+                out.extend_from_slice(b"354 go on\r\n");
+                loop {
+                    if !read_line(&mut c, &mut line, &mut out).await? {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    if line.as_slice() == b".\r\n" {
+                        break;
+                    }
+                }
                 received.fetch_add(1, Ordering::Relaxed);
-                b"250 2.0.0 ok\r\n"
+                out.extend_from_slice(b"250 2.0.0 ok\r\n");
             }
             b"QUIT" => {
-                c.get_mut().write_all(b"221 bye\r\n").await?;
+                out.extend_from_slice(b"221 bye\r\n");
+                c.get_mut().write_all(&out).await?;
                 let mut rest = Vec::new();
                 let _ = c.read_to_end(&mut rest).await;
                 return Ok(());
             }
-            _ => b"250 2.0.0 ok\r\n",
-        };
-        c.get_mut().write_all(reply).await?;
+            _ => out.extend_from_slice(b"250 2.0.0 ok\r\n"),
+        }
     }
 }
 
-/// Read data lines up to the lone dot.
-async fn skip_data(c: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Result<()> {
-    loop {
-        line.clear();
-        if c.read_until(b'\n', line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line.as_slice() == b".\r\n" {
-            return Ok(());
-        }
+/// Read one line; first write the replies collected so far if no more input is buffered.
+/// False at the end of input.
+async fn read_line(c: &mut BufReader<TcpStream>, line: &mut Vec<u8>, out: &mut Vec<u8>) -> std::io::Result<bool> {
+    if c.buffer().is_empty() && !out.is_empty() {
+        c.get_mut().write_all(out).await?;
+        out.clear();
     }
+    line.clear();
+    Ok(c.read_until(b'\n', line).await? > 0)
 }
 
 /// Peak resident set size of process `pid`, in KiB.
