@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::config::Action;
 use crate::message::address;
@@ -34,8 +35,9 @@ pub enum Rewrite {
 /// One upstream transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
-    /// Indexes into the envelope recipients.
-    pub recipients: Vec<usize>,
+    /// Indexes into the envelope recipients (held inline when there is one, as in every
+    /// exploded copy: 100,000 copies cost no allocation each).
+    pub recipients: SmallVec<[usize; 1]>,
     /// How its copy is made.
     pub rewrite: Rewrite,
 }
@@ -71,7 +73,7 @@ impl Plan {
 
     /// One transaction for all recipients.
     fn single(recipients: Vec<usize>, rewrite: Rewrite) -> Plan {
-        Plan { transactions: vec![Transaction { recipients, rewrite }], ..Plan::default() }
+        Plan { transactions: vec![Transaction { recipients: recipients.into(), rewrite }], ..Plan::default() }
     }
 
     fn keep_internal(&mut self, headers: &Headers, policy: &Policy) {
@@ -90,11 +92,11 @@ fn explode(headers: &Headers, recipients: &[String], policy: &Policy) -> Plan {
         (0..recipients.len()).partition(|&i| policy.is_internal(&recipients[i]));
     let mut transactions = Vec::with_capacity(external.len() + 1);
     if !internal.is_empty() {
-        transactions.push(Transaction { recipients: internal, rewrite: Rewrite::Original });
+        transactions.push(Transaction { recipients: internal.into(), rewrite: Rewrite::Original });
     }
     for i in external {
         let name = names.get(&address::key(&recipients[i])).cloned();
-        transactions.push(Transaction { recipients: vec![i], rewrite: Rewrite::Explode { name } });
+        transactions.push(Transaction { recipients: smallvec::smallvec![i], rewrite: Rewrite::Explode { name } });
     }
     let mut plan = Plan { transactions, ..Plan::default() };
     plan.keep_internal(headers, policy);

@@ -324,7 +324,7 @@ async fn queue_dsn(
         recipients: vec![meta.sender.clone()],
         decision: DecisionSummary::default(),
         plan: Plan {
-            transactions: vec![Transaction { recipients: vec![0], rewrite: Rewrite::Original }],
+            transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],
             ..Plan::default()
         },
         dsn: true,

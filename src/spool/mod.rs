@@ -357,15 +357,25 @@ fn ids_in(dir: &Path) -> io::Result<Vec<QueueId>> {
     Ok(ids)
 }
 
-/// The envelope line and its length, newline included.
+/// The envelope line and its length, newline included. The JSON is read as a stream, never
+/// held whole: the line of a message to 100,000 recipients is megabytes.
 fn read_envelope(reader: &mut impl BufRead) -> io::Result<(Meta, u64)> {
-    let mut line = Vec::new();
-    reader.take(MAX_ENVELOPE_LINE).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(corrupt(if line.is_empty() { "empty file" } else { "no complete envelope line" }));
+    let (meta, len) = {
+        let mut values = serde_json::Deserializer::from_reader(reader.by_ref().take(MAX_ENVELOPE_LINE)).into_iter();
+        let meta: Meta = match values.next() {
+            None => return Err(corrupt("empty file")),
+            Some(Err(e)) if e.is_eof() => return Err(corrupt("no complete envelope line")),
+            Some(Err(e)) => return Err(corrupt(&format!("bad envelope line: {e}"))),
+            Some(Ok(meta)) => meta,
+        };
+        (meta, values.byte_offset() as u64)
+    };
+    // An object ends at its `}`: the newline must come next.
+    let mut newline = [0u8];
+    match reader.read(&mut newline)? {
+        1 if newline[0] == b'\n' => Ok((meta, len + 1)),
+        _ => Err(corrupt("no complete envelope line")),
     }
-    let meta = serde_json::from_slice(&line).map_err(|e| corrupt(&format!("bad envelope line: {e}")))?;
-    Ok((meta, line.len() as u64))
 }
 
 /// At least the header block of `content` (all of it when in memory).
@@ -540,6 +550,33 @@ impl Spool {
 mod journal_tests {
     use super::*;
     use crate::spool::record::{DecisionSummary, FORMAT_VERSION};
+
+    #[test]
+    fn the_envelope_line_is_read_as_a_stream_and_checked() {
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            id: QueueId::generate(),
+            received_at: 1,
+            client: "127.0.0.1".into(),
+            sender: "s@x.test".into(),
+            recipients: (0..1000).map(|i| format!("r{i}@x.test")).collect(),
+            decision: DecisionSummary::default(),
+            plan: crate::plan::Plan::default(),
+            dsn: false,
+            size: Some(5),
+            crc32: None,
+        };
+        let line = serde_json::to_vec(&meta).unwrap();
+        let file = [&line[..], b"\nHello"].concat();
+        let (read, len) = read_envelope(&mut io::BufReader::new(&file[..])).unwrap();
+        assert_eq!((read, len), (meta, line.len() as u64 + 1));
+        let reason = |bytes: &[u8]| read_envelope(&mut io::BufReader::new(bytes)).unwrap_err().to_string();
+        assert_eq!(reason(b""), "empty file");
+        assert_eq!(reason(&line[..line.len() / 2]), "no complete envelope line");
+        assert_eq!(reason(&line), "no complete envelope line", "no newline after it");
+        assert_eq!(reason(&[&line[..], b" x"].concat()), "no complete envelope line");
+        assert!(reason(b"#!garbage\n").starts_with("bad envelope line"));
+    }
 
     #[test]
     fn an_append_after_a_torn_line_stays_readable() {

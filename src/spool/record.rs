@@ -299,7 +299,7 @@ mod tests {
     use crate::plan::{Rewrite, Transaction};
 
     fn meta() -> Meta {
-        let txn = |recipients: Vec<usize>| Transaction { recipients, rewrite: Rewrite::Original };
+        let txn = |recipients: Vec<usize>| Transaction { recipients: recipients.into(), rewrite: Rewrite::Original };
         Meta {
             version: FORMAT_VERSION,
             id: QueueId::generate(),

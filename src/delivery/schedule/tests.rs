@@ -32,7 +32,9 @@ fn meta(n: usize) -> Meta {
         recipients: (0..n).map(|i| format!("r{i}@client.test")).collect(),
         decision: DecisionSummary::default(),
         plan: Plan {
-            transactions: (0..n).map(|i| Transaction { recipients: vec![i], rewrite: Rewrite::Original }).collect(),
+            transactions: (0..n)
+                .map(|i| Transaction { recipients: smallvec::smallvec![i], rewrite: Rewrite::Original })
+                .collect(),
             ..Plan::default()
         },
         dsn: false,
@@ -208,7 +210,7 @@ fn a_delete_during_a_pass_waits_for_its_end() {
 fn a_chunk_of_outcomes_groups_recipients_per_transaction() {
     let meta = Meta {
         plan: Plan {
-            transactions: vec![Transaction { recipients: vec![0, 1, 2], rewrite: Rewrite::Original }],
+            transactions: vec![Transaction { recipients: smallvec::smallvec![0, 1, 2], rewrite: Rewrite::Original }],
             ..Plan::default()
         },
         ..meta(3)
