@@ -55,16 +55,30 @@ impl DirSync {
 
 /// Write, fsync and rename one file (blocking).
 fn write_synced(temp: &Path, target: &Path, parts: &[Bytes], tail: Option<&Content>) -> io::Result<()> {
-    let result = (|| {
-        let mut file = File::create(temp)?;
+    write_synced_with(temp, target, |file| {
         for part in parts {
             file.write_all(part)?;
         }
         if let Some(tail) = tail {
-            tail.copy_to_file(&mut file)?;
+            tail.copy_to_file(file)?;
         }
+        Ok(())
+    })
+}
+
+/// Create `temp`, let `write` fill it, fsync it and rename it to `target` (blocking); on an
+/// error the temporary file is removed. The directory is not fsync'd: see [`DirSync::sync`].
+pub fn write_synced_with<T>(
+    temp: &Path,
+    target: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<T>,
+) -> io::Result<T> {
+    let result = (|| {
+        let mut file = File::create(temp)?;
+        let value = write(&mut file)?;
         file.sync_all()?;
-        fs::rename(temp, target)
+        fs::rename(temp, target)?;
+        Ok(value)
     })();
     if result.is_err() {
         let _ = fs::remove_file(temp);

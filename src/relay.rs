@@ -96,7 +96,7 @@ impl Relay {
             rejected.emit(self.redaction);
             return reply::leak_rejected(&decision);
         };
-        let mut meta = Meta {
+        let meta = Meta {
             version: FORMAT_VERSION,
             id: id.clone(),
             received_at: now.timestamp_millis(),
@@ -110,13 +110,16 @@ impl Relay {
             crc32: None,
         };
         let stored = match body {
-            Stored::Memory(data) => self.spool.store(&mut meta, &[received, data]).await,
-            Stored::Spilled(spill) => self.spool.store_spilled(&mut meta, received, spill).await,
+            Stored::Memory(data) => self.spool.store(meta, vec![received, data]).await,
+            Stored::Spilled(spill) => self.spool.store_spilled(meta, received, spill).await,
         };
-        if let Err(e) = stored {
-            error!(queue_id = %id, error = %e, "cannot store the message in the spool");
-            return reply::STORAGE_FAILED;
-        }
+        let meta = match stored {
+            Ok(meta) => meta,
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot store the message in the spool");
+                return reply::STORAGE_FAILED;
+            }
+        };
         let accepted = MessageDecided {
             id: &id,
             client: incoming.peer,

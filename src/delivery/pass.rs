@@ -315,7 +315,7 @@ async fn queue_dsn(
     };
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
-    let mut dsn_meta = Meta {
+    let dsn_meta = Meta {
         version: FORMAT_VERSION,
         id: id.clone(),
         received_at: now_ms(),
@@ -331,7 +331,7 @@ async fn queue_dsn(
         size: None,
         crc32: None,
     };
-    ctx.spool.store(&mut dsn_meta, std::slice::from_ref(&bytes)).await?;
+    ctx.spool.store(dsn_meta, vec![bytes]).await?;
     crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)

@@ -397,12 +397,6 @@ fn header_prefix(content: &Content) -> io::Result<Bytes> {
     Ok(Bytes::from(head))
 }
 
-fn envelope_line(meta: &Meta) -> io::Result<Bytes> {
-    let mut line = serde_json::to_vec(meta).map_err(io::Error::other)?;
-    line.push(b'\n');
-    Ok(Bytes::from(line))
-}
-
 /// Whether a journal ends in the middle of a line.
 fn ends_torn(file: &File) -> io::Result<bool> {
     use std::os::unix::fs::FileExt;
@@ -467,33 +461,57 @@ impl Spool {
         &self.paths
     }
 
-    /// Store a new message, the concatenation of `parts`, durably: when this returns `Ok`,
-    /// the file's data and name are on disk. Records the message's length and checksum in
-    /// `meta`.
-    pub async fn store(&self, meta: &mut Meta, parts: &[Bytes]) -> io::Result<()> {
+    /// Store a new message, the concatenation of `parts`, durably: when this returns, the
+    /// file's data and name are on disk. Records the message's length and checksum in its
+    /// envelope line, and gives the envelope back.
+    pub async fn store(&self, mut meta: Meta, parts: Vec<Bytes>) -> io::Result<Meta> {
         let mut crc = crc32fast::Hasher::new();
         parts.iter().for_each(|p| crc.update(p));
         meta.size = Some(parts.iter().map(|p| p.len() as u64).sum());
         meta.crc32 = Some(crc.finalize());
-        let name = format!("{}.msg", meta.id);
-        let mut file = vec![envelope_line(meta)?];
-        file.extend(parts.iter().cloned());
-        self.sync.write_file(&name, file, None).await
+        self.write_message(meta, parts, None).await
     }
 
     /// Store a new message whose bytes are `head` followed by what was spilled to disk while
     /// it arrived (copied file to file, never through memory). Like [`Spool::store`].
-    pub async fn store_spilled(&self, meta: &mut Meta, head: Bytes, spill: Spill) -> io::Result<()> {
-        let (file, len, mut crc) = spill.finish().await?;
-        let mut head_crc = crc32fast::Hasher::new();
-        head_crc.update(&head);
-        head_crc.combine(&crc);
-        crc = head_crc;
+    pub async fn store_spilled(&self, mut meta: Meta, head: Bytes, spill: Spill) -> io::Result<Meta> {
+        let (file, len, crc) = spill.finish().await?;
+        let mut whole = crc32fast::Hasher::new();
+        whole.update(&head);
+        whole.combine(&crc);
         meta.size = Some(head.len() as u64 + len);
-        meta.crc32 = Some(crc.finalize());
-        let name = format!("{}.msg", meta.id);
+        meta.crc32 = Some(whole.finalize());
         let tail = Content::File { file: std::sync::Arc::new(file), offset: 0, len };
-        self.sync.write_file(&name, vec![envelope_line(meta)?, head], Some(tail)).await
+        self.write_message(meta, vec![head], Some(tail)).await
+    }
+
+    /// Write `ID.msg` (the envelope line streamed as JSON, never held whole: for a message to
+    /// 100,000 recipients it is megabytes), fsync it, rename it into place, and wait for a
+    /// directory fsync that covers it.
+    async fn write_message(&self, meta: Meta, parts: Vec<Bytes>, tail: Option<Content>) -> io::Result<Meta> {
+        let queue = self.paths.queue();
+        let target = queue.join(format!("{}.msg", meta.id));
+        let temp = queue.join(format!(".{}.msg.tmp", meta.id));
+        let meta = tokio::task::spawn_blocking(move || {
+            crate::durable::write_synced_with(&temp, &target, |file| {
+                let mut out = io::BufWriter::with_capacity(64 * 1024, &mut *file);
+                serde_json::to_writer(&mut out, &meta).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+                for part in &parts {
+                    out.write_all(part)?;
+                }
+                out.flush()?;
+                drop(out);
+                if let Some(tail) = &tail {
+                    tail.copy_to_file(file)?;
+                }
+                Ok(meta)
+            })
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.sync.sync().await?;
+        Ok(meta)
     }
 
     /// A new file to spill a message into while it arrives (in the queue directory, so the
