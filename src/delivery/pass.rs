@@ -156,12 +156,10 @@ fn leaves_the_spool(meta: &Meta, state: &State) -> bool {
 async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
     let (paths, owned_id) = (ctx.spool.paths().clone(), id.clone());
     let opened = tokio::task::spawn_blocking(move || {
-        if let Ok(cut) = paths.repair_journal(&owned_id)
-            && cut > 0
-        {
-            warn!(queue_id = %owned_id, bytes = cut, "cut a torn or garbage tail off the delivery journal");
-        }
         let opened = paths.open(&owned_id)?;
+        if opened.journal_cut > 0 {
+            warn!(queue_id = %owned_id, bytes = opened.journal_cut, "cut a torn last line off the delivery journal");
+        }
         let eight_bit = !opened.content.is_ascii().map_err(OpenError::Io)?;
         Ok::<_, OpenError>((opened, eight_bit))
     })
@@ -180,7 +178,7 @@ async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
         Ok(h) => h,
         Err(e) => return Err(set_aside(ctx, id, &format!("header block cannot be parsed: {e}")).await),
     };
-    let Opened { meta, state, head, content, journaled } = opened;
+    let Opened { meta, state, head, content, journaled, .. } = opened;
     Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit, journaled })
 }
 

@@ -127,7 +127,8 @@ impl SpoolPaths {
     }
 
     /// Open a message for delivery: its envelope, state, header block and bytes, checked
-    /// against the length and checksum its envelope line records. Blocking.
+    /// against the length and checksum its envelope line records; a torn last line of its
+    /// journal is cut off. Blocking; for the relay, which holds the spool's lock.
     pub fn open(&self, id: &QueueId) -> Result<Opened, OpenError> {
         let file = match File::open(self.message_file(id)) {
             Ok(f) => f,
@@ -159,13 +160,13 @@ impl SpoolPaths {
             }
         }
         let head = header_prefix(&content).map_err(OpenError::Io)?;
-        let (records, journaled) = match self.read_journal(id) {
-            Ok((records, _, _)) => (records, true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), false),
+        let (records, journaled, journal_cut) = match self.read_journal(id) {
+            Ok((records, good, total)) => (records, true, self.cut_journal(id, good, total).map_err(OpenError::Io)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), false, 0),
             Err(e) => return Err(OpenError::Io(e)),
         };
         let state = State::replay(&meta, &records);
-        Ok(Opened { meta, state, head, content, journaled })
+        Ok(Opened { meta, state, head, content, journaled, journal_cut })
     }
 
     /// The journal records of a message (none when it has no journal). Each line is a record
@@ -194,13 +195,9 @@ impl SpoolPaths {
         Ok((records, complete as u64, data.len() as u64))
     }
 
-    /// Cut a torn last line off a journal, so the records appended after it start on a line
-    /// of their own. Returns the bytes cut.
-    pub fn repair_journal(&self, id: &QueueId) -> io::Result<u64> {
-        let (_, good, total) = match self.read_journal(id) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            other => other?,
-        };
+    /// Cut a torn last line (from `good` to `total`) off a journal, so the records appended
+    /// after it start on a line of their own. Returns the bytes cut.
+    fn cut_journal(&self, id: &QueueId, good: u64, total: u64) -> io::Result<u64> {
         if good == total {
             return Ok(0);
         }
@@ -322,6 +319,8 @@ pub struct Opened {
     pub content: Content,
     /// Whether it has a journal file.
     pub journaled: bool,
+    /// Bytes of a torn last line cut off its journal (a crash in the middle of a write).
+    pub journal_cut: u64,
 }
 
 /// Why a message could not be opened for delivery.
