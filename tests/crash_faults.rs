@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{RawClient, TestRelay, eventually, spawn_relay, test_config};
+use common::{RawClient, TestRelay, eventually, sample, spawn_relay, test_config};
 
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
 
@@ -158,9 +158,7 @@ async fn refusing_b_once_and_c_thrice() -> TestUpstream {
 
 /// Journal writes that failed, from the relay's metrics (in this process).
 fn journal_failures() -> f64 {
-    let text = bccguard::metrics::metrics().encode();
-    let line = text.lines().find(|l| l.starts_with("bccguard_journal_write_failures_total ")).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    sample(&bccguard::metrics::metrics().encode(), "bccguard_journal_write_failures_total ")
 }
 
 /// Send message `n` to `a{n}`, `b{n}` and `c{n}`.

@@ -16,15 +16,6 @@ async fn relay_to(upstream: &TestUpstream, extra: &str) -> TestRelay {
     TestRelay::start(&format!("{}{FAST}{POLICY}", upstream.config(extra))).await
 }
 
-/// Send one message through a raw client; returns the reply to the final dot.
-async fn send(relay: &TestRelay, from: &str, to: &[&str], data: &[u8]) -> String {
-    let mut c = relay.client().await;
-    c.cmd("EHLO test").await;
-    let reply = c.transaction(from, to, data).await;
-    c.cmd("QUIT").await;
-    reply
-}
-
 const SIMPLE: &[u8] = b"From: app@example.com\r\nTo: customer@client.test\r\nSubject: hi\r\n\r\nhello\r\n";
 
 #[tokio::test]
@@ -36,7 +27,7 @@ async fn temporary_failures_are_retried_and_delivered_exactly_once() {
     // The sequential dialogue (the other tests pipeline).
     upstream.set_pipelining(false);
     let relay = relay_to(&upstream, "").await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;
     assert_eq!(upstream.attempts("customer@client.test"), 3, "451, 451, 250");
     let delivered = upstream.delivered_to("customer@client.test");
@@ -53,7 +44,7 @@ async fn a_permanent_failure_bounces_naming_only_that_recipient() {
     .await;
     let relay = relay_to(&upstream, "").await;
     let rcpts = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
-    assert!(send(&relay, "app@example.com", &rcpts, &fixture("group.eml")).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &rcpts, &fixture("group.eml")).await.starts_with("250 "));
     relay.wait_spool_empty().await;
 
     for ok in ["ann@alpha.test", "cat@gamma.test"] {
@@ -78,7 +69,7 @@ async fn no_bounce_for_the_null_sender_and_the_message_is_kept() {
         TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Data).then(|| "554 5.7.1 refused".to_string())))
             .await;
     let relay = relay_to(&upstream, "").await;
-    assert!(send(&relay, "", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("a failed bounce", || bccguard_queue_list(&relay).contains("failed bounce")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(upstream.deliveries().is_empty(), "no DSN: {:?}", upstream.deliveries());
@@ -102,7 +93,7 @@ async fn a_bounce_that_cannot_be_delivered_stays_queued_until_retried() {
     }))
     .await;
     let relay = relay_to(&upstream, "").await;
-    assert!(send(&relay, "app@example.com", &["gone@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["gone@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("a failed bounce", || bccguard_queue_list(&relay).contains("failed bounce")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.attempts("app@example.com"), 1, "the DSN was tried once, not again on its own");
@@ -139,7 +130,7 @@ async fn an_upstream_that_comes_up_later_gets_the_mail() {
     let relay =
         TestRelay::start(&format!("[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n{FAST}{POLICY}"))
             .await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(relay.spooled().len(), 1, "kept while the upstream is down");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -154,7 +145,7 @@ async fn a_silent_upstream_times_out_and_the_copy_is_retried() {
     let upstream = TestUpstream::start().await;
     upstream.set_silent(true);
     let relay = relay_to(&upstream, "timeout = \"1s\"\n").await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("a timed-out attempt", || upstream.connections() >= 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(upstream.deliveries().is_empty());
@@ -174,7 +165,7 @@ async fn messages_older_than_max_age_bounce_as_expired() {
     let relay =
         TestRelay::start(&format!("{}[spool]\nretry = [\"200ms\"]\nmax_age = \"1s\"\n{POLICY}", upstream.config("")))
             .await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     relay.wait_spool_empty().await;
     assert!(upstream.attempts("customer@client.test") >= 2, "retried until it expired");
     let dsn = String::from_utf8_lossy(&upstream.delivered_to("app@example.com")[0].data).into_owned();
@@ -190,7 +181,7 @@ async fn a_spool_that_cannot_be_written_gives_451_and_nothing_is_delivered() {
     let queue = relay.dir.path().join("spool/queue");
     std::fs::remove_dir_all(&queue).unwrap();
     std::fs::write(&queue, b"not a directory").unwrap();
-    let reply = send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await;
+    let reply = relay.send("app@example.com", &["customer@client.test"], SIMPLE).await;
     assert_eq!(reply, "451 4.3.0 Temporary failure storing the message, try again later");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(upstream.deliveries().is_empty(), "nothing delivered");
@@ -211,8 +202,8 @@ async fn the_queue_can_be_listed_retried_and_deleted_while_the_relay_runs() {
     .await;
     // A long retry interval: only `queue retry` makes the next attempt happen soon.
     let relay = TestRelay::start(&format!("{}[spool]\nretry = [\"1h\"]\n{POLICY}", upstream.config(""))).await;
-    assert!(send(&relay, "app@example.com", &["slow1@client.test"], SIMPLE).await.starts_with("250 "));
-    assert!(send(&relay, "app@example.com", &["slow2@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["slow1@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["slow2@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("two first attempts", || {
         upstream.attempts("slow2@client.test") == 1 && upstream.attempts("slow1@client.test") == 1
     })
@@ -263,7 +254,7 @@ async fn queue_commands_work_on_the_files_when_no_relay_runs() {
         TestUpstream::scripted(Box::new(|stage, _, _| (stage == Stage::Rcpt).then(|| "451 4.4.1 later".to_string())))
             .await;
     let relay = TestRelay::start(&format!("{}[spool]\nretry = [\"1h\"]\n{POLICY}", upstream.config(""))).await;
-    assert!(send(&relay, "app@example.com", &["c@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["c@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("an attempt", || upstream.attempts("c@client.test") == 1).await;
     eventually("journaled", || bccguard_queue_list(&relay).contains("451 4.4.1")).await;
     let id = relay.spooled()[0].clone();
@@ -285,7 +276,7 @@ async fn shutdown_lets_deliveries_in_flight_finish_and_keeps_the_rest() {
     let upstream = TestUpstream::start().await;
     upstream.set_silent(true);
     let relay = relay_to(&upstream, "timeout = \"30s\"\n[server]\nshutdown_grace = \"1s\"\n").await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("an attempt in flight", || upstream.connections() >= 1).await;
     let started = std::time::Instant::now();
     let (result, dir) = relay.shutdown().await;

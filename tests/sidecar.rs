@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use common::{RawClient, TestRelay, eventually, fixture};
-
-/// GET a path; (status code, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of a sample line in an exposition (`name{labels} value`), 0 when absent.
-fn sample(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use common::{RawClient, TestRelay, eventually, fixture, http_get, sample};
 
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[policy]\ninternal_domains = [\"example.com\"]\n";
 
@@ -37,7 +14,7 @@ const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[policy]\ninternal_d
 async fn metrics_move_after_a_message() {
     let relay = TestRelay::start(METRICS).await;
     let addr = relay.metrics.expect("metrics enabled");
-    let (status, before) = get(addr, "/metrics");
+    let (status, before) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
     let exploded = "bccguard_messages_total{action=\"explode\",leak=\"true\"}";
     let delivered = "bccguard_deliveries_total{outcome=\"delivered\"}";
@@ -48,11 +25,11 @@ async fn metrics_move_after_a_message() {
     assert!(c.transaction("app@example.com", &rcpts, &fixture("group.eml")).await.starts_with("250 "));
     relay.wait_outbox(3).await;
     eventually("deliveries counted", || {
-        sample(&get(addr, "/metrics").1, delivered) >= sample(&before, delivered) + 3.0
+        sample(&http_get(addr, "/metrics").1, delivered) >= sample(&before, delivered) + 3.0
     })
     .await;
 
-    let (_, after) = get(addr, "/metrics");
+    let (_, after) = http_get(addr, "/metrics");
     assert_eq!(sample(&after, exploded), sample(&before, exploded) + 1.0, "{after}");
     assert!(sample(&after, "bccguard_copies_created_total") >= sample(&before, "bccguard_copies_created_total") + 3.0);
     assert!(
@@ -62,10 +39,10 @@ async fn metrics_move_after_a_message() {
     for name in ["bccguard_spool_messages", "bccguard_upstream_latency_seconds", "bccguard_bounces_total"] {
         assert!(after.contains(name), "{name} in {after}");
     }
-    assert_eq!(get(addr, "/healthz"), (200, "ok\n".into()));
-    eventually("ready", || get(addr, "/readyz").0 == 200).await;
-    assert_eq!(get(addr, "/readyz").1, "listening: ok\nspool writable: ok\nupstream reachable: ok\n");
-    assert_eq!(get(addr, "/nope").0, 404);
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".into()));
+    eventually("ready", || http_get(addr, "/readyz").0 == 200).await;
+    assert_eq!(http_get(addr, "/readyz").1, "listening: ok\nspool writable: ok\nupstream reachable: ok\n");
+    assert_eq!(http_get(addr, "/nope").0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,10 +51,10 @@ async fn not_ready_while_the_upstream_is_unreachable() {
     let relay =
         TestRelay::start(&format!("{METRICS}[upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n")).await;
     let addr = relay.metrics.unwrap();
-    let (status, body) = get(addr, "/readyz");
+    let (status, body) = http_get(addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("upstream reachable: FAILING"), "{body}");
-    assert_eq!(get(addr, "/healthz").0, 200, "alive all the same");
+    assert_eq!(http_get(addr, "/healthz").0, 200, "alive all the same");
 }
 
 fn bccguard(args: &[&str]) -> std::process::Output {

@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::upstream::{Stage, TestUpstream};
-use common::{TestRelay, eventually, fixture, queue_cli};
+use common::{TestRelay, eventually, fixture, http_get, queue_cli, sample};
 
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
 const SIMPLE: &[u8] = b"From: app@example.com\r\nTo: customer@client.test\r\nSubject: hi\r\n\r\nhello\r\n";
@@ -22,34 +20,6 @@ async fn relay_to(upstream: &TestUpstream, upstream_extra: &str) -> TestRelay {
     TestRelay::start(&format!("{}{metrics}[spool]\nretry = [\"1h\"]\n{POLICY}", upstream.config(upstream_extra))).await
 }
 
-async fn send(relay: &TestRelay, from: &str, to: &[&str], data: &[u8]) -> String {
-    let mut c = relay.client().await;
-    c.cmd("EHLO test").await;
-    let reply = c.transaction(from, to, data).await;
-    c.cmd("QUIT").await;
-    reply
-}
-
-/// GET a path; (status code, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-fn sample(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 // Multi-threaded: the queue CLI blocks a thread while the in-process relay answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_copy_once() {
@@ -57,10 +27,10 @@ async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_co
     upstream.refuse(Stage::Auth, Some("535 5.7.8 Authentication credentials invalid"));
     let relay = relay_to(&upstream, CREDENTIALS).await;
     let metrics = relay.metrics.unwrap();
-    let refusals_before = sample(&get(metrics, "/metrics").1, "bccguard_upstream_refusals_total{stage=\"auth\"}");
+    let refusals_before = sample(&http_get(metrics, "/metrics").1, "bccguard_upstream_refusals_total{stage=\"auth\"}");
     let group = ["ann@alpha.test", "ben@beta.test", "cat@gamma.test"];
-    assert!(send(&relay, "app@example.com", &group, &fixture("group.eml")).await.starts_with("250 "));
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &group, &fixture("group.eml")).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("four refused attempts", || upstream.auths() >= 4).await;
     eventually("journaled", || queue_cli(&relay, &["list"]).1.matches("AUTH refused").count() == 2).await;
 
@@ -70,7 +40,7 @@ async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_co
     let (_, listed) = queue_cli(&relay, &["list"]);
     assert!(listed.contains("2 messages, 4 transactions pending"), "{listed}");
     assert!(listed.contains("AUTH refused: 535 5.7.8 Authentication credentials invalid"), "{listed}");
-    let (status, body) = get(metrics, "/readyz");
+    let (status, body) = http_get(metrics, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains(
@@ -78,7 +48,7 @@ async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_co
         ),
         "{body}"
     );
-    let exposition = get(metrics, "/metrics").1;
+    let exposition = http_get(metrics, "/metrics").1;
     let refusals = sample(&exposition, "bccguard_upstream_refusals_total{stage=\"auth\"}");
     assert!(refusals >= refusals_before + 4.0, "{exposition}");
     assert!(exposition.contains("# TYPE bccguard_upstream_refusing gauge\n"), "{exposition}");
@@ -92,7 +62,7 @@ async fn upstream_auth_refused_then_fixed_defers_everything_and_delivers_each_co
     }
     assert_eq!(upstream.deliveries().len(), 4, "four copies, no bounce");
     assert!(upstream.delivered_to("app@example.com").is_empty(), "nothing bounced");
-    let (status, body) = get(metrics, "/readyz");
+    let (status, body) = http_get(metrics, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("upstream accepts the relay: ok\n"), "{body}");
 }
@@ -111,11 +81,11 @@ async fn refusals_at_greeting_ehlo_and_mail_defer_and_never_bounce() {
         let upstream = TestUpstream::start().await;
         upstream.refuse(stage, Some(reply));
         let relay = relay_to(&upstream, "").await;
-        assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+        assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
         eventually("the refusal journaled", || queue_cli(&relay, &["list"]).1.contains(shown)).await;
         assert_eq!((upstream.ehlos(), upstream.mails()), (ehlos, mails), "{stage:?}: one attempt");
         assert_eq!(relay.spooled().len(), 1, "{stage:?}: kept, not bounced");
-        let (status, body) = get(relay.metrics.unwrap(), "/readyz");
+        let (status, body) = http_get(relay.metrics.unwrap(), "/readyz");
         assert_eq!(status, 503, "{stage:?}: {body}");
         assert!(body.contains(&format!("upstream accepts the relay: FAILING: {shown}")), "{body}");
 
@@ -124,7 +94,7 @@ async fn refusals_at_greeting_ehlo_and_mail_defer_and_never_bounce() {
         relay.wait_spool_empty().await;
         assert_eq!(upstream.delivered_to("customer@client.test").len(), 1, "{stage:?}");
         assert_eq!(upstream.deliveries().len(), 1, "{stage:?}: no bounce");
-        assert_eq!(get(relay.metrics.unwrap(), "/readyz").0, 200);
+        assert_eq!(http_get(relay.metrics.unwrap(), "/readyz").0, 200);
     }
 }
 
@@ -134,12 +104,12 @@ async fn a_bad_sender_at_mail_still_bounces() {
     let upstream = TestUpstream::scripted(Box::new(|_, _, _| None)).await;
     upstream.refuse(Stage::Mail, Some("553 5.1.7 bad sender address"));
     let relay = relay_to(&upstream, "").await;
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     // The DSN (null sender) is refused the same way: it stays queued as a failed bounce.
     eventually("the original finished, the DSN kept", || queue_cli(&relay, &["list"]).1.contains("failed bounce"))
         .await;
     assert_eq!(upstream.mails(), 2, "the copy once, the DSN once");
-    assert_eq!(get(relay.metrics.unwrap(), "/readyz").0, 200, "not a refusal of the relay");
+    assert_eq!(http_get(relay.metrics.unwrap(), "/readyz").0, 200, "not a refusal of the relay");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +118,7 @@ async fn an_endless_greeting_is_cut_off_and_the_copy_deferred() {
     upstream.set_endless_greeting(true);
     let relay = relay_to(&upstream, "timeout = \"60s\"\n").await;
     let started = std::time::Instant::now();
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
     eventually("deferred", || {
         let json = queue_cli(&relay, &["list", "--json"]).1;
         json.contains("the upstream sent a reply longer than 4096 bytes")
@@ -175,10 +145,10 @@ async fn readiness_comes_back_by_itself_when_the_upstream_accepts_again() {
     upstream.refuse(Stage::Auth, Some("535 5.7.8 Authentication credentials invalid"));
     let relay = relay_to(&upstream, CREDENTIALS).await;
     let metrics = relay.metrics.unwrap();
-    assert!(send(&relay, "app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
-    eventually("refused", || get(metrics, "/readyz").0 == 503).await;
+    assert!(relay.send("app@example.com", &["customer@client.test"], SIMPLE).await.starts_with("250 "));
+    eventually("refused", || http_get(metrics, "/readyz").0 == 503).await;
     upstream.refuse(Stage::Auth, None);
-    eventually("ready again without a retry", || get(metrics, "/readyz").0 == 200).await;
+    eventually("ready again without a retry", || http_get(metrics, "/readyz").0 == 200).await;
     assert!(upstream.deliveries().is_empty(), "the copy keeps its schedule");
     assert_eq!(relay.spooled().len(), 1);
 }

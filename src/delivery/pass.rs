@@ -160,12 +160,11 @@ async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
         if opened.journal_cut > 0 {
             warn!(queue_id = %owned_id, bytes = opened.journal_cut, "cut a torn last line off the delivery journal");
         }
-        let eight_bit = !opened.content.is_ascii().map_err(OpenError::Io)?;
-        Ok::<_, OpenError>((opened, eight_bit))
+        Ok::<_, OpenError>(opened)
     })
     .await
     .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e))));
-    let (opened, eight_bit) = match opened {
+    let opened = match opened {
         Ok(o) => o,
         Err(OpenError::Gone) => return Err(PassEnd::Gone),
         Err(OpenError::Damaged(reason)) => return Err(set_aside(ctx, id, &reason).await),
@@ -178,7 +177,7 @@ async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
         Ok(h) => h,
         Err(e) => return Err(set_aside(ctx, id, &format!("header block cannot be parsed: {e}")).await),
     };
-    let Opened { meta, state, head, content, journaled, .. } = opened;
+    let Opened { meta, state, head, content, eight_bit, journaled, .. } = opened;
     Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit, journaled })
 }
 

@@ -56,16 +56,6 @@ impl Content {
         }
     }
 
-    /// Whether every byte is ASCII (reads a file region through; blocking).
-    pub fn is_ascii(&self) -> io::Result<bool> {
-        for chunk in self.chunks() {
-            if !chunk?.is_ascii() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     /// The bytes in chunks of at most [`CHUNK`] (one chunk for memory). A file region that
     /// ends early (the file was truncated) is an error, never a short message. Blocking.
     pub fn chunks(&self) -> Chunks {

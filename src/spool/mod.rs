@@ -149,11 +149,14 @@ impl SpoolPaths {
         } else {
             file_region
         };
+        // One read of the bytes for both the checksum and the 8-bit scan.
+        let (mut crc, mut ascii) = (crc32fast::Hasher::new(), true);
+        for chunk in content.chunks() {
+            let chunk = chunk.map_err(OpenError::Io)?;
+            crc.update(&chunk);
+            ascii &= chunk.is_ascii();
+        }
         if let Some(expected) = meta.crc32 {
-            let mut crc = crc32fast::Hasher::new();
-            for chunk in content.chunks() {
-                crc.update(&chunk.map_err(OpenError::Io)?);
-            }
             let found = crc.finalize();
             if found != expected {
                 return Err(OpenError::Damaged(format!("checksum {found:08x}, the envelope line says {expected:08x}")));
@@ -166,7 +169,7 @@ impl SpoolPaths {
             Err(e) => return Err(OpenError::Io(e)),
         };
         let state = State::replay(&meta, &records);
-        Ok(Opened { meta, state, head, content, journaled, journal_cut })
+        Ok(Opened { meta, state, head, content, eight_bit: !ascii, journaled, journal_cut })
     }
 
     /// The journal records of a message (none when it has no journal). Each line is a record
@@ -317,6 +320,8 @@ pub struct Opened {
     pub head: Bytes,
     /// Its bytes (after the envelope line).
     pub content: Content,
+    /// Whether any of its bytes is not ASCII (for `BODY=8BITMIME`).
+    pub eight_bit: bool,
     /// Whether it has a journal file.
     pub journaled: bool,
     /// Bytes of a torn last line cut off its journal (a crash in the middle of a write).

@@ -128,6 +128,16 @@ impl TestRelay {
         (result, self.dir)
     }
 
+    /// Send one message in its own session (EHLO, one transaction, QUIT); the reply to the
+    /// final dot.
+    pub async fn send(&self, from: &str, to: &[&str], data: &[u8]) -> String {
+        let mut c = self.client().await;
+        c.cmd("EHLO test").await;
+        let reply = c.transaction(from, to, data).await;
+        c.cmd("QUIT").await;
+        reply
+    }
+
     /// A raw client connected from 127.0.0.1, greeting already read.
     pub async fn client(&self) -> RawClient {
         let mut c = RawClient::connect(self.addr, None).await;
@@ -330,4 +340,26 @@ pub fn spawn_relay(config: &Path, log: &Path) -> std::process::Child {
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// GET a path over HTTP/1.1: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a sample line in a metrics exposition (`name{labels} value`), 0 when absent.
+pub fn sample(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
