@@ -10,6 +10,8 @@
 //! - [`delivery`]: the queue manager, delivery passes, the upstream transports (directory,
 //!   SMTP through a pipelining client), retries and bounces.
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
+//! - [`hold`]: held messages (SPEC §10): the interface the CLI, control socket and review
+//!   page share.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
@@ -32,6 +34,7 @@ pub mod control;
 pub mod delivery;
 pub mod durable;
 pub mod events;
+pub mod hold;
 pub mod http;
 pub mod logging;
 pub mod message;
