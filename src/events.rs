@@ -228,3 +228,95 @@ impl BounceFailed<'_> {
         );
     }
 }
+
+/// A message was held for a person (answered 250, nothing delivered).
+#[derive(Debug)]
+pub struct MessageHeld<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// Envelope recipients.
+    pub recipients: usize,
+    /// Distinct external visible addresses.
+    pub exposure: usize,
+    /// When it expires unless released (Unix milliseconds).
+    pub expires_at: i64,
+}
+
+impl MessageHeld<'_> {
+    /// Write the log line (the gauge follows the delivery manager's count).
+    pub fn emit(&self, redaction: Redaction) {
+        let expires = chrono::DateTime::from_timestamp_millis(self.expires_at).map(|t| t.to_rfc3339());
+        info!(
+            queue_id = %self.id,
+            sender = %redaction.address(self.sender),
+            recipients = self.recipients,
+            exposure = self.exposure,
+            expires = expires.as_deref().unwrap_or("-"),
+            "message held for review: `bccguard queue release ID` delivers it, `bccguard queue delete ID` drops it"
+        );
+    }
+}
+
+/// What a person (or the clock) did to a held message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldChange {
+    /// Released, to be delivered as this plan's action.
+    Released {
+        /// What the person asked for.
+        how: crate::hold::ReleaseAs,
+        /// The action of the plan made (`pass` when the message no longer leaks).
+        action: crate::config::Action,
+        /// Transactions planned.
+        transactions: usize,
+    },
+    /// Deleted by a person, without a DSN.
+    Deleted,
+    /// Deleted after `hold.max_age`; `dsn` tells whether the sender got a DSN.
+    Expired {
+        /// Whether a DSN was queued (none for the null sender).
+        dsn: bool,
+    },
+}
+
+/// A held message was released, deleted, or expired.
+#[derive(Debug)]
+pub struct HeldChanged<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// Envelope recipients.
+    pub recipients: usize,
+    /// What happened.
+    pub change: HeldChange,
+}
+
+impl HeldChanged<'_> {
+    /// Write the log line and count it.
+    pub fn emit(&self, redaction: Redaction) {
+        let m = &metrics().hold;
+        let (id, sender, recipients) = (self.id, redaction.address(self.sender), self.recipients);
+        match self.change {
+            HeldChange::Released { how, action, transactions } => {
+                m.releases.get_or_create(&crate::metrics::ReleaseLabels { r#as: how.as_str().into() }).inc();
+                info!(
+                    queue_id = %id, sender = %sender, recipients, release_as = how.as_str(),
+                    action = action.as_str(), transactions, "held message released"
+                );
+            }
+            HeldChange::Deleted => {
+                m.deletes.inc();
+                info!(queue_id = %id, sender = %sender, recipients, "held message deleted");
+            }
+            HeldChange::Expired { dsn } => {
+                m.expiries.inc();
+                info!(
+                    queue_id = %id, sender = %sender, recipients, dsn,
+                    "held message expired (hold.max_age) and deleted"
+                );
+            }
+        }
+    }
+}

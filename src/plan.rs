@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::config::Action;
+use crate::hold::ReleaseAs;
 use crate::message::address;
-use crate::message::decide::{Decision, Policy};
+use crate::message::decide::{Decision, Policy, decide};
 use crate::message::parse::{FieldKind, Headers, Mailbox};
 
 /// Addresses longer than this are left out of a rewritten `Cc:` (no header line may exceed
@@ -61,6 +62,8 @@ impl Plan {
         let everyone = (0..recipients.len()).collect();
         match decision.action {
             Action::Reject => None,
+            // Nothing is delivered until a person releases it; the plan is made then.
+            Action::Hold => Some(Plan::default()),
             Action::Explode => Some(explode(headers, recipients, policy)),
             Action::Pass => Some(Plan::single(everyone, Rewrite::Original)),
             Action::Undisclose => {
@@ -82,6 +85,22 @@ impl Plan {
             self.resent_cc = internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
         }
     }
+}
+
+/// The decision and plan for releasing a held message as `how`: decided again under
+/// `policy` (the one in force at release) with its action set to `how` and monitor mode off
+/// (a person chose), as if the message had just arrived with that action. A message that no
+/// longer leaks is passed, as it would be on arrival.
+pub fn for_release(headers: &Headers, recipients: &[String], policy: &Policy, how: ReleaseAs) -> (Decision, Plan) {
+    let action = match how {
+        ReleaseAs::Explode => Action::Explode,
+        ReleaseAs::Undisclose => Action::Undisclose,
+        ReleaseAs::Pass => Action::Pass,
+    };
+    let policy = Policy { action, monitor: false, ..policy.clone() };
+    let decision = decide(headers, &policy);
+    let plan = Plan::build(&decision, headers, recipients, &policy).unwrap_or_default();
+    (decision, plan)
 }
 
 /// Internal recipients together with the original; each external one alone, addressed to
