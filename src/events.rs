@@ -32,7 +32,8 @@ impl Redaction {
     }
 }
 
-/// A message was decided: accepted (the client got 250) or rejected as a leak.
+/// A message was decided: accepted (the client got 250), held (250 too), or rejected as a
+/// leak.
 #[derive(Debug)]
 pub struct MessageDecided<'a> {
     /// Queue id.
@@ -62,7 +63,11 @@ impl MessageDecided<'_> {
         m.messages.get_or_create(&labels).inc();
         m.exposure.observe(d.exposure as f64);
         m.copies.inc_by(self.copies as u64);
-        let outcome = if self.transactions == 0 { "message rejected" } else { "message accepted" };
+        let outcome = match (d.action, self.transactions) {
+            (crate::config::Action::Hold, _) => "message held for review (bccguard queue list --held)",
+            (_, 0) => "message rejected",
+            _ => "message accepted",
+        };
         info!(
             queue_id = %self.id,
             client = %self.client.ip().to_canonical(),
@@ -225,36 +230,6 @@ impl BounceFailed<'_> {
             failed = self.failed,
             reply = %redaction.text(self.reply),
             "a bounce cannot be delivered; it stays in the queue until an operator retries or deletes it"
-        );
-    }
-}
-
-/// A message was held for a person (answered 250, nothing delivered).
-#[derive(Debug)]
-pub struct MessageHeld<'a> {
-    /// Queue id.
-    pub id: &'a QueueId,
-    /// Envelope sender.
-    pub sender: &'a str,
-    /// Envelope recipients.
-    pub recipients: usize,
-    /// Distinct external visible addresses.
-    pub exposure: usize,
-    /// When it expires unless released (Unix milliseconds).
-    pub expires_at: i64,
-}
-
-impl MessageHeld<'_> {
-    /// Write the log line (the gauge follows the delivery manager's count).
-    pub fn emit(&self, redaction: Redaction) {
-        let expires = chrono::DateTime::from_timestamp_millis(self.expires_at).map(|t| t.to_rfc3339());
-        info!(
-            queue_id = %self.id,
-            sender = %redaction.address(self.sender),
-            recipients = self.recipients,
-            exposure = self.exposure,
-            expires = expires.as_deref().unwrap_or("-"),
-            "message held for review: `bccguard queue release ID` delivers it, `bccguard queue delete ID` drops it"
         );
     }
 }

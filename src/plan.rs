@@ -147,3 +147,34 @@ fn internal_visible<const N: usize>(headers: &Headers, policy: &Policy, kinds: [
         .map(Mailbox::without_foreign_name)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    #[test]
+    fn a_release_is_planned_as_if_the_message_had_just_arrived_with_that_action() {
+        let config = PolicyConfig {
+            internal_domains: vec!["example.com".into()],
+            action: Action::Hold,
+            monitor: true,
+            ..PolicyConfig::default()
+        };
+        let policy = Policy::from_config(&config);
+        let rcpts: Vec<String> = ["a@x.test", "b@y.test", "ops@example.com"].map(String::from).to_vec();
+        let leak = Headers::parse(b"To: a@x.test, B <b@y.test>\r\nCc: ops@example.com\r\n\r\n").unwrap();
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Explode);
+        assert_eq!((d.leak, d.action, d.monitor), (true, Action::Explode, false), "a person chose: no monitor");
+        let rewrites: Vec<&Rewrite> = plan.transactions.iter().map(|t| &t.rewrite).collect();
+        let b = Rewrite::Explode { name: Some("B".into()) };
+        assert_eq!(rewrites, [&Rewrite::Original, &Rewrite::Explode { name: None }, &b]);
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Undisclose);
+        assert_eq!((d.action, plan.transactions.len(), plan.cc.len()), (Action::Undisclose, 1, 1));
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Pass);
+        assert_eq!((d.action, plan), (Action::Pass, Plan::single(vec![0, 1, 2], Rewrite::Original)));
+        let fine = Headers::parse(b"To: a@x.test\r\n\r\n").unwrap();
+        let (d, plan) = for_release(&fine, &rcpts, &policy, ReleaseAs::Explode);
+        assert_eq!((d.leak, d.action, plan.transactions.len()), (false, Action::Pass, 1), "no longer a leak: pass");
+    }
+}

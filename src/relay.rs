@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
 use crate::delivery::Deliverer;
-use crate::events::{MessageDecided, MessageHeld, Redaction};
+use crate::events::{MessageDecided, Redaction};
 use crate::message::decide::{Policy, decide};
 use crate::message::parse::Headers;
 use crate::message::parse::MAX_HEADER_BLOCK;
@@ -134,9 +134,6 @@ impl Relay {
         };
         accepted.emit(self.redaction);
         if meta.is_held() {
-            let expires_at = meta.received_at.saturating_add(self.deliverer.hold_max_age_ms());
-            let (sender, recipients, exposure) = (&meta.sender, meta.recipients.len(), meta.decision.exposure);
-            MessageHeld { id: &id, sender, recipients, exposure, expires_at }.emit(self.redaction);
             self.deliverer.hold(meta.id.clone(), meta.received_at);
         } else {
             self.deliverer.submit(meta.id.clone());

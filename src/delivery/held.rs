@@ -11,13 +11,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 
+use tokio::sync::oneshot;
+
 use super::dsn;
-use super::manager::Deliverer;
+use super::manager::{Command, Deliverer};
 use super::pass::{Ctx, dsn_meta, now_ms};
 use super::reply::{Answer, Reply};
 use crate::hold::{HeldMessage, HeldQueue, HeldSummary, HoldError, HoldOutcome, ReleaseAs};
 use crate::message::decide::Policy;
 use crate::queue_id::QueueId;
+use crate::spool::SpoolPaths;
 use crate::spool::held::Released;
 use crate::spool::record::Meta;
 
@@ -106,6 +109,51 @@ async fn queue_dsn(ctx: &Ctx, meta: &Meta, head: &[u8]) -> std::io::Result<Queue
     crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)
+}
+
+impl Deliverer {
+    /// Keep a message that is already durably spooled, held, for a person (it arrived at
+    /// `received_at`, Unix ms; it expires `hold.max_age` later).
+    pub fn hold(&self, id: QueueId, received_at: i64) {
+        let _ = self.tx.send(Command::Hold(id, received_at));
+    }
+
+    /// The held messages' ids, oldest first.
+    pub async fn held_ids(&self) -> Result<Vec<QueueId>, HoldError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::HeldIds(tx)).map_err(|_| HoldError::Stopped)?;
+        rx.await.map_err(|_| HoldError::Stopped)
+    }
+
+    /// Release a held message as `how`: its plan is made now with the policy in force, and
+    /// it is delivered at most once however often and from wherever it is released.
+    pub async fn release(&self, id: QueueId, how: ReleaseAs) -> Result<HoldOutcome, HoldError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Release(id, how, tx)).map_err(|_| HoldError::Stopped)?;
+        rx.await.map_err(|_| HoldError::Stopped)?
+    }
+
+    /// Delete a held message (no DSN); a message no longer held is left alone.
+    pub async fn delete_held(&self, id: QueueId) -> Result<HoldOutcome, HoldError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::DeleteHeld(id, tx)).map_err(|_| HoldError::Stopped)?;
+        rx.await.map_err(|_| HoldError::Stopped)?
+    }
+
+    /// The spool's paths.
+    pub fn paths(&self) -> &SpoolPaths {
+        &self.paths
+    }
+
+    /// `hold.max_age` in milliseconds.
+    pub fn hold_max_age_ms(&self) -> i64 {
+        self.hold_max_age
+    }
+
+    /// The policy in force (replaced on reload).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
 }
 
 impl HeldQueue for Deliverer {

@@ -42,9 +42,10 @@ const EXPIRY_TROUBLE_WAIT: i64 = 60_000;
 type Done = (QueueId, Ended, Vec<Record>);
 
 /// The answer to a release or a delete of a held message.
-type HoldReply = oneshot::Sender<Result<HoldOutcome, HoldError>>;
+pub(super) type HoldReply = oneshot::Sender<Result<HoldOutcome, HoldError>>;
 
-enum Command {
+/// What the manager is asked to do.
+pub(super) enum Command {
     Submit(QueueId),
     Hold(QueueId, i64),
     Retry(Option<QueueId>, oneshot::Sender<usize>),
@@ -58,56 +59,13 @@ enum Command {
 /// A handle to the manager.
 #[derive(Clone)]
 pub struct Deliverer {
-    tx: mpsc::UnboundedSender<Command>,
-    paths: SpoolPaths,
-    hold_max_age: i64,
-    policy: Arc<ArcSwap<Policy>>,
+    pub(super) tx: mpsc::UnboundedSender<Command>,
+    pub(super) paths: SpoolPaths,
+    pub(super) hold_max_age: i64,
+    pub(super) policy: Arc<ArcSwap<Policy>>,
 }
 
 impl Deliverer {
-    /// Keep a message that is already durably spooled, held, for a person (it arrived at
-    /// `received_at`, Unix ms; it expires `hold.max_age` later).
-    pub fn hold(&self, id: QueueId, received_at: i64) {
-        let _ = self.tx.send(Command::Hold(id, received_at));
-    }
-
-    /// The held messages' ids, oldest first.
-    pub async fn held_ids(&self) -> Result<Vec<QueueId>, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::HeldIds(tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)
-    }
-
-    /// Release a held message as `how`: its plan is made now with the policy in force, and
-    /// it is delivered at most once however often and from wherever it is released.
-    pub async fn release(&self, id: QueueId, how: ReleaseAs) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Release(id, how, tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
-
-    /// Delete a held message (no DSN); a message no longer held is left alone.
-    pub async fn delete_held(&self, id: QueueId) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::DeleteHeld(id, tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
-
-    /// The spool's paths.
-    pub fn paths(&self) -> &SpoolPaths {
-        &self.paths
-    }
-
-    /// `hold.max_age` in milliseconds.
-    pub fn hold_max_age_ms(&self) -> i64 {
-        self.hold_max_age
-    }
-
-    /// The policy in force (replaced on reload).
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
     /// Deliver a message that is already durably spooled. Only its id is queued: its pass
     /// reads it back from the spool (from the page cache, for a message just written).
     pub fn submit(&self, id: QueueId) {

@@ -333,4 +333,6 @@ impl Schedule {
 }
 
 #[cfg(test)]
+mod held_tests;
+#[cfg(test)]
 mod tests;

@@ -211,7 +211,14 @@ pub fn subject(head: &[u8]) -> String {
         let parsed = mail_parser::MessageParser::new().parse_headers(&field);
         let text = parsed.as_ref().and_then(|m| m.subject()).map(str::to_string);
         let text = text.unwrap_or_else(|| String::from_utf8_lossy(&field[8..]).into_owned());
-        let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let clean: String = text
+            .chars()
+            .filter_map(|c| match c {
+                c if c.is_whitespace() => Some(' '),
+                c if c.is_control() => None,
+                c => Some(c),
+            })
+            .collect();
         return clean.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(MAX_SUBJECT).collect();
     }
     String::new()
@@ -225,7 +232,7 @@ mod tests {
     fn the_subject_is_unfolded_decoded_and_cleaned() {
         let head = b"Received: x\r\nSUBJECT: =?UTF-8?B?SMOkbmRsZXI=?= news\r\n\tfolded\r\nTo: a@x.test\r\n\r\nbody";
         assert_eq!(subject(head), "H\u{e4}ndler news folded");
-        assert_eq!(subject(b"Subject: a\x1b[2Jb\r\n\r\n"), "a [2Jb");
+        assert_eq!(subject(b"Subject: a\x1b[2J\tb\r\n\r\n"), "a[2J b");
         assert_eq!(subject(b"To: a@x.test\r\n\r\nSubject: not a header\r\n"), "");
         let long = format!("Subject: {}\r\n\r\n", "x".repeat(500));
         assert_eq!(subject(long.as_bytes()).len(), MAX_SUBJECT);

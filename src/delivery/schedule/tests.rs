@@ -10,7 +10,7 @@ use crate::spool::record::{DecisionSummary, FORMAT_VERSION, RcptState};
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_700_000_000_000;
 
-fn config() -> DeliveryConfig {
+pub(super) fn config() -> DeliveryConfig {
     DeliveryConfig {
         hostname: "relay.test".into(),
         retry: [60, 300, 900].map(Duration::from_secs).to_vec(),
