@@ -100,7 +100,7 @@ async fn release(args: &str, deliverer: &Deliverer) -> Result<HoldOutcome, Strin
     };
     let id = QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
     let how = how.map(str::parse::<ReleaseAs>).transpose()?.unwrap_or_default();
-    deliverer.release(id, how).await.map_err(|e| e.to_string())
+    deliverer.release(&id, how).await.map_err(|e| e.to_string())
 }
 
 /// The word for a held-queue outcome on the control socket.

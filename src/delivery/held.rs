@@ -125,21 +125,6 @@ impl Deliverer {
         rx.await.map_err(|_| HoldError::Stopped)
     }
 
-    /// Release a held message as `how`: its plan is made now with the policy in force, and
-    /// it is delivered at most once however often and from wherever it is released.
-    pub async fn release(&self, id: QueueId, how: ReleaseAs) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Release(id, how, tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
-
-    /// Delete a held message (no DSN); a message no longer held is left alone.
-    pub async fn delete_held(&self, id: QueueId) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::DeleteHeld(id, tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
-
     /// The spool's paths.
     pub fn paths(&self) -> &SpoolPaths {
         &self.paths
@@ -169,11 +154,17 @@ impl HeldQueue for Deliverer {
         blocking(move || paths.held_message(&id, max_age, &policy)).await
     }
 
+    /// The manager releases one message at a time: its plan is made with the policy in force
+    /// and journaled before the answer.
     async fn release(&self, id: &QueueId, how: ReleaseAs) -> Result<HoldOutcome, HoldError> {
-        Deliverer::release(self, id.clone(), how).await
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Release(id.clone(), how, tx)).map_err(|_| HoldError::Stopped)?;
+        rx.await.map_err(|_| HoldError::Stopped)?
     }
 
     async fn delete_held(&self, id: &QueueId) -> Result<HoldOutcome, HoldError> {
-        Deliverer::delete_held(self, id.clone()).await
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::DeleteHeld(id.clone(), tx)).map_err(|_| HoldError::Stopped)?;
+        rx.await.map_err(|_| HoldError::Stopped)?
     }
 }

@@ -18,7 +18,7 @@ use super::record::{Meta, Record, State, resolve_release};
 use super::{OpenError, SpoolPaths, header_prefix, read_envelope};
 use crate::config::Action;
 use crate::hold::{HeldMessage, HeldSummary, HoldError, HoldOutcome, ReleaseAs};
-use crate::message::decide::{Decision, Policy, decide};
+use crate::message::decide::{Decision, Policy};
 use crate::message::parse::Headers;
 use crate::plan::{self, Plan, Rewrite};
 use crate::queue_id::QueueId;
@@ -120,11 +120,11 @@ impl SpoolPaths {
             Err(e) => return Err(HoldError::Spool(format!("{id}: {e}"))),
         };
         let headers = Headers::parse(&head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
-        let now = decide(&headers, policy);
         let decision = format!(
-            "{}: {} (now: {now}); action hold",
+            "{}: {}, at most {} allowed; action hold",
             if meta.decision.leak { "leak" } else { "no leak" },
-            exposure_text(meta.decision.exposure)
+            exposure_text(meta.decision.exposure),
+            policy.max_visible_external,
         );
         let plans = [ReleaseAs::Explode, ReleaseAs::Undisclose, ReleaseAs::Pass]
             .into_iter()
