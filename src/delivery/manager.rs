@@ -152,6 +152,10 @@ impl Manager {
             let (wake, expired) = self.start_due();
             if !expired.is_empty() {
                 for id in expired {
+                    if shutdown.soft.is_cancelled() {
+                        // The rest expire at the next start (they stay spooled, held).
+                        break;
+                    }
                     self.expire(id).await;
                 }
                 continue;

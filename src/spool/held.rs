@@ -100,8 +100,10 @@ impl SpoolPaths {
     pub fn held_summaries(&self, ids: &[QueueId], max_age: i64) -> Result<Vec<HeldSummary>, HoldError> {
         let mut list = Vec::new();
         for id in ids {
-            match self.load_head(id) {
-                Ok((meta, _, head)) if meta.is_held() => list.push(summary(&meta, &head, max_age)),
+            // The envelope first: only a held message's header block is read.
+            let held = self.load_meta(id).and_then(|(meta, _)| meta.is_held().then(|| self.load_head(id)).transpose());
+            match held {
+                Ok(Some((meta, _, head))) if meta.is_held() => list.push(summary(&meta, &head, max_age)),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(HoldError::Spool(format!("{id}: {e}"))),
