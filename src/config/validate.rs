@@ -15,6 +15,7 @@ impl Config {
         access(&self.access, self.server.tls.is_some(), &mut errors);
         upstream(&self.upstream, &mut errors);
         spool(&self.spool, &mut errors);
+        super::notify::validate(&self.notify, &mut errors);
         for (i, domain) in self.policy.internal_domains.iter().enumerate() {
             if normalize_domain(domain).is_none() {
                 let path = format!("policy.internal_domains[{i}]");
