@@ -12,6 +12,8 @@
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
 //! - [`hold`]: held messages (SPEC §10): the interface the CLI, control socket and review
 //!   page share.
+//! - [`notify`]: notices by mail (spooled and delivered like any message) and the webhook,
+//!   fed events by the relay without ever waiting.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
@@ -39,6 +41,7 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod queue_id;
 pub mod relay;
