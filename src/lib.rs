@@ -149,6 +149,7 @@ pub struct Running {
     server: JoinHandle<()>,
     front: Arc<Frontend>,
     relay: Arc<Relay>,
+    notifier: notify::Notifier,
     health: Arc<Health>,
     socket_path: PathBuf,
     journal_fault: spool::JournalFault,
@@ -184,17 +185,12 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         deliveries.clone(),
     );
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
+    let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
-    let relay = Arc::new(Relay::new(
-        config.server.hostname.clone(),
-        policy,
-        spool.clone(),
-        deliverer,
-        redaction,
-        budget.clone(),
-    ));
+    let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
+    let relay = Arc::new(relay.with_notifier(notifier.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
     if let Some(status) = upstream.relay_status() {
@@ -224,6 +220,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         server,
         front,
         relay,
+        notifier,
         health,
         socket_path,
         journal_fault,
@@ -250,6 +247,11 @@ impl Running {
         self.journal_fault.clone()
     }
 
+    /// The notifier, to tell the sender, the admins and the webhook about an event.
+    pub fn notifier(&self) -> notify::Notifier {
+        self.notifier.clone()
+    }
+
     /// The metrics endpoint's address, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -266,6 +268,7 @@ impl Running {
             ("spool", old.spool != new.spool),
             ("log", old.log != new.log),
             ("metrics", old.metrics != new.metrics),
+            ("notify", old.notify != new.notify),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -280,7 +283,8 @@ impl Running {
         }
         let (server, upstream, spool, log, metrics) =
             (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
-        self.config = Config { server, upstream, spool, log, metrics, ..new };
+        let notify = old.notify.clone();
+        self.config = Config { server, upstream, spool, log, metrics, notify, ..new };
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and
@@ -304,6 +308,8 @@ impl Running {
             self.sessions.wait().await;
             self.deliveries.wait().await;
         }
+        // Sessions are over: spool the notices they caused, try the webhook posts once.
+        self.notifier.stop().await;
         self.background.cancel();
         let _ = std::fs::remove_file(&self.socket_path);
         info!("stopped");

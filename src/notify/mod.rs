@@ -119,7 +119,13 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event about a message as it was spooled, happening now; no rule, no subject.
+    /// An event about a message as it was spooled, happening now; no rule, no subject. For
+    /// a notice, add the subject with [`Event::with_subject_of`]:
+    ///
+    /// ```ignore
+    /// let event = Event::about(EventKind::Held { max_age }, &meta).with_subject_of(&head);
+    /// notifier.event(event.with_rule(rule));
+    /// ```
     pub fn about(kind: EventKind, meta: &Meta) -> Event {
         Event {
             kind,
