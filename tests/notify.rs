@@ -187,11 +187,13 @@ async fn a_rejected_leak_is_posted_with_the_sender_redacted() {
     relay.stop().await.unwrap();
 }
 
-#[tokio::test]
+// Multi-threaded: the metrics endpoint answers the blocking `http_get` from another thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exploded_leak_is_posted_with_full_addresses_when_asked() {
     let hook = Hook::start(|_| Answer::Status(204)).await;
     let notify = format!("webhook = \"{}\"\nwebhook_addresses = true", hook.url);
-    let relay = TestRelay::start(&config("explode", &notify)).await;
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let relay = TestRelay::start(&format!("{}{metrics}", config("explode", &notify))).await;
     let reply = relay.send("shop@example.com", &CUSTOMERS, &leak("Offer")).await;
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{reply}"));
     let (_, body) = hook.wait_requests(1).await.remove(0);
@@ -209,6 +211,9 @@ async fn an_exploded_leak_is_posted_with_full_addresses_when_asked() {
     let requests = hook.wait_requests(2).await;
     assert_eq!(requests.len(), 2);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&requests[1].1).unwrap()["sender"], "<>");
+    let delivered =
+        || common::sample(&common::http_get(relay.metrics.unwrap(), "/metrics").1, "bccguard_webhook_deliveries_total");
+    eventually("the deliveries counted", || delivered() >= 2.0).await;
     relay.stop().await.unwrap();
 }
 
@@ -309,4 +314,18 @@ async fn notices_reach_the_sender_and_an_admin_through_the_upstream() {
         }
     }
     relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hanging_webhook_does_not_hold_shutdown() {
+    let hook = Hook::start(|_| Answer::Never).await;
+    let notify = format!("webhook = \"{}\"\nwebhook_timeout = \"1h\"", hook.url);
+    let relay = TestRelay::start(&config("reject", &notify)).await;
+    relay.send("shop@example.com", &CUSTOMERS, &leak("One")).await;
+    relay.send("shop@example.com", &CUSTOMERS, &leak("Two")).await;
+    hook.wait_requests(1).await;
+    // The post in flight never ends and another waits behind it: stopping still ends (the
+    // helper allows a minute, far below the hour the post could take).
+    relay.stop().await.unwrap();
+    assert_eq!(hook.answered(), 0);
 }

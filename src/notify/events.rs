@@ -20,6 +20,7 @@ pub(super) struct NoticeQueued<'a> {
 }
 
 impl NoticeQueued<'_> {
+    /// Log and count it.
     pub fn emit(&self, redaction: Redaction) {
         metrics().notices.get_or_create(&KindLabels { kind: self.kind.into() }).inc();
         info!(queue_id = %self.id, notice = %self.notice, kind = self.kind, to = %redaction.address(self.to), "notice queued");
@@ -35,6 +36,7 @@ pub(super) struct NoticeDropped<'a> {
 }
 
 impl NoticeDropped<'_> {
+    /// Log and count it.
     pub fn emit(&self) {
         metrics().notices_dropped.inc();
         warn!(queue_id = %self.id, reason = self.reason, "notice dropped");
@@ -50,6 +52,7 @@ pub(super) struct WebhookDelivered<'a> {
 }
 
 impl WebhookDelivered<'_> {
+    /// Log and count it.
     pub fn emit(&self) {
         metrics().webhook_deliveries.inc();
         tracing::debug!(queue_id = %self.id, attempts = self.attempts, "webhook event delivered");
@@ -67,6 +70,7 @@ pub(super) struct WebhookRetry<'a> {
 }
 
 impl WebhookRetry<'_> {
+    /// Log and count it.
     pub fn emit(&self) {
         metrics().webhook_retries.inc();
         info!(queue_id = %self.id, attempts = self.attempts, error = %self.error, "webhook attempt failed; retrying");
@@ -84,6 +88,7 @@ pub(super) struct WebhookFailed<'a> {
 }
 
 impl WebhookFailed<'_> {
+    /// Log and count it.
     pub fn emit(&self) {
         metrics().webhook_failures.inc();
         warn!(queue_id = %self.id, attempts = self.attempts, error = %self.error, "webhook event given up");
@@ -100,6 +105,7 @@ pub(super) struct WebhookDropped<'a> {
 }
 
 impl WebhookDropped<'_> {
+    /// Log and count it.
     pub fn emit(&self) {
         metrics().webhook_dropped.inc();
         if self.first {

@@ -269,6 +269,38 @@ mod tests {
     }
 
     #[test]
+    fn a_full_notice_queue_drops_and_counts() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let inner =
+            Inner { notices: Some(tx), webhook: None, stop: CancellationToken::new(), tasks: TaskTracker::new() };
+        let notifier = Notifier { inner: Some(Arc::new(inner)) };
+        let event = |kind, sender: &str| Event {
+            kind,
+            queue_id: QueueId::generate(),
+            rule: None,
+            action: "hold",
+            exposure: 2,
+            recipients: 2,
+            sender: sender.into(),
+            subject: None,
+            client: "127.0.0.1".into(),
+            generated: false,
+            at: Utc::now(),
+        };
+        let held = || EventKind::Held { max_age: Duration::from_secs(60) };
+        let before = crate::metrics::metrics().notices_dropped.get();
+        // Events without notices never take a place in the queue.
+        notifier.event(event(EventKind::Exploded, "s@x.test"));
+        notifier.event(event(held(), ""));
+        notifier.event(event(held(), "s@x.test"));
+        notifier.event(event(held(), "t@x.test"));
+        notifier.event(event(held(), "u@x.test"));
+        assert_eq!(crate::metrics::metrics().notices_dropped.get() - before, 2);
+        assert_eq!(rx.try_recv().unwrap().sender, "s@x.test");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
     fn the_subject_is_decoded_and_notices_are_recognised() {
         let head = b"From: a@x.test\r\nSubject: =?UTF-8?B?SsO8cmdlbg==?= news\r\nX-Bccguard: notice\r\n\r\n";
         assert_eq!(subject_of(head).as_deref(), Some("J\u{fc}rgen news"));

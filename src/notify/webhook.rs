@@ -227,7 +227,11 @@ impl Poster {
     async fn deliver(&self, id: &str, body: Bytes, stop: &CancellationToken) {
         let mut attempt = 1;
         loop {
-            let error = match verdict(post(&self.target, body.clone(), self.timeout).await) {
+            let result = tokio::select! {
+                result = post(&self.target, body.clone(), self.timeout) => result,
+                _ = past_stop(stop) => Err("shutting down".into()),
+            };
+            let error = match verdict(result) {
                 Verdict::Delivered => return WebhookDelivered { id, attempts: attempt }.emit(),
                 Verdict::Refused(e) => return WebhookFailed { id, attempts: attempt, error: &e }.emit(),
                 Verdict::Retry(e) => e,
@@ -243,6 +247,12 @@ impl Poster {
             attempt += 1;
         }
     }
+}
+
+/// Resolves a few seconds after `stop`: a post still in flight then is abandoned.
+async fn past_stop(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(STOP_WAIT).await;
 }
 
 /// One POST of `body` within `timeout`, connecting included: the response status, or why

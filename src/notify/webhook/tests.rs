@@ -137,3 +137,18 @@ async fn server_errors_are_retried_and_client_errors_are_not() {
     Poster::new(target, &config(10)).deliver("X", Bytes::from_static(b"{}"), &CancellationToken::new()).await;
     assert_eq!(seen.lock().unwrap().len(), 3, "webhook_attempts = 3, then given up");
 }
+
+#[tokio::test]
+async fn at_shutdown_each_queued_post_gets_one_attempt() {
+    let (target, seen) = server(vec![500]).await;
+    let (queue, rx) = Queue::new(&config(10), "relay.test");
+    for _ in 0..3 {
+        assert!(queue.push(&event(EventKind::Exploded)));
+    }
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let failures = metrics().webhook_failures.get();
+    Poster::new(target, &config(10)).run(rx, stop).await;
+    assert_eq!(seen.lock().unwrap().len(), 3, "one attempt each, no retries");
+    assert!(metrics().webhook_failures.get() - failures >= 3);
+}
