@@ -12,6 +12,8 @@
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
 //! - [`hold`]: held messages (SPEC §10): the interface the CLI, control socket and review
 //!   page share.
+//! - [`notify`]: notices by mail (spooled and delivered like any message) and the webhook,
+//!   fed events by the relay without ever waiting.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
@@ -39,6 +41,7 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod queue_id;
 pub mod relay;
@@ -146,6 +149,7 @@ pub struct Running {
     server: JoinHandle<()>,
     front: Arc<Frontend>,
     relay: Arc<Relay>,
+    notifier: notify::Notifier,
     health: Arc<Health>,
     socket_path: PathBuf,
     journal_fault: spool::JournalFault,
@@ -183,16 +187,11 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         deliveries.clone(),
     );
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
+    let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
-    let relay = Arc::new(Relay::new(
-        config.server.hostname.clone(),
-        policy,
-        spool.clone(),
-        deliverer,
-        redaction,
-        budget.clone(),
-    ));
+    let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
+    let relay = Arc::new(relay.with_notifier(notifier.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
     if let Some(status) = upstream.relay_status() {
@@ -222,6 +221,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         server,
         front,
         relay,
+        notifier,
         health,
         socket_path,
         journal_fault,
@@ -248,6 +248,11 @@ impl Running {
         self.journal_fault.clone()
     }
 
+    /// The notifier, to tell the sender, the admins and the webhook about an event.
+    pub fn notifier(&self) -> notify::Notifier {
+        self.notifier.clone()
+    }
+
     /// The metrics endpoint's address, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -265,6 +270,7 @@ impl Running {
             ("hold", old.hold != new.hold),
             ("log", old.log != new.log),
             ("metrics", old.metrics != new.metrics),
+            ("notify", old.notify != new.notify),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -279,7 +285,8 @@ impl Running {
         }
         let (server, upstream, spool, log, metrics) =
             (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
-        self.config = Config { server, upstream, spool, log, metrics, hold: old.hold.clone(), ..new };
+        let (hold, notify) = (old.hold.clone(), old.notify.clone());
+        self.config = Config { server, upstream, spool, log, metrics, hold, notify, ..new };
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and
@@ -303,6 +310,8 @@ impl Running {
             self.sessions.wait().await;
             self.deliveries.wait().await;
         }
+        // Sessions are over: spool the notices they caused, try the webhook posts once.
+        self.notifier.stop().await;
         self.background.cancel();
         let _ = std::fs::remove_file(&self.socket_path);
         info!("stopped");

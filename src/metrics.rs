@@ -37,6 +37,13 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+/// Labels of `bccguard_notices_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// held, rejected or breaker_tripped.
+    pub kind: String,
+}
+
 /// Labels of `bccguard_held_releases_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReleaseLabels {
@@ -104,6 +111,18 @@ pub struct Metrics {
     pub failed_bounces: Counter,
     /// Journal writes that failed (the outcomes are kept in memory and written later).
     pub journal_failures: Counter,
+    /// Notices spooled for delivery, by kind (one per recipient).
+    pub notices: Family<KindLabels, Counter>,
+    /// Events whose notices were not spooled (queue full, or the spool refused them).
+    pub notices_dropped: Counter,
+    /// Webhook events the endpoint accepted (2xx).
+    pub webhook_deliveries: Counter,
+    /// Webhook events given up after their last attempt, or refused (4xx).
+    pub webhook_failures: Counter,
+    /// Webhook events dropped because the queue was full.
+    pub webhook_dropped: Counter,
+    /// Webhook attempts that failed and were retried.
+    pub webhook_retries: Counter,
     /// Held messages.
     pub hold: HoldMetrics,
 }
@@ -172,6 +191,7 @@ impl Metrics {
         for stage in ["greeting", "ehlo", "tls", "auth", "mail", "rcpt", "data"] {
             let _ = upstream_refusals.get_or_create(&StageLabels { stage: stage.into() });
         }
+        let notify = NotifyMetrics::register(&mut registry);
         Metrics {
             registry,
             messages,
@@ -186,6 +206,12 @@ impl Metrics {
             upstream_refusing,
             failed_bounces,
             journal_failures,
+            notices: notify.notices,
+            notices_dropped: notify.notices_dropped,
+            webhook_deliveries: notify.webhook_deliveries,
+            webhook_failures: notify.webhook_failures,
+            webhook_dropped: notify.webhook_dropped,
+            webhook_retries: notify.webhook_retries,
             hold,
         }
     }
@@ -195,6 +221,52 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+/// The notices' and webhook's metrics, registered together.
+struct NotifyMetrics {
+    notices: Family<KindLabels, Counter>,
+    notices_dropped: Counter,
+    webhook_deliveries: Counter,
+    webhook_failures: Counter,
+    webhook_dropped: Counter,
+    webhook_retries: Counter,
+}
+
+impl NotifyMetrics {
+    fn register(registry: &mut Registry) -> NotifyMetrics {
+        let notices = Family::<KindLabels, Counter>::default();
+        registry.register("notices", "Notices spooled for delivery, by kind (one per recipient)", notices.clone());
+        for kind in ["held", "rejected", "breaker_tripped"] {
+            let _ = notices.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        let m = NotifyMetrics {
+            notices,
+            notices_dropped: Counter::default(),
+            webhook_deliveries: Counter::default(),
+            webhook_failures: Counter::default(),
+            webhook_dropped: Counter::default(),
+            webhook_retries: Counter::default(),
+        };
+        for (name, help, counter) in [
+            (
+                "notices_dropped",
+                "Events whose notices were not spooled (queue full or spool error)",
+                &m.notices_dropped,
+            ),
+            ("webhook_deliveries", "Webhook events the endpoint accepted (2xx)", &m.webhook_deliveries),
+            (
+                "webhook_failures",
+                "Webhook events given up after the last attempt, or refused (4xx)",
+                &m.webhook_failures,
+            ),
+            ("webhook_dropped", "Webhook events dropped because the queue was full", &m.webhook_dropped),
+            ("webhook_retries", "Webhook attempts that failed and were retried", &m.webhook_retries),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        m
     }
 }
 

@@ -4,7 +4,8 @@
 //! delivery planned; a leak under `reject` gets 550 and nothing is kept. Otherwise the
 //! message and its plan are written to the spool, file and directory fsync'd, and only then
 //! does the client hear `250`; delivery takes over from there (or, for a leak under `hold`,
-//! nothing is delivered until a person releases it).
+//! nothing is delivered until a person releases it). The notifier hears of every leak acted
+//! on (without the reply ever waiting for it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,11 +17,13 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
+use crate::config::Action;
 use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
-use crate::message::decide::{Policy, decide};
+use crate::message::decide::{Decision, Policy, decide};
 use crate::message::parse::Headers;
 use crate::message::parse::MAX_HEADER_BLOCK;
+use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
 use crate::smtp::reply::{self, Reply};
@@ -39,6 +42,8 @@ pub struct Relay {
     redaction: Redaction,
     /// `server.max_data_in_memory`: a spilled message's header block is read back under it.
     budget: Arc<Semaphore>,
+    /// Who hears about leaks: the sender, the admins, the webhook.
+    notifier: Notifier,
 }
 
 impl Relay {
@@ -51,7 +56,13 @@ impl Relay {
         redaction: Redaction,
         budget: Arc<Semaphore>,
     ) -> Relay {
-        Relay { hostname, policy, spool, deliverer, redaction, budget }
+        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled() }
+    }
+
+    /// This relay, telling `notifier` about the leaks it acts on.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Relay {
+        self.notifier = notifier;
+        self
     }
 
     /// Decide messages by `policy` from now on.
@@ -96,6 +107,7 @@ impl Relay {
                 copies: 0,
             };
             rejected.emit(self.redaction);
+            self.notifier.event(rejected_at_data(&id, &incoming, &decision));
             return reply::leak_rejected(&decision);
         };
         let meta = Meta {
@@ -138,6 +150,13 @@ impl Relay {
         } else {
             self.deliverer.submit(meta.id.clone());
         }
+        let hold_max_age = std::time::Duration::from_millis(self.deliverer.hold_max_age_ms().max(0) as u64);
+        if let Some(kind) = accepted_event(&decision, hold_max_age) {
+            let event = Event::about(kind, &meta);
+            // Only notices quote the subject (the webhook never does).
+            let event = if event.kind.has_notice() { event.with_subject_of(&head) } else { event };
+            self.notifier.event(event);
+        }
         reply::queued(id.as_str())
     }
 }
@@ -168,6 +187,38 @@ impl Relay {
             let want = u32::try_from(limit).unwrap_or(u32::MAX);
             extra = Some(self.budget.clone().try_acquire_many_owned(want).map_err(|_| reply::NO_MEMORY_FOR_DATA)?);
         }
+    }
+}
+
+/// What the notifier hears about a message accepted under `decision`, if anything: the leaks
+/// acted on (not those monitor mode let pass). A held message is `EventKind::Held`, with
+/// `hold.max_age`: its notices then quote the subject.
+fn accepted_event(decision: &Decision, hold_max_age: std::time::Duration) -> Option<EventKind> {
+    if !decision.leak {
+        return None;
+    }
+    match decision.action {
+        Action::Explode => Some(EventKind::Exploded),
+        Action::Undisclose => Some(EventKind::Undisclosed),
+        Action::Hold => Some(EventKind::Held { max_age: hold_max_age }),
+        Action::Reject | Action::Pass => None,
+    }
+}
+
+/// The event of a leak refused at the end of DATA (the client hears 550; no notice by mail).
+fn rejected_at_data(id: &QueueId, incoming: &Incoming, decision: &Decision) -> Event {
+    Event {
+        kind: EventKind::Rejected { after_accept: false },
+        queue_id: id.clone(),
+        rule: None,
+        action: decision.action.as_str(),
+        exposure: decision.exposure,
+        recipients: incoming.recipients.len(),
+        sender: incoming.sender.clone(),
+        subject: None,
+        client: incoming.peer.ip().to_canonical().to_string(),
+        generated: false,
+        at: Utc::now(),
     }
 }
 

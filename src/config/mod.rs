@@ -5,6 +5,7 @@
 //! several keys.
 
 mod load;
+mod notify;
 mod units;
 mod validate;
 
@@ -15,6 +16,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, ConfigErrors, ConfigSource, DEFAULT_PATH, load, load_str};
+pub use notify::{NotifyConfig, WebhookTarget};
 pub use units::{ByteSize, Duration};
 
 /// The whole configuration file.
@@ -37,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics and health endpoints.
     pub metrics: MetricsConfig,
+    /// Notices by mail and the webhook.
+    pub notify: NotifyConfig,
 }
 
 /// `[server]`: the SMTP listener and its limits.

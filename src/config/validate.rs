@@ -15,6 +15,7 @@ impl Config {
         access(&self.access, self.server.tls.is_some(), &mut errors);
         upstream(&self.upstream, &mut errors);
         spool(&self.spool, &mut errors);
+        super::notify::validate(&self.notify, &mut errors);
         if self.hold.max_age.0.is_zero() {
             errors.push(ConfigError::new("hold.max_age", "must be greater than 0"));
         }

@@ -27,6 +27,8 @@ pub struct TestRelay {
     pub metrics: Option<SocketAddr>,
     /// Makes the spool's journal appends fail as on a full disk.
     pub journal_fault: bccguard::spool::JournalFault,
+    /// The relay's notifier (notices and the webhook).
+    pub notifier: bccguard::notify::Notifier,
 }
 
 impl TestRelay {
@@ -49,13 +51,14 @@ impl TestRelay {
         let running = bccguard::start(config.clone(), vec![listener]).await.expect("the relay starts");
         let metrics = running.metrics_addr();
         let journal_fault = running.journal_fault();
+        let notifier = running.notifier();
         let stop = shutdown.clone();
         let handle = tokio::spawn(async move {
             stop.cancelled().await;
             running.stop().await;
             Ok(())
         });
-        let relay = TestRelay { addr, dir, config, shutdown, handle, metrics, journal_fault };
+        let relay = TestRelay { addr, dir, config, shutdown, handle, metrics, journal_fault, notifier };
         relay.wait_ready().await;
         relay
     }
