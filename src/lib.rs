@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
 pub mod durable;
 pub mod events;
 pub mod hold;
@@ -103,6 +104,9 @@ pub enum RunError {
     /// TLS certificate or key problem.
     #[error(transparent)]
     Tls(#[from] smtp::tls::TlsConfigError),
+    /// A DKIM key could not be loaded.
+    #[error("dkim: {0}")]
+    Dkim(#[from] dkim::KeyError),
 }
 
 /// Bind every `server.listen` address, with a listen backlog of `server.max_connections`
@@ -153,6 +157,7 @@ pub struct Running {
     health: Arc<Health>,
     socket_path: PathBuf,
     journal_fault: spool::JournalFault,
+    signer: dkim::Shared,
 }
 
 /// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
@@ -178,10 +183,11 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let background = CancellationToken::new();
     let deliveries = TaskTracker::new();
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(message::decide::Policy::from_config(&config.policy)));
+    let signer: dkim::Shared = Arc::new(arc_swap::ArcSwap::from_pointee(dkim::Signer::from_config(&config.dkim)?));
     let deliverer = delivery::start(
         spool.clone(),
         upstream.clone(),
-        DeliveryConfig::from_config(&config),
+        DeliveryConfig { dkim: signer.clone(), ..DeliveryConfig::from_config(&config) },
         policy.clone(),
         phases.clone(),
         deliveries.clone(),
@@ -191,7 +197,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
-    let relay = Arc::new(relay.with_notifier(notifier.clone()));
+    let relay = Arc::new(relay.with_notifier(notifier.clone()).with_dkim(signer.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
     if let Some(status) = upstream.relay_status() {
@@ -225,6 +231,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         health,
         socket_path,
         journal_fault,
+        signer,
     })
 }
 
@@ -258,7 +265,8 @@ impl Running {
         self.metrics_addr
     }
 
-    /// Apply a new, validated configuration's `[policy]` and `[access]` to the messages and
+    /// Apply a new, validated configuration's `[policy]`, `[access]` and `[dkim]` (keys read
+    /// again) to the messages and
     /// sessions that start from now on; sessions already open go on undisturbed. Changes to
     /// other sections need a restart, and are named in the log.
     pub fn reload(&mut self, new: Config) {
@@ -276,6 +284,10 @@ impl Running {
         .filter_map(|(name, changed)| changed.then_some(name))
         .collect();
         self.relay.set_policy(message::decide::Policy::from_config(&new.policy));
+        match dkim::Signer::from_config(&new.dkim) {
+            Ok(signer) => self.signer.store(Arc::new(signer)),
+            Err(e) => warn!(error = %e, "DKIM keys not reloaded; the running keys stay in effect"),
+        }
         self.front.reload_access(&new.access);
         let policy_changed = old.policy != new.policy;
         let access_changed = old.access != new.access;

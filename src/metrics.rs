@@ -125,6 +125,8 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Held messages.
     pub hold: HoldMetrics,
+    /// DKIM re-signing of copies.
+    pub dkim: crate::dkim::metrics::DkimMetrics,
 }
 
 impl Metrics {
@@ -192,6 +194,7 @@ impl Metrics {
             let _ = upstream_refusals.get_or_create(&StageLabels { stage: stage.into() });
         }
         let notify = NotifyMetrics::register(&mut registry);
+        let dkim = crate::dkim::metrics::DkimMetrics::register(&mut registry);
         Metrics {
             registry,
             messages,
@@ -213,6 +216,7 @@ impl Metrics {
             webhook_dropped: notify.webhook_dropped,
             webhook_retries: notify.webhook_retries,
             hold,
+            dkim,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Relay {
     budget: Arc<Semaphore>,
     /// Who hears about leaks: the sender, the admins, the webhook.
     notifier: Notifier,
+    /// The DKIM keys: a signed message that would be rewritten with no aligned key is held
+    /// under `dkim.unsigned = "hold"`.
+    dkim: crate::dkim::Shared,
 }
 
 impl Relay {
@@ -56,7 +59,14 @@ impl Relay {
         redaction: Redaction,
         budget: Arc<Semaphore>,
     ) -> Relay {
-        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled() }
+        let dkim = crate::dkim::Shared::default();
+        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled(), dkim }
+    }
+
+    /// This relay, with these DKIM keys.
+    pub fn with_dkim(mut self, dkim: crate::dkim::Shared) -> Relay {
+        self.dkim = dkim;
+        self
     }
 
     /// This relay, telling `notifier` about the leaks it acts on.
@@ -94,7 +104,11 @@ impl Relay {
             return reply::HEADERS_TOO_LARGE;
         };
         let policy = self.policy.load();
-        let decision = decide(&headers, &policy);
+        let mut decision = decide(&headers, &policy);
+        crate::dkim::apply(&mut decision, &head, &self.dkim.load());
+        if decision.dkim.held {
+            crate::metrics::metrics().dkim.held.inc();
+        }
         let Some(plan) = Plan::build(&decision, &headers, &incoming.recipients, &policy) else {
             let rejected = MessageDecided {
                 id: &id,

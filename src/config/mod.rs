@@ -4,6 +4,7 @@
 //! every error at once, each with its key path; [`Config::validate`] adds the checks that span
 //! several keys.
 
+mod dkim;
 mod load;
 mod notify;
 mod units;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use dkim::{DkimConfig, DkimKeyConfig, KeyAlgorithm, Unsigned};
 pub use load::{ConfigError, ConfigErrors, ConfigSource, DEFAULT_PATH, load, load_str};
 pub use notify::{NotifyConfig, WebhookTarget};
 pub use units::{ByteSize, Duration};
@@ -41,6 +43,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Notices by mail and the webhook.
     pub notify: NotifyConfig,
+    /// DKIM re-signing of rewritten copies.
+    pub dkim: DkimConfig,
 }
 
 /// `[server]`: the SMTP listener and its limits.

@@ -16,6 +16,7 @@ impl Config {
         upstream(&self.upstream, &mut errors);
         spool(&self.spool, &mut errors);
         super::notify::validate(&self.notify, &mut errors);
+        super::dkim::validate(&self.dkim, &mut errors);
         if self.hold.max_age.0.is_zero() {
             errors.push(ConfigError::new("hold.max_age", "must be greater than 0"));
         }

@@ -30,6 +30,9 @@ pub struct DeliveryConfig {
     /// only when a send finishes, so a pass holds as many copies as the upstream has
     /// connections, however many recipients the message has.
     pub sends_per_pass: usize,
+    /// The DKIM keys, shared with the intake and swapped on reload (empty until
+    /// [`crate::start`] loads them).
+    pub dkim: crate::dkim::Shared,
 }
 
 impl DeliveryConfig {
@@ -43,6 +46,7 @@ impl DeliveryConfig {
             redaction: Redaction(config.log.redact_addresses),
             max_passes: config.upstream.max_connections.max(1) * PASSES_PER_CONNECTION,
             sends_per_pass: config.upstream.max_connections.max(1),
+            dkim: crate::dkim::Shared::default(),
         }
     }
 

@@ -24,6 +24,7 @@ use super::dsn;
 use super::journal::{Gone, Journal};
 use super::schedule::{self, Attempted, PassEnd};
 use super::{Copy, Upstream};
+use crate::dkim::{self, Signer};
 use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
@@ -116,8 +117,14 @@ async fn deliver(
     }
     let due = schedule::due(&state, &meta.plan, now_ms(), force);
     let chunks: Vec<&[usize]> = due.chunks(CHUNK).collect();
+    let signer = ctx.config.dkim.load_full();
+    let body_hash = match chunks.is_empty() {
+        true => None,
+        false => body_hash(&signer, &meta.plan, &head, &headers, &content).await,
+    };
     for (n, chunk) in chunks.iter().enumerate() {
-        let message = Message { meta: &meta, head: &head, content: &content, headers: &headers, eight_bit };
+        let dkim = Dkim { signer: &signer, body_hash: body_hash.as_deref() };
+        let message = Message { meta: &meta, head: &head, content: &content, headers: &headers, eight_bit, dkim };
         let results = attempt(ctx, &message, &state, chunk).await;
         log_attempts(&ctx.config, &meta, &state, &results);
         let records = schedule::records_for(&ctx.config, &meta, &state, results, now_ms());
@@ -208,15 +215,65 @@ struct Message<'a> {
     content: &'a Content,
     headers: &'a Headers,
     eight_bit: bool,
+    dkim: Dkim<'a>,
+}
+
+/// The DKIM keys, and the hash of the shared body when some copy is to be signed.
+#[derive(Clone, Copy)]
+struct Dkim<'a> {
+    signer: &'a Signer,
+    body_hash: Option<&'a [u8]>,
 }
 
 impl Message<'_> {
-    /// Transaction `t`'s copy: its own header block, the shared body.
+    /// Transaction `t`'s copy: its own header block (signed when it was rewritten and a key
+    /// aligns), the shared body.
     fn copy(&self, t: usize) -> Copy {
         let txn = &self.meta.plan.transactions[t];
         let head = rewrite::head(self.head, self.headers, &self.meta.plan, txn, &self.meta.recipients);
+        let original = &self.head[..self.headers.body_start];
+        let change = dkim::Change { original, head: !rewrite::unchanged(self.headers, txn), body: false };
+        let now = (now_ms() / 1000).max(0) as u64;
+        let signed = self.dkim.signer.finish(head, change, self.dkim.body_hash, now);
+        crate::metrics::metrics().dkim.count(&signed);
         let body = self.content.slice(self.headers.body_start as u64..u64::MAX);
-        Copy { head, body, eight_bit: self.eight_bit }
+        Copy { head: signed.head, body, eight_bit: self.eight_bit }
+    }
+}
+
+/// The DKIM body hash of the body every copy shares, read once from the spool, when some
+/// copy of this message is to be signed: a key aligns with its From domain, and a copy is
+/// rewritten (or `dkim.sign_all`).
+async fn body_hash(
+    signer: &Arc<Signer>,
+    plan: &Plan,
+    head: &Bytes,
+    headers: &Headers,
+    content: &Content,
+) -> Option<Vec<u8>> {
+    let rewritten = plan.transactions.iter().any(|t| !rewrite::unchanged(headers, t));
+    if !(rewritten || signer.sign_all) || signer.key_for(&head[..headers.body_start]).is_none() {
+        return None;
+    }
+    let body = content.slice(headers.body_start as u64..u64::MAX);
+    let hashed = tokio::task::spawn_blocking(move || {
+        let mut hasher = dkim::BodyHasher::default();
+        for chunk in body.chunks() {
+            hasher.write(&chunk?);
+        }
+        Ok::<_, std::io::Error>(hasher.finish())
+    })
+    .await;
+    match hashed {
+        Ok(Ok(bh)) => Some(bh),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot read the body to sign it; its copies go unsigned");
+            None
+        }
+        Err(e) => {
+            error!(error = %e, "the body hash task failed");
+            None
+        }
     }
 }
 

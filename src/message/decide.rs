@@ -79,6 +79,8 @@ pub struct Decision {
     pub max_visible_external: usize,
     /// Why.
     pub reason: Reason,
+    /// What DKIM does to the copies (filled by [`crate::dkim::apply`]).
+    pub dkim: crate::dkim::Report,
 }
 
 impl fmt::Display for Decision {
@@ -87,6 +89,9 @@ impl fmt::Display for Decision {
         let s = if n == 1 { "" } else { "es" };
         if self.monitor {
             write!(f, "monitor mode, would {}: ", self.policy_action.as_str())?;
+        }
+        if self.dkim.held {
+            write!(f, "held (DKIM-signed, and no key aligns with its From domain): ")?;
         }
         match &self.reason {
             Reason::AlreadyProcessed => write!(f, "already processed by bccguard (X-Bccguard)"),
@@ -129,6 +134,7 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
         exposure,
         max_visible_external: policy.max_visible_external,
         reason,
+        dkim: crate::dkim::Report::default(),
     }
 }
 

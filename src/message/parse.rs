@@ -191,7 +191,7 @@ impl Headers {
 
 /// (start of the empty line, start of the body); both the message length when there is no
 /// empty line. Bare LF cannot occur: the front door refuses it.
-fn header_bounds(message: &[u8]) -> (usize, usize) {
+pub(crate) fn header_bounds(message: &[u8]) -> (usize, usize) {
     if message.starts_with(b"\r\n") {
         return (0, 2);
     }
@@ -202,17 +202,17 @@ fn header_bounds(message: &[u8]) -> (usize, usize) {
 }
 
 /// One field of a header block, as RFC 5322 delimits it.
-struct RawField {
+pub(crate) struct RawField {
     /// The whole field: name through the line end after its last continuation line.
-    range: Range<usize>,
+    pub(crate) range: Range<usize>,
     /// The field name (before the colon); `None` for a line that is not a field.
-    name: Option<Range<usize>>,
+    pub(crate) name: Option<Range<usize>>,
     /// The value (after the colon), line ends included.
-    value: Range<usize>,
+    pub(crate) value: Range<usize>,
 }
 
 /// Split a header block (without its empty line) into fields.
-fn split_fields(block: &[u8]) -> Vec<RawField> {
+pub(crate) fn split_fields(block: &[u8]) -> Vec<RawField> {
     let line_end = |from: usize| memchr::memchr(b'\n', &block[from..]).map_or(block.len(), |i| from + i + 1);
     let mut fields = Vec::new();
     let mut pos = 0;

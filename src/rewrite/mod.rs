@@ -35,12 +35,18 @@ pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, 
 /// The header block of `txn`'s copy; `message` holds at least the original's header block.
 /// A copy that changes nothing shares the original's bytes.
 pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> Bytes {
-    let bcc = headers.fields.iter().any(|f| matches!(f.kind, FieldKind::Bcc | FieldKind::ResentBcc));
-    if txn.rewrite == Rewrite::Original && !bcc {
+    if unchanged(headers, txn) {
         message.slice(..headers.body_start)
     } else {
         Bytes::from(header_block(message, headers, plan, txn, recipients))
     }
+}
+
+/// Whether `txn`'s copy has the original's header block (the original, with no Bcc field
+/// to remove).
+pub fn unchanged(headers: &Headers, txn: &Transaction) -> bool {
+    let bcc = headers.fields.iter().any(|f| matches!(f.kind, FieldKind::Bcc | FieldKind::ResentBcc));
+    txn.rewrite == Rewrite::Original && !bcc
 }
 
 /// The header block (empty line included) of `txn`'s copy of `message`. The copy is this

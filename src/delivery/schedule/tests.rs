@@ -12,6 +12,7 @@ const T0: i64 = 1_700_000_000_000;
 
 pub(super) fn config() -> DeliveryConfig {
     DeliveryConfig {
+        dkim: Default::default(),
         hostname: "relay.test".into(),
         retry: [60, 300, 900].map(Duration::from_secs).to_vec(),
         max_age: Duration::from_secs(3600),
