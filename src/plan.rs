@@ -54,6 +54,23 @@ pub struct Plan {
     /// Internal addresses kept visible in `Resent-Cc:` of rewritten copies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resent_cc: Vec<Mailbox>,
+    /// The reply fields that count toward exposure, rewritten in every rewritten copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply: Vec<ReplyField>,
+}
+
+/// A reply field (Reply-To, Mail-Followup-To, Resent-Reply-To) showing two or more external
+/// addresses: rewritten copies keep in it only its internal addresses and, in an exploded
+/// copy, the copy's own recipient (SPEC §11).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyField {
+    /// Its index among the header block's fields ([`Headers::fields`]).
+    pub field: usize,
+    /// The internal addresses it shows, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal: Vec<Mailbox>,
+    /// The external addresses it shows, in order (each kept only in the copy to it).
+    pub external: Vec<Mailbox>,
 }
 
 impl Plan {
@@ -80,6 +97,7 @@ impl Plan {
     }
 
     fn keep_internal(&mut self, headers: &Headers, policy: &Policy) {
+        self.reply = reply_fields(headers, policy);
         if policy.keep_internal_visible {
             self.cc = internal_visible(headers, policy, [FieldKind::To, FieldKind::Cc]);
             self.resent_cc = internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
@@ -132,6 +150,20 @@ fn display_names(headers: &Headers) -> HashMap<(String, String), String> {
         }
     }
     names
+}
+
+/// The reply fields that count toward exposure, split into internal and external addresses.
+fn reply_fields(headers: &Headers, policy: &Policy) -> Vec<ReplyField> {
+    let fields = headers.fields.iter().enumerate();
+    fields
+        .filter(|(_, f)| f.kind.is_reply() && crate::message::decide::reply_counts(f, policy))
+        .map(|(i, f)| {
+            let usable = f.mailboxes.iter().filter(|m| m.address.len() <= MAX_ADDRESS_IN_HEADER);
+            let (internal, external) =
+                usable.map(Mailbox::without_foreign_name).partition(|m| policy.is_internal(&m.address));
+            ReplyField { field: i, internal, external }
+        })
+        .collect()
 }
 
 /// Internal addresses shown in fields of `kinds`, first occurrence of each, in header order.

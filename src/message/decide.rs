@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::address;
 use super::domain::InternalDomains;
-use super::parse::{FieldKind, Headers};
+use super::parse::{Field, FieldKind, Headers};
 use crate::config::{Action, PolicyConfig};
 
 /// The policy in the form the decision uses.
@@ -138,17 +138,27 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
     }
 }
 
-/// The number of distinct external addresses visible in To, Cc, Bcc and Resent-*.
+/// The number of distinct external addresses visible in To, Cc, Bcc and Resent-*, and in the
+/// reply fields that show two or more of them (SPEC §11).
 pub fn exposure(headers: &Headers, policy: &Policy) -> usize {
     let mut seen = HashSet::new();
     headers
         .fields
         .iter()
-        .filter(|f| f.kind != FieldKind::Mark)
+        .filter(|f| f.kind != FieldKind::Mark && (!f.kind.is_reply() || reply_counts(f, policy)))
         .flat_map(|f| &f.mailboxes)
         .filter(|m| !policy.is_internal(&m.address))
         .filter(|m| seen.insert(address::key(&m.address)))
         .count()
+}
+
+/// Whether a reply field (Reply-To, Mail-Followup-To, Resent-Reply-To) counts toward
+/// exposure: it shows two or more distinct external addresses. A single external reply
+/// address is an intended reply target (a helpdesk): it neither counts nor changes.
+pub fn reply_counts(field: &Field, policy: &Policy) -> bool {
+    let external: HashSet<_> =
+        field.mailboxes.iter().filter(|m| !policy.is_internal(&m.address)).map(|m| address::key(&m.address)).collect();
+    external.len() >= 2
 }
 
 #[cfg(test)]

@@ -34,6 +34,12 @@ pub enum FieldKind {
     ResentBcc,
     /// `X-Bccguard:`, the mark of a copy this relay made.
     Mark,
+    /// `Reply-To:` (SPEC §11: counts when it shows two or more external addresses).
+    ReplyTo,
+    /// `Mail-Followup-To:`.
+    MailFollowupTo,
+    /// `Resent-Reply-To:`.
+    ResentReplyTo,
     /// A line in the header block that is not a field (no colon) but shows an address.
     Stray,
 }
@@ -49,6 +55,9 @@ impl FieldKind {
             FieldKind::ResentCc => "Resent-Cc",
             FieldKind::ResentBcc => "Resent-Bcc",
             FieldKind::Mark => "X-Bccguard",
+            FieldKind::ReplyTo => "Reply-To",
+            FieldKind::MailFollowupTo => "Mail-Followup-To",
+            FieldKind::ResentReplyTo => "Resent-Reply-To",
             FieldKind::Stray => "a line that is not a header field",
         }
     }
@@ -56,6 +65,12 @@ impl FieldKind {
     /// Whether this is one of the Resent-* fields.
     pub fn is_resent(self) -> bool {
         matches!(self, FieldKind::ResentTo | FieldKind::ResentCc | FieldKind::ResentBcc)
+    }
+
+    /// Whether this is a reply field (Reply-To, Mail-Followup-To, Resent-Reply-To): not a
+    /// recipient field, but shown to every recipient, and where reply-all writes.
+    pub fn is_reply(self) -> bool {
+        matches!(self, FieldKind::ReplyTo | FieldKind::MailFollowupTo | FieldKind::ResentReplyTo)
     }
 
     /// The kind of a field by its name: case-insensitive, and blind to spaces and tabs in the
@@ -70,6 +85,9 @@ impl FieldKind {
             b"resent-cc" => FieldKind::ResentCc,
             b"resent-bcc" => FieldKind::ResentBcc,
             b"x-bccguard" => FieldKind::Mark,
+            b"reply-to" => FieldKind::ReplyTo,
+            b"mail-followup-to" => FieldKind::MailFollowupTo,
+            b"resent-reply-to" => FieldKind::ResentReplyTo,
             _ => return None,
         })
     }
@@ -178,9 +196,10 @@ impl Headers {
         self.fields.iter().filter(move |f| f.kind == kind)
     }
 
-    /// Every visible address (To, Cc, Bcc, Resent-*, and stray lines), in header order.
+    /// Every visible address (To, Cc, Bcc, Resent-*, and stray lines), in header order; reply
+    /// fields are not recipient fields and are left out.
     pub fn visible(&self) -> impl Iterator<Item = &Mailbox> {
-        self.fields.iter().flat_map(|f| f.mailboxes.iter())
+        self.fields.iter().filter(|f| !f.kind.is_reply()).flat_map(|f| f.mailboxes.iter())
     }
 
     /// Whether this message carries the mark of a copy bccguard made.

@@ -10,8 +10,9 @@ mod encode;
 
 use bytes::Bytes;
 
+use crate::message::address;
 use crate::message::parse::{FieldKind, Headers, Mailbox};
-use crate::plan::{Plan, Rewrite, Transaction};
+use crate::plan::{Plan, ReplyField, Rewrite, Transaction};
 
 /// The value of the mark on an exploded copy.
 pub const MARK_EXPLODED: &str = "exploded";
@@ -61,13 +62,20 @@ pub fn header_block(
     let replacement = replacement(plan, txn, recipients);
     let mut out = Vec::with_capacity(headers.body_start + 512);
     let (mut pos, mut primary_done, mut resent_done) = (0, false, false);
-    for field in &headers.fields {
+    for (i, field) in headers.fields.iter().enumerate() {
         out.extend_from_slice(&message[pos..field.range.start.max(pos)]);
         let keep = match (&replacement, field.kind) {
             (None, FieldKind::Bcc | FieldKind::ResentBcc) => false,
             (None, _) => true,
             // A stray line may show addresses; a rewritten copy shows none but its own.
             (Some(_), FieldKind::Mark | FieldKind::Stray) => false,
+            (Some(_), kind) if kind.is_reply() => match plan.reply.iter().find(|r| r.field == i) {
+                Some(reply) => {
+                    out.extend_from_slice(reply_field(kind, reply, own(txn, recipients)).as_bytes());
+                    false
+                }
+                None => true,
+            },
             (Some(r), kind) if kind.is_resent() => {
                 if !resent_done {
                     out.extend_from_slice(r.resent.as_bytes());
@@ -99,6 +107,24 @@ pub fn header_block(
     out
 }
 
+/// The one recipient of an exploded copy.
+fn own<'a>(txn: &Transaction, recipients: &'a [String]) -> Option<&'a str> {
+    match txn.rewrite {
+        Rewrite::Explode { .. } => txn.recipients.first().map(|&i| recipients[i].as_str()),
+        _ => None,
+    }
+}
+
+/// A counted reply field as a rewritten copy shows it: its internal addresses, then the
+/// copy's own recipient (when the field showed it); nothing when none is left.
+fn reply_field(kind: FieldKind, reply: &ReplyField, own: Option<&str>) -> String {
+    let own = own.map(address::key);
+    let mine = |m: &&Mailbox| own.as_ref().is_some_and(|k| address::key(&m.address) == *k);
+    let kept: Vec<Vec<String>> =
+        reply.internal.iter().chain(reply.external.iter().filter(mine).take(1)).map(encode::mailbox).collect();
+    if kept.is_empty() { String::new() } else { encode::field(kind.name(), &kept) }
+}
+
 /// The fields that replace To/Cc and Resent-To/Resent-Cc; `None` for the original.
 fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<Replacement> {
     let (to, mark) = match &txn.rewrite {
@@ -125,5 +151,7 @@ fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<
     })
 }
 
+#[cfg(test)]
+mod reply_tests;
 #[cfg(test)]
 mod tests;
