@@ -57,6 +57,10 @@ pub struct Plan {
     /// The reply fields that count toward exposure, rewritten in every rewritten copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reply: Vec<ReplyField>,
+    /// The calendar parts every exploded copy rewrites (set by the intake, which reads the
+    /// body).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calendar: Vec<crate::rewrite::calendar::CalendarRewrite>,
 }
 
 /// A reply field (Reply-To, Mail-Followup-To, Resent-Reply-To) showing two or more external

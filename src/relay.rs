@@ -20,12 +20,14 @@ use tracing::error;
 use crate::config::Action;
 use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
+use crate::message::calendar::{self, CalendarPart};
 use crate::message::decide::{Decision, Policy, decide};
 use crate::message::parse::Headers;
 use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
+use crate::rewrite::calendar::CalendarRewrite;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Incoming;
 use crate::smtp::{Body, Intake, trace};
@@ -100,16 +102,25 @@ impl Relay {
             },
         };
         let size = received.len() + usize::try_from(body.len()).unwrap_or(usize::MAX);
-        let Ok(headers) = Headers::parse(&head) else {
+        let Ok(mut headers) = Headers::parse(&head) else {
             return reply::HEADERS_TOO_LARGE;
         };
+        let calendar = match self.calendar_parts(&body).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
         let policy = self.policy.load();
         let mut decision = decide(&headers, &policy);
+        if decision.action == Action::Undisclose && !headers.attendees.is_empty() {
+            // An invite cannot be undisclosed: each invitee must find itself in it.
+            decision.action = Action::Explode;
+        }
         crate::dkim::apply(&mut decision, &head, &self.dkim.load());
         if decision.dkim.held {
             crate::metrics::metrics().dkim.held.inc();
         }
-        let Some(plan) = Plan::build(&decision, &headers, &incoming.recipients, &policy) else {
+        let Some(mut plan) = Plan::build(&decision, &headers, &incoming.recipients, &policy) else {
             let rejected = MessageDecided {
                 id: &id,
                 client: incoming.peer,
@@ -124,6 +135,9 @@ impl Relay {
             self.notifier.event(rejected_at_data(&id, &incoming, &decision));
             return reply::leak_rejected(&decision);
         };
+        if decision.action == Action::Explode {
+            plan.calendar = CalendarRewrite::plan(&calendar, received.len(), &policy);
+        }
         let meta = Meta {
             version: FORMAT_VERSION,
             id: id.clone(),
@@ -176,6 +190,27 @@ impl Relay {
 }
 
 impl Relay {
+    /// The calendar parts of a received message (offsets relative to its first byte, after
+    /// the Received field). A spilled message is first scanned in chunks; only one that
+    /// names a calendar type is read whole, under the memory budget (452 4.3.1 when spent).
+    async fn calendar_parts(&self, body: &Stored) -> Result<Vec<CalendarPart>, Reply> {
+        let spill = match body {
+            Stored::Memory(data) => return Ok(calendar::parts(data)),
+            Stored::Spilled(spill) => spill,
+        };
+        let storage_failed = |e: std::io::Error| {
+            error!(error = %e, "cannot read back a spilled message");
+            reply::STORAGE_FAILED
+        };
+        if !spill.any(calendar::may_have_calendar).await.map_err(storage_failed)? {
+            return Ok(Vec::new());
+        }
+        let want = u32::try_from(spill.len()).unwrap_or(u32::MAX);
+        let _permit = self.budget.clone().try_acquire_many_owned(want).map_err(|_| reply::NO_MEMORY_FOR_DATA)?;
+        let data = spill.read_all().await.map_err(storage_failed)?;
+        Ok(calendar::parts(&data))
+    }
+
     /// The `Received:` field and the start of a spilled message, up to the end of its header
     /// block. Header blocks larger than the transaction's reservation are read under the
     /// memory budget (452 4.3.1 when it is spent).

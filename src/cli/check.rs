@@ -10,11 +10,14 @@ use serde::Serialize;
 
 use super::{ConfigArg, EXIT_ERROR};
 use crate::config::Action;
+use crate::dkim::{Origin, Signer};
 use crate::message::address;
+use crate::message::calendar;
 use crate::message::decide::{Decision, Policy, decide};
 use crate::message::parse::{FieldKind, Headers};
 use crate::plan::{Plan, Rewrite};
 use crate::rewrite;
+use crate::rewrite::calendar::CalendarRewrite;
 use crate::smtp::reply;
 
 /// Arguments of `bccguard check`.
@@ -60,6 +63,11 @@ struct TxnReport {
     to: Option<String>,
     /// The copy's Cc field text, unfolded.
     cc: Option<String>,
+    /// Whether bccguard signs this copy (DKIM).
+    resigned: bool,
+    /// Whether its calendar parts are rewritten for its recipient.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    calendar_rewritten: bool,
     /// To and Cc as a person reads them (names decoded), for the table.
     #[serde(skip)]
     shown: [String; 2],
@@ -83,14 +91,35 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     let config = args.config.load().map_err(|e| e.to_string().trim_end().to_string())?;
     let raw = std::fs::read(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let message = crlf(&raw);
-    let headers = Headers::parse(&message).map_err(|e| e.to_string())?;
+    let mut headers = Headers::parse(&message).map_err(|e| e.to_string())?;
+    let calendar = calendar::parts(&message);
+    headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
     let policy = Policy::from_config(&config.policy);
+    let signer = Signer::from_config(&config.dkim).map_err(|e| format!("dkim: {e}"))?;
     let (recipients, from_headers) = envelope(&args.rcpts, &headers)?;
-    let decision = decide(&headers, &policy);
-    let plan = Plan::build(&decision, &headers, &recipients, &policy);
+    let mut decision = decide(&headers, &policy);
+    if decision.action == Action::Undisclose && !headers.attendees.is_empty() {
+        decision.action = Action::Explode;
+    }
+    crate::dkim::apply(&mut decision, &message, &signer);
+    let mut plan = Plan::build(&decision, &headers, &recipients, &policy);
+    if let Some(plan) = plan.as_mut().filter(|_| decision.action == Action::Explode) {
+        plan.calendar = CalendarRewrite::plan(&calendar, 0, &policy);
+    }
+    let sign_all = signer.sign_all;
     let transactions = plan
         .as_ref()
-        .map(|plan| plan.transactions.iter().map(|t| txn_report(&message, &headers, plan, t, &recipients)).collect())
+        .map(|plan| {
+            let report = |t| {
+                let mut r = txn_report(&message, &headers, plan, t, &recipients);
+                let rewritten = !rewrite::unchanged(&headers, t);
+                let calendar = !plan.calendar.is_empty() && matches!(t.rewrite, Rewrite::Explode { .. });
+                r.resigned = decision.dkim.resigns(rewritten || calendar, sign_all);
+                r.calendar_rewritten = calendar;
+                r
+            };
+            plan.transactions.iter().map(report).collect()
+        })
         .unwrap_or_default();
     let leak = decision.leak;
     let report = Report {
@@ -186,6 +215,8 @@ fn txn_report(
         },
         to: value(FieldKind::To),
         cc: value(FieldKind::Cc),
+        resigned: false,
+        calendar_rewritten: false,
     }
 }
 
@@ -208,6 +239,16 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "  exposure      {} external (at most {} allowed)", d.exposure, d.max_visible_external)?;
     writeln!(out, "  reason        {}", r.reason_text)?;
     writeln!(out, "  recipients    {}{envelope}", r.recipients)?;
+    let dkim_shown = d.dkim.dkim == Origin::SignedByOriginal || d.dkim.key.is_some();
+    if dkim_shown {
+        let origin = if d.dkim.dkim == Origin::SignedByOriginal { "signed_by_original" } else { "none" };
+        let key =
+            d.dkim.key.as_deref().map_or("no key aligns with From".to_string(), |k| format!("re-signed with {k}"));
+        writeln!(out, "  dkim          {origin}; rewritten copies {key}")?;
+    }
+    if d.attendees > 0 {
+        writeln!(out, "  attendees     {} external (calendar invite)", d.attendees)?;
+    }
     if let Some(reply) = &r.reply {
         writeln!(out, "  reply         {reply}")?;
         return Ok(());
@@ -220,14 +261,16 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     }
     writeln!(out, "  transactions  {}", r.transactions.len())?;
     writeln!(out)?;
-    let rows: Vec<[String; 5]> = r
-        .transactions
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let [to, cc] = t.shown.clone();
-            [(i + 1).to_string(), t.recipients.join(", "), t.rewrite.to_string(), to, cc]
-        })
-        .collect();
+    let rows = r.transactions.iter().enumerate().map(|(i, t)| {
+        let [to, cc] = t.shown.clone();
+        let copy = if t.calendar_rewritten { format!("{} + calendar", t.rewrite) } else { t.rewrite.to_string() };
+        let dkim = if t.resigned { "re-signed" } else { "-" }.to_string();
+        [(i + 1).to_string(), t.recipients.join(", "), copy, to, cc, dkim]
+    });
+    if dkim_shown {
+        let rows: Vec<[String; 6]> = rows.collect();
+        return super::table::write(out, &["#", "RECIPIENTS", "COPY", "TO", "CC", "DKIM"], &rows);
+    }
+    let rows: Vec<[String; 5]> = rows.map(|[n, r, c, t, cc, _]| [n, r, c, t, cc]).collect();
     super::table::write(out, &["#", "RECIPIENTS", "COPY", "TO", "CC"], &rows)
 }

@@ -122,9 +122,18 @@ async fn deliver(
         true => None,
         false => body_hash(&signer, &meta.plan, &head, &headers, &content).await,
     };
+    let calendars = match chunks.is_empty() {
+        true => Vec::new(),
+        // Never the original invite instead: no copy goes until its parts can be read.
+        false => match calendar_parts(&meta.plan, &content).await {
+            Some(parts) => parts,
+            None => return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT),
+        },
+    };
     for (n, chunk) in chunks.iter().enumerate() {
         let dkim = Dkim { signer: &signer, body_hash: body_hash.as_deref() };
-        let message = Message { meta: &meta, head: &head, content: &content, headers: &headers, eight_bit, dkim };
+        let (content, calendars) = (&content, &calendars[..]);
+        let message = Message { meta: &meta, head: &head, content, headers: &headers, eight_bit, dkim, calendars };
         let results = attempt(ctx, &message, &state, chunk).await;
         log_attempts(&ctx.config, &meta, &state, &results);
         let records = schedule::records_for(&ctx.config, &meta, &state, results, now_ms());
@@ -216,6 +225,8 @@ struct Message<'a> {
     headers: &'a Headers,
     eight_bit: bool,
     dkim: Dkim<'a>,
+    /// The encoded bytes of each calendar part the plan rewrites, read once per pass.
+    calendars: &'a [Bytes],
 }
 
 /// The DKIM keys, and the hash of the shared body when some copy is to be signed.
@@ -232,12 +243,71 @@ impl Message<'_> {
         let txn = &self.meta.plan.transactions[t];
         let head = rewrite::head(self.head, self.headers, &self.meta.plan, txn, &self.meta.recipients);
         let original = &self.head[..self.headers.body_start];
-        let change = dkim::Change { original, head: !rewrite::unchanged(self.headers, txn), body: false };
+        let (body, own_body) = self.body(txn);
+        let change = dkim::Change { original, head: !rewrite::unchanged(self.headers, txn), body: own_body };
         let now = (now_ms() / 1000).max(0) as u64;
-        let signed = self.dkim.signer.finish(head, change, self.dkim.body_hash, now);
+        // A body of its own has a hash of its own (read through, small: an invite).
+        let own_hash = (own_body && self.dkim.body_hash.is_some()).then(|| own_body_hash(&body)).flatten();
+        let body_hash = if own_body { own_hash.as_deref() } else { self.dkim.body_hash };
+        let signed = self.dkim.signer.finish(head, change, body_hash, now);
         crate::metrics::metrics().dkim.count(&signed);
-        let body = self.content.slice(self.headers.body_start as u64..u64::MAX);
         Copy { head: signed.head, body, eight_bit: self.eight_bit }
+    }
+
+    /// The body of `txn`'s copy, and whether it is its own: an exploded copy of an invite
+    /// has its calendar parts rewritten for its recipient, between slices of the original
+    /// body; every other copy shares the original body.
+    fn body(&self, txn: &Transaction) -> (Content, bool) {
+        let start = self.headers.body_start as u64;
+        let plan = &self.meta.plan;
+        let (Rewrite::Explode { .. }, Some(&rcpt)) = (&txn.rewrite, txn.recipients.first()) else {
+            return (self.content.slice(start..u64::MAX), false);
+        };
+        if plan.calendar.is_empty() {
+            return (self.content.slice(start..u64::MAX), false);
+        }
+        let recipient = &self.meta.recipients[rcpt];
+        let mut parts = Vec::with_capacity(plan.calendar.len() * 2 + 1);
+        let mut at = start;
+        for (part, encoded) in plan.calendar.iter().zip(self.calendars) {
+            parts.push(self.content.slice(at..part.start.max(at)));
+            parts.push(Content::Memory(Bytes::from(part.for_recipient(encoded, recipient))));
+            at = part.end.max(at);
+        }
+        parts.push(self.content.slice(at..u64::MAX));
+        (Content::joined(parts), true)
+    }
+}
+
+/// The body hash of a copy's own body (blocking reads of the spool file around the
+/// rewritten part); `None` when it cannot be read (the copy then goes unsigned).
+fn own_body_hash(body: &Content) -> Option<Vec<u8>> {
+    let mut hasher = dkim::BodyHasher::default();
+    for chunk in body.chunks() {
+        hasher.write(&chunk.ok()?);
+    }
+    Some(hasher.finish())
+}
+
+/// The encoded bytes of each calendar part `plan` rewrites (empty when it rewrites none);
+/// `None` when they cannot be read.
+async fn calendar_parts(plan: &Plan, content: &Content) -> Option<Vec<Bytes>> {
+    if plan.calendar.is_empty() {
+        return Some(Vec::new());
+    }
+    let slices: Vec<Content> = plan.calendar.iter().map(|c| content.slice(c.start..c.end)).collect();
+    let read =
+        tokio::task::spawn_blocking(move || slices.iter().map(Content::to_bytes).collect::<std::io::Result<Vec<_>>>());
+    match read.await {
+        Ok(Ok(parts)) => Some(parts),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot read the calendar parts; trying again later");
+            None
+        }
+        Err(e) => {
+            error!(error = %e, "the calendar read task failed");
+            None
+        }
     }
 }
 

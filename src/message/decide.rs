@@ -81,6 +81,8 @@ pub struct Decision {
     pub reason: Reason,
     /// What DKIM does to the copies (filled by [`crate::dkim::apply`]).
     pub dkim: crate::dkim::Report,
+    /// Distinct external ATTENDEEs of the calendar parts (the `attendees` signal).
+    pub attendees: usize,
 }
 
 impl fmt::Display for Decision {
@@ -135,11 +137,18 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
         max_visible_external: policy.max_visible_external,
         reason,
         dkim: crate::dkim::Report::default(),
+        attendees: external_attendees(headers, policy),
     }
 }
 
-/// The number of distinct external addresses visible in To, Cc, Bcc and Resent-*, and in the
-/// reply fields that show two or more of them (SPEC §11).
+/// The number of distinct external ATTENDEEs of the calendar parts.
+pub fn external_attendees(headers: &Headers, policy: &Policy) -> usize {
+    let external = headers.attendees.iter().filter(|m| !policy.is_internal(&m.address));
+    external.map(|m| address::key(&m.address)).collect::<HashSet<_>>().len()
+}
+
+/// The number of distinct external addresses visible in To, Cc, Bcc and Resent-*, in the
+/// reply fields that show two or more of them, and in calendar ATTENDEEs (SPEC §11).
 pub fn exposure(headers: &Headers, policy: &Policy) -> usize {
     let mut seen = HashSet::new();
     headers
@@ -147,6 +156,7 @@ pub fn exposure(headers: &Headers, policy: &Policy) -> usize {
         .iter()
         .filter(|f| f.kind != FieldKind::Mark && (!f.kind.is_reply() || reply_counts(f, policy)))
         .flat_map(|f| &f.mailboxes)
+        .chain(&headers.attendees)
         .filter(|m| !policy.is_internal(&m.address))
         .filter(|m| seen.insert(address::key(&m.address)))
         .count()

@@ -2,6 +2,7 @@
 //! decision itself (pure).
 
 pub mod address;
+pub mod calendar;
 pub mod decide;
 pub mod domain;
 pub mod parse;

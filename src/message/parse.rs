@@ -128,6 +128,9 @@ pub struct Headers {
     pub body_start: usize,
     /// The value of an `X-Bccguard:` field, lowercased and trimmed, if present.
     pub mark: Option<String>,
+    /// The ATTENDEEs of the calendar parts in the body: not in the header block, so empty
+    /// until the intake reads the body ([`super::calendar`]). They count as visible.
+    pub attendees: Vec<Mailbox>,
 }
 
 /// Why a header block was not parsed.
@@ -188,7 +191,7 @@ impl Headers {
             };
             fields.push(Field { kind, range: raw.range, mailboxes, unparseable });
         }
-        Ok(Headers { fields, header_end, body_start, mark })
+        Ok(Headers { fields, header_end, body_start, mark, attendees: Vec::new() })
     }
 
     /// Fields of one kind.

@@ -6,6 +6,7 @@
 //! (when present), drop header lines that are not fields but show an address, and add
 //! `X-Bccguard`; every copy loses Bcc and Resent-Bcc.
 
+pub mod calendar;
 mod encode;
 
 use bytes::Bytes;

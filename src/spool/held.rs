@@ -18,10 +18,12 @@ use super::record::{Meta, Record, State, resolve_release};
 use super::{OpenError, SpoolPaths, header_prefix, read_envelope};
 use crate::config::Action;
 use crate::hold::{HeldMessage, HeldSummary, HoldError, HoldOutcome, ReleaseAs};
+use crate::message::calendar::{self, CalendarPart};
 use crate::message::decide::{Decision, Policy};
 use crate::message::parse::Headers;
 use crate::plan::{self, Plan, Rewrite};
 use crate::queue_id::QueueId;
+use crate::rewrite::calendar::CalendarRewrite;
 
 /// Longest subject kept for a listing (characters).
 const MAX_SUBJECT: usize = 200;
@@ -35,6 +37,26 @@ pub struct Released {
     pub action: Action,
     /// Upstream transactions planned.
     pub transactions: usize,
+}
+
+/// The calendar parts of a stored message (offsets from its first byte): it is scanned in
+/// chunks, and read whole only when it names a calendar type.
+fn calendar_parts(content: &Content) -> io::Result<Vec<CalendarPart>> {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut found = false;
+    for chunk in content.chunks() {
+        let chunk = chunk?;
+        tail.extend_from_slice(&chunk[..chunk.len().min(64)]);
+        found = calendar::may_have_calendar(&tail) || calendar::may_have_calendar(&chunk);
+        if found {
+            break;
+        }
+        tail = chunk[chunk.len().saturating_sub(64)..].to_vec();
+    }
+    if !found {
+        return Ok(Vec::new());
+    }
+    Ok(calendar::parts(&content.to_bytes()?))
 }
 
 impl SpoolPaths {
@@ -69,8 +91,15 @@ impl SpoolPaths {
         if !opened.meta.is_held() {
             return Ok(Err(HoldOutcome::NotHeld));
         }
-        let headers = Headers::parse(&opened.head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
-        let (decision, plan) = plan::for_release(&headers, &opened.meta.recipients, policy, how);
+        let mut headers = Headers::parse(&opened.head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
+        let calendar = calendar_parts(&opened.content).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
+        headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
+        // An invite cannot be undisclosed (SPEC §11).
+        let how = if how == ReleaseAs::Undisclose && !headers.attendees.is_empty() { ReleaseAs::Explode } else { how };
+        let (decision, mut plan) = plan::for_release(&headers, &opened.meta.recipients, policy, how);
+        if decision.action == Action::Explode {
+            plan.calendar = CalendarRewrite::plan(&calendar, 0, policy);
+        }
         let transactions = plan.transactions.len();
         let record = Record::Released { at: now, how, action: decision.action, plan };
         self.append_blocking(id, &[record]).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;

@@ -73,6 +73,37 @@ impl Spill {
         .map_err(io::Error::other)?
     }
 
+    /// Whether `found` holds for some stretch of the bytes written: they are read in 64 KiB
+    /// chunks, each with the 64 bytes before it, so a match up to 64 bytes long is not missed
+    /// at a chunk boundary (blocking read on another thread).
+    pub async fn any(&self, found: fn(&[u8]) -> bool) -> io::Result<bool> {
+        const OVERLAP: usize = 64;
+        let (path, len) = (self.path.clone(), self.len);
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(&path)?;
+            let mut pos = 0u64;
+            let mut buf = vec![0; 64 * 1024 + OVERLAP];
+            while pos < len {
+                let start = pos.saturating_sub(OVERLAP as u64);
+                let n = ((len - start) as usize).min(buf.len());
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..n], start)?;
+                if found(&buf[..n]) {
+                    return Ok(true);
+                }
+                pos = start + n as u64;
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Every byte written (blocking read on another thread).
+    pub async fn read_all(&self) -> io::Result<Vec<u8>> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(io::Error::other)?
+    }
+
     /// The file (opened for reading from its start), its length and its checksum so far.
     /// The name is removed at once: the open file stays readable until dropped.
     pub async fn finish(mut self) -> io::Result<(File, u64, crc32fast::Hasher)> {
