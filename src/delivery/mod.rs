@@ -11,6 +11,7 @@
 
 pub mod client;
 mod config;
+mod copy;
 pub mod directory;
 pub mod dsn;
 mod held;

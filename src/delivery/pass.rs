@@ -19,17 +19,16 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
+use super::Upstream;
 use super::config::DeliveryConfig;
+use super::copy::{self, Message};
 use super::dsn;
 use super::journal::{Gone, Journal};
 use super::schedule::{self, Attempted, PassEnd};
-use super::{Copy, Upstream};
-use crate::dkim::{self, Signer};
 use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
-use crate::rewrite;
 use crate::spool::content::Content;
 use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta, RcptState, Record, State};
 use crate::spool::{OpenError, Opened, Spool};
@@ -120,20 +119,28 @@ async fn deliver(
     let signer = ctx.config.dkim.load_full();
     let body_hash = match chunks.is_empty() {
         true => None,
-        false => body_hash(&signer, &meta.plan, &head, &headers, &content).await,
+        false => copy::body_hash(&signer, &meta.plan, &head, &headers, &content).await,
     };
     let calendars = match chunks.is_empty() {
         true => Vec::new(),
         // Never the original invite instead: no copy goes until its parts can be read.
-        false => match calendar_parts(&meta.plan, &content).await {
+        false => match copy::calendar_parts(&meta.plan, &content).await {
             Some(parts) => parts,
             None => return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT),
         },
     };
     for (n, chunk) in chunks.iter().enumerate() {
-        let dkim = Dkim { signer: &signer, body_hash: body_hash.as_deref() };
-        let (content, calendars) = (&content, &calendars[..]);
-        let message = Message { meta: &meta, head: &head, content, headers: &headers, eight_bit, dkim, calendars };
+        let (content, calendars, body_hash) = (&content, &calendars[..], body_hash.as_ref());
+        let message = Message {
+            meta: &meta,
+            head: &head,
+            content,
+            headers: &headers,
+            eight_bit,
+            signer: &signer,
+            body_hash,
+            calendars,
+        };
         let results = attempt(ctx, &message, &state, chunk).await;
         log_attempts(&ctx.config, &meta, &state, &results);
         let records = schedule::records_for(&ctx.config, &meta, &state, results, now_ms());
@@ -217,136 +224,6 @@ pub(super) async fn set_aside(ctx: &Ctx, id: &QueueId, reason: &str) -> PassEnd 
     }
 }
 
-/// What every copy of a message is made from.
-struct Message<'a> {
-    meta: &'a Arc<Meta>,
-    head: &'a Bytes,
-    content: &'a Content,
-    headers: &'a Headers,
-    eight_bit: bool,
-    dkim: Dkim<'a>,
-    /// The encoded bytes of each calendar part the plan rewrites, read once per pass.
-    calendars: &'a [Bytes],
-}
-
-/// The DKIM keys, and the hash of the shared body when some copy is to be signed.
-#[derive(Clone, Copy)]
-struct Dkim<'a> {
-    signer: &'a Signer,
-    body_hash: Option<&'a [u8]>,
-}
-
-impl Message<'_> {
-    /// Transaction `t`'s copy: its own header block (signed when it was rewritten and a key
-    /// aligns), the shared body.
-    fn copy(&self, t: usize) -> Copy {
-        let txn = &self.meta.plan.transactions[t];
-        let head = rewrite::head(self.head, self.headers, &self.meta.plan, txn, &self.meta.recipients);
-        let original = &self.head[..self.headers.body_start];
-        let (body, own_body) = self.body(txn);
-        let change = dkim::Change { original, head: !rewrite::unchanged(self.headers, txn), body: own_body };
-        let now = (now_ms() / 1000).max(0) as u64;
-        // A body of its own has a hash of its own (read through, small: an invite).
-        let own_hash = (own_body && self.dkim.body_hash.is_some()).then(|| own_body_hash(&body)).flatten();
-        let body_hash = if own_body { own_hash.as_deref() } else { self.dkim.body_hash };
-        let signed = self.dkim.signer.finish(head, change, body_hash, now);
-        crate::metrics::metrics().dkim.count(&signed);
-        Copy { head: signed.head, body, eight_bit: self.eight_bit }
-    }
-
-    /// The body of `txn`'s copy, and whether it is its own: an exploded copy of an invite
-    /// has its calendar parts rewritten for its recipient, between slices of the original
-    /// body; every other copy shares the original body.
-    fn body(&self, txn: &Transaction) -> (Content, bool) {
-        let start = self.headers.body_start as u64;
-        let plan = &self.meta.plan;
-        let (Rewrite::Explode { .. }, Some(&rcpt)) = (&txn.rewrite, txn.recipients.first()) else {
-            return (self.content.slice(start..u64::MAX), false);
-        };
-        if plan.calendar.is_empty() {
-            return (self.content.slice(start..u64::MAX), false);
-        }
-        let recipient = &self.meta.recipients[rcpt];
-        let mut parts = Vec::with_capacity(plan.calendar.len() * 2 + 1);
-        let mut at = start;
-        for (part, encoded) in plan.calendar.iter().zip(self.calendars) {
-            parts.push(self.content.slice(at..part.start.max(at)));
-            parts.push(Content::Memory(Bytes::from(part.for_recipient(encoded, recipient))));
-            at = part.end.max(at);
-        }
-        parts.push(self.content.slice(at..u64::MAX));
-        (Content::joined(parts), true)
-    }
-}
-
-/// The body hash of a copy's own body (blocking reads of the spool file around the
-/// rewritten part); `None` when it cannot be read (the copy then goes unsigned).
-fn own_body_hash(body: &Content) -> Option<Vec<u8>> {
-    let mut hasher = dkim::BodyHasher::default();
-    for chunk in body.chunks() {
-        hasher.write(&chunk.ok()?);
-    }
-    Some(hasher.finish())
-}
-
-/// The encoded bytes of each calendar part `plan` rewrites (empty when it rewrites none);
-/// `None` when they cannot be read.
-async fn calendar_parts(plan: &Plan, content: &Content) -> Option<Vec<Bytes>> {
-    if plan.calendar.is_empty() {
-        return Some(Vec::new());
-    }
-    let slices: Vec<Content> = plan.calendar.iter().map(|c| content.slice(c.start..c.end)).collect();
-    let read =
-        tokio::task::spawn_blocking(move || slices.iter().map(Content::to_bytes).collect::<std::io::Result<Vec<_>>>());
-    match read.await {
-        Ok(Ok(parts)) => Some(parts),
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot read the calendar parts; trying again later");
-            None
-        }
-        Err(e) => {
-            error!(error = %e, "the calendar read task failed");
-            None
-        }
-    }
-}
-
-/// The DKIM body hash of the body every copy shares, read once from the spool, when some
-/// copy of this message is to be signed: a key aligns with its From domain, and a copy is
-/// rewritten (or `dkim.sign_all`).
-async fn body_hash(
-    signer: &Arc<Signer>,
-    plan: &Plan,
-    head: &Bytes,
-    headers: &Headers,
-    content: &Content,
-) -> Option<Vec<u8>> {
-    let rewritten = plan.transactions.iter().any(|t| !rewrite::unchanged(headers, t));
-    if !(rewritten || signer.sign_all) || signer.key_for(&head[..headers.body_start]).is_none() {
-        return None;
-    }
-    let body = content.slice(headers.body_start as u64..u64::MAX);
-    let hashed = tokio::task::spawn_blocking(move || {
-        let mut hasher = dkim::BodyHasher::default();
-        for chunk in body.chunks() {
-            hasher.write(&chunk?);
-        }
-        Ok::<_, std::io::Error>(hasher.finish())
-    })
-    .await;
-    match hashed {
-        Ok(Ok(bh)) => Some(bh),
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot read the body to sign it; its copies go unsigned");
-            None
-        }
-        Err(e) => {
-            error!(error = %e, "the body hash task failed");
-            None
-        }
-    }
-}
-
 /// Send the copies of `txns`, at most `sends_per_pass` at once: a copy is built when a send
 /// ends, never ahead of the connections that will carry it.
 async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]) -> Vec<Attempted> {
@@ -358,9 +235,14 @@ async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]
         while sends.len() < ctx.config.sends_per_pass {
             let Some(&t) = waiting.next() else { break };
             let pending = state.pending_in(&meta.plan, t);
-            let copy = message.copy(t);
+            let unsigned = message.copy(t);
             let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
             sends.spawn(async move {
+                // A signature costs a millisecond of CPU: made off the async threads.
+                let copy = match unsigned.signs() {
+                    true => tokio::task::spawn_blocking(move || unsigned.finish()).await.expect("signing a copy"),
+                    false => unsigned.finish(),
+                };
                 let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
                 let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
                 (t, pending, outcomes)
