@@ -5,8 +5,13 @@
 //! (`VmHWM`), which is the figure to watch: it must follow the connections, not the
 //! recipients.
 //!
-//! Run: `cargo bench --bench explode` (or `-- 30000` for one recipient count);
-//! `BCCGUARD_BIN=path` measures another build of the relay.
+//! With `rsa` or `ed25519` among the arguments, each count runs again with a DKIM key of
+//! that kind for the From domain: every copy is signed (the test key of
+//! `tests/fixtures/dkim`), and the body hash is computed once for the message.
+//!
+//! Run: `cargo bench --bench explode` (or `-- 30000` for one recipient count, `-- 30000 none
+//! rsa` for it without and with signing); `BCCGUARD_BIN=path` measures another build of the
+//! relay.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,14 +25,33 @@ const CONNECTIONS: usize = 16;
 
 #[tokio::main]
 async fn main() {
-    let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let counts: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() { vec![30_000, 100_000] } else { counts };
+    let keys: Vec<&str> =
+        args.iter().map(String::as_str).filter(|a| matches!(*a, "none" | "rsa" | "ed25519")).collect();
+    let keys = if keys.is_empty() { vec!["none"] } else { keys };
     for n in counts {
-        run(n).await;
+        for key in &keys {
+            run(n, key).await;
+        }
     }
 }
 
-async fn run(recipients: usize) {
+/// `[[dkim.keys]]` for example.com with the test key `key`, or nothing for `none`.
+fn dkim_keys(key: &str) -> String {
+    let algorithm = match key {
+        "rsa" => "rsa-sha256",
+        "ed25519" => "ed25519-sha256",
+        _ => return String::new(),
+    };
+    let file = format!("{}/tests/fixtures/dkim/{key}.pem", env!("CARGO_MANIFEST_DIR"));
+    format!(
+        "[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"bench\"\nkey_file = \"{file}\"\nalgorithm = \"{algorithm}\"\n"
+    )
+}
+
+async fn run(recipients: usize, key: &str) {
     let work = tempfile::tempdir().expect("temporary directory");
     let received = Arc::new(AtomicUsize::new(0));
     let sink = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
@@ -41,8 +65,9 @@ async fn run(recipients: usize) {
             "[server]\nlisten = [\"127.0.0.1:{relay_port}\"]\nmax_recipients = {recipients}\n\
              [spool]\ndir = \"{spool}\"\n\
              [upstream]\nhost = \"127.0.0.1\"\nport = {sink_port}\ntls = \"none\"\nmax_connections = {CONNECTIONS}\n\
-             [policy]\ninternal_domains = [\"example.com\"]\n[log]\nlevel = \"error\"\n",
-            spool = work.path().join("spool").display()
+             [policy]\ninternal_domains = [\"example.com\"]\n[log]\nlevel = \"error\"\n{keys}",
+            spool = work.path().join("spool").display(),
+            keys = dkim_keys(key),
         ),
     )
     .expect("write the config");
@@ -68,7 +93,7 @@ async fn run(recipients: usize) {
     let elapsed = started.elapsed();
     let peak = peak_rss_kib(relay.0.id());
     println!(
-        "{recipients} recipients, {} KiB message, {CONNECTIONS} connections: accepted in {:.2} s, \
+        "{recipients} recipients, {} KiB message, {CONNECTIONS} connections, DKIM {key}: accepted in {:.2} s, \
          every copy at the sink in {:.1} s ({:.0} copies/s); relay peak RSS {:.1} MiB \
          ({:.1} MiB when the message was accepted)",
         message.len() / 1024,

@@ -116,3 +116,43 @@ pub(super) fn validate(c: &DkimConfig, errors: &mut Vec<ConfigError>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn errors(toml: &str) -> Vec<String> {
+        match load_str(Some(toml), &[]) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_bad_key_is_an_error_naming_its_key_path_and_file() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let toml = format!(
+            "[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"{dir}/tests/fixtures/dkim/rsa.pem\"\n\
+             [[dkim.keys]]\ndomain = \"example\"\nselector = \"bad selector\"\nkey_file = \"{dir}/nope.pem\"\n\
+             [[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s\"\nkey_file = \"{dir}/tests/fixtures/dkim/rsa.pem\"\n\
+             algorithm = \"ed25519-sha256\"\n[dkim]\nheaders = [\"To\", \"Sub:ject\"]\n"
+        );
+        let errors = errors(&toml);
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(errors[0].starts_with("dkim.keys[1].domain: \"example\" is not a domain name"), "{errors:#?}");
+        assert!(errors[1].starts_with("dkim.keys[1].selector:"), "{errors:#?}");
+        assert!(errors[2].starts_with(&format!("dkim.keys[1].key_file: cannot read {dir}/nope.pem")), "{errors:#?}");
+        let want =
+            format!("dkim.keys[2].key_file: {dir}/tests/fixtures/dkim/rsa.pem is not a usable ed25519-sha256 key");
+        assert!(errors[3].starts_with(&want), "{errors:#?}");
+        assert_eq!(errors[4], "dkim.headers: must include From (RFC 6376 §5.4)");
+        assert!(errors[5].starts_with("dkim.headers[1]:"), "{errors:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_refused() {
+        assert!(load_str(Some("[dkim]\nunsigned = \"drop\"\n"), &[]).is_err());
+        assert!(load_str(Some("[dkim]\nkeyz = []\n"), &[]).is_err());
+        assert!(errors("[dkim]\nunsigned = \"hold\"\nsign_all = true\n").is_empty());
+    }
+}
