@@ -80,6 +80,8 @@ impl MessageDecided<'_> {
             monitor = d.monitor,
             transactions = self.transactions,
             reason = %d,
+            dkim = d.dkim.summary(),
+            attendees = d.attendees,
             "{outcome}"
         );
     }

@@ -69,7 +69,7 @@ fn header_count(message: &[u8], name: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_copies_signed_by_dkimpy_verify_after_re_signing_and_the_original_keeps_its_signature() {
     let headers = "from:to:subject:date:message-id";
     let Some(original) = sign_dkimpy(ORIGINAL.as_bytes(), "rsa-pkcs1", "orig", "example.com", headers) else {
@@ -77,8 +77,13 @@ async fn rsa_copies_signed_by_dkimpy_verify_after_re_signing_and_the_original_ke
     };
     let records = [publish("rsa-pkcs1", "orig", "example.com"), publish("rsa", "relay", "example.com")];
     assert_eq!(verify(&original, &records).await, [("example.com".to_string(), true)], "the original verifies");
-    let relay = TestRelay::start(&config(&key("example.com", "relay", "rsa", "rsa-sha256"), "")).await;
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let relay = TestRelay::start(&config(&key("example.com", "relay", "rsa", "rsa-sha256"), metrics)).await;
     deliver(&relay, &original).await;
+    let (_, text) = common::http_get(relay.metrics.unwrap(), "/metrics");
+    // Metrics are per process, and the tests of this file run in it together: at least.
+    assert!(common::sample(&text, "bccguard_dkim_resigned_copies_total") >= 3.0, "{text}");
+    assert!(common::sample(&text, "bccguard_dkim_renamed_signatures_total") >= 3.0, "{text}");
     for rcpt in &RCPTS[..3] {
         let copy = delivered(&relay, rcpt);
         let text = String::from_utf8_lossy(&copy);

@@ -145,6 +145,19 @@ impl Report {
         Report { dkim, key, held }
     }
 
+    /// The log field: `none`, `signed_by_original`, and what happens to rewritten copies
+    /// (`resigned`, `unsigned` when no key aligns: they go with the signatures renamed, or
+    /// `held`).
+    pub fn summary(&self) -> &'static str {
+        match (self.dkim, self.key.is_some(), self.held) {
+            (_, _, true) => "signed_by_original, held: no key aligns",
+            (Origin::SignedByOriginal, true, _) => "signed_by_original, copies resigned",
+            (Origin::SignedByOriginal, false, _) => "signed_by_original, copies unsigned: no key aligns",
+            (Origin::None, true, _) => "none, copies signed",
+            (Origin::None, false, _) => "none",
+        }
+    }
+
     /// Whether a copy (rewritten or not) is signed by bccguard.
     pub fn resigns(&self, rewritten: bool, sign_all: bool) -> bool {
         self.key.is_some() && (rewritten || sign_all)
