@@ -13,7 +13,7 @@ use tracing::{error, warn};
 
 use super::Copy;
 use super::pass::now_ms;
-use crate::dkim::{self, Signer};
+use crate::dkim::{self, HeaderIndex, Signer};
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
 use crate::rewrite;
@@ -33,6 +33,8 @@ pub(super) struct Message<'a> {
     pub body_hash: Option<&'a Arc<[u8]>>,
     /// The encoded bytes of each calendar part the plan rewrites, read once per pass.
     pub calendars: &'a [Bytes],
+    /// The original's header block, split once per pass, for DKIM to compare copies with.
+    pub original: &'a Arc<HeaderIndex>,
 }
 
 /// A copy before DKIM.
@@ -41,7 +43,7 @@ pub(super) struct Unsigned {
     body: Content,
     eight_bit: bool,
     /// The original's header block.
-    original: Bytes,
+    original: Arc<HeaderIndex>,
     head_changed: bool,
     own_body: bool,
     signer: Arc<Signer>,
@@ -58,7 +60,7 @@ impl Message<'_> {
             head,
             body,
             eight_bit: self.eight_bit,
-            original: self.head.slice(..self.headers.body_start),
+            original: self.original.clone(),
             head_changed: !rewrite::unchanged(self.headers, txn),
             own_body,
             signer: self.signer.clone(),

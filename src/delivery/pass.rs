@@ -129,9 +129,11 @@ async fn deliver(
             None => return PassEnd::Later(now_ms() + SPOOL_TROUBLE_WAIT),
         },
     };
+    let original = Arc::new(crate::dkim::HeaderIndex::new(head.slice(..headers.body_start)));
     for (n, chunk) in chunks.iter().enumerate() {
-        let (content, calendars, body_hash) = (&content, &calendars[..], body_hash.as_ref());
+        let (content, calendars, body_hash, original) = (&content, &calendars[..], body_hash.as_ref(), &original);
         let message = Message {
+            original,
             meta: &meta,
             head: &head,
             content,

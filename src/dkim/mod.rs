@@ -23,7 +23,7 @@ use crate::config::{Action, DkimConfig, KeyAlgorithm, Unsigned};
 use crate::message::address;
 use crate::message::parse::{addresses_in_text, header_bounds, split_fields};
 pub use key::KeyError;
-pub use original::{OriginalSignature, signatures};
+pub use original::{HeaderIndex, OriginalSignature, signatures};
 pub use sign::{BodyHasher, body_hash};
 
 /// Why a copy could not be signed.
@@ -191,7 +191,7 @@ pub struct Signed {
 #[derive(Clone, Copy, Debug)]
 pub struct Change<'a> {
     /// The original's header block.
-    pub original: &'a [u8],
+    pub original: &'a HeaderIndex,
     /// Whether the header block was rewritten.
     pub head: bool,
     /// Whether the body differs (a rewritten calendar part).
@@ -208,10 +208,14 @@ impl Signer {
         if !changed && !self.sign_all {
             return unchanged;
         }
-        let broken: Vec<OriginalSignature> = if changed {
-            signatures(&copy).into_iter().filter(|s| change.body || s.broken_by(change.original, &copy)).collect()
-        } else {
-            Vec::new()
+        let sigs = if changed { signatures(&copy) } else { Vec::new() };
+        let broken: Vec<OriginalSignature> = match (sigs.is_empty(), change.body) {
+            (true, _) => Vec::new(),
+            (false, true) => sigs,
+            (false, false) => {
+                let index = HeaderIndex::new(copy.clone());
+                sigs.into_iter().filter(|s| s.broken_by(change.original, &index)).collect()
+            }
         };
         let head = if broken.is_empty() { copy.clone() } else { Bytes::from(original::rename(&copy, &broken)) };
         let signed = match (self.key_for(&head), body_hash) {

@@ -4,6 +4,8 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
+
 use crate::message::parse::{header_bounds, split_fields};
 
 /// The name a broken signature takes in a copy.
@@ -42,25 +44,44 @@ fn signed_names(value: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Every instance of field `name` in header block `head` (raw bytes, top to bottom).
-fn instances<'a>(head: &'a [u8], name: &str) -> Vec<&'a [u8]> {
-    let (end, _) = header_bounds(head);
-    split_fields(&head[..end])
-        .into_iter()
-        .filter(|f| f.name.as_ref().is_some_and(|n| head[n.clone()].trim_ascii().eq_ignore_ascii_case(name.as_bytes())))
-        .map(|f| &head[f.range])
-        .collect()
+/// A header block's fields by name, split once: the original's is built once per delivery
+/// pass and compared with every copy's.
+#[derive(Debug)]
+pub struct HeaderIndex {
+    bytes: Bytes,
+    /// Each field's lowercase name and its bytes (name through line end).
+    fields: Vec<(String, Range<usize>)>,
+}
+
+impl HeaderIndex {
+    /// The index of header block `bytes`.
+    pub fn new(bytes: Bytes) -> HeaderIndex {
+        let (end, _) = header_bounds(&bytes);
+        let fields = split_fields(&bytes[..end])
+            .into_iter()
+            .filter_map(|f| {
+                let name = String::from_utf8_lossy(bytes[f.name?].trim_ascii()).to_ascii_lowercase();
+                Some((name, f.range))
+            })
+            .collect();
+        HeaderIndex { bytes, fields }
+    }
+
+    /// Every instance of field `name` (lowercase), raw bytes, top to bottom.
+    fn instances<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields.iter().filter(move |(n, _)| n == name).map(|(_, r)| &self.bytes[r.clone()])
+    }
 }
 
 impl OriginalSignature {
     /// Whether `copy` changed, added or removed an instance of a field this signature
     /// signed, compared with `original` (a verifier takes instances bottom-up, so any
     /// difference in the list can break it).
-    pub fn broken_by(&self, original: &[u8], copy: &[u8]) -> bool {
+    pub fn broken_by(&self, original: &HeaderIndex, copy: &HeaderIndex) -> bool {
         let mut names: Vec<&str> = self.signed.iter().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
-        names.iter().any(|n| instances(original, n) != instances(copy, n))
+        names.iter().any(|n| !original.instances(n).eq(copy.instances(n)))
     }
 }
 
