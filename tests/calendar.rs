@@ -213,3 +213,23 @@ async fn three_external_addresses_in_mail_followup_to_are_a_leak_and_each_copy_k
     );
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_invite_released_as_undisclose_is_exploded_with_its_calendar_rewritten() {
+    let (relay, upstream) = relay_and_upstream("action = \"hold\"\n").await;
+    let invite = fixture("calendar/thunderbird-8bit.eml");
+    let reply = relay.send("dana@example.com", &["ann@customer-a.test", "bob@customer-b.test"], &invite).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let id = reply.rsplit(' ').next().unwrap().to_string();
+    let (code, out) = common::queue_cli(&relay, &["release", &id, "--as", "undisclose"]);
+    assert_eq!(code, 0, "{out}");
+    eventually("both copies delivered", || upstream.deliveries().len() == 2).await;
+    for (rcpt, other) in
+        [("ann@customer-a.test", "bob@customer-b.test"), ("bob@customer-b.test", "ann@customer-a.test")]
+    {
+        let copy = String::from_utf8(delivered(&upstream, rcpt)).unwrap();
+        assert!(copy.contains(&format!("\r\nTo: {rcpt}\r\n")), "{copy}");
+        assert!(!copy.contains(other), "{copy}");
+    }
+    relay.stop().await.unwrap();
+}
