@@ -169,3 +169,76 @@ async fn sign_all_signs_a_message_that_was_not_rewritten() {
     assert_eq!(verify(&copy, &records).await, [("example.com".to_string(), true)]);
     relay.stop().await.unwrap();
 }
+
+/// The relay binary's configuration: directory upstream, spool, and `keys`.
+fn binary_config(dir: &std::path::Path, port: u16, keys: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[spool]\ndir = {:?}\n[upstream]\ndirectory = {:?}\n{}",
+        dir.join("spool"),
+        dir.join("outbox"),
+        config(keys, "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_keys_again_and_keeps_them_when_the_new_file_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = dir.path().join("bccguard.toml");
+    std::fs::write(&path, binary_config(dir.path(), port, &key("example.com", "one", "ed25519", "ed25519-sha256")))
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    common::eventually("the relay listens", || std::net::TcpStream::connect(addr).is_ok()).await;
+    let outbox = dir.path().join("outbox");
+    let selectors = || -> Vec<String> {
+        files_in(&outbox)
+            .iter()
+            .filter_map(|(_, b)| String::from_utf8_lossy(b).split("; s=").nth(1).map(|s| s[..3].to_string()))
+            .collect()
+    };
+    let hup = |child: &std::process::Child| {
+        std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    };
+    let deliver = |n: usize| {
+        let outbox = outbox.clone();
+        async move {
+            let mut c = common::RawClient::connect(addr, None).await;
+            c.reply().await;
+            c.cmd("EHLO t").await;
+            let reply = c.transaction("shop@example.com", &RCPTS[..2], ORIGINAL.as_bytes()).await;
+            assert!(reply.starts_with("250 "), "{reply}");
+            common::eventually("copies", || files_in(&outbox).len() >= n).await;
+        }
+    };
+    deliver(2).await;
+    assert_eq!(selectors(), ["one", "one"]);
+    std::fs::write(&path, binary_config(dir.path(), port, &key("example.com", "two", "rsa", "rsa-sha256"))).unwrap();
+    hup(&child);
+    let log_text = || std::fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
+    common::eventually("the reload", || log_text().contains("configuration reloaded")).await;
+    deliver(4).await;
+    let mut seen = selectors();
+    seen.sort();
+    assert_eq!(seen, ["one", "one", "two", "two"]);
+    // A key file that is not a key: the file is refused, the running keys stay.
+    std::fs::write(dir.path().join("broken.pem"), "not a key").unwrap();
+    let broken = format!(
+        "[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"bad\"\nkey_file = {:?}\n",
+        dir.path().join("broken.pem")
+    );
+    std::fs::write(&path, binary_config(dir.path(), port, &broken)).unwrap();
+    hup(&child);
+    common::eventually("the refusal", || log_text().contains("dkim.keys[0].key_file")).await;
+    deliver(6).await;
+    assert_eq!(selectors().iter().filter(|s| *s == "two").count(), 4, "{:?}", selectors());
+    let _ = child.kill();
+    let _ = child.wait();
+}
