@@ -233,3 +233,54 @@ async fn a_held_invite_released_as_undisclose_is_exploded_with_its_calendar_rewr
     }
     relay.stop().await.unwrap();
 }
+
+/// `bccguard check` with `toml` as its configuration: (exit code, stdout).
+fn check(toml: &str, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn check_shows_the_attendees_the_calendar_copies_and_dkim() {
+    let fifty = format!("{}/tests/fixtures/calendar/fifty-attendees.eml", env!("CARGO_MANIFEST_DIR"));
+    let (code, out) = check(POLICY, &[&fifty]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("  exposure      50 external (at most 1 allowed)\n"), "{out}");
+    assert!(out.contains("  attendees     50 external (calendar invite)\n"), "{out}");
+    assert!(out.contains("  recipients    50 (the visible addresses; use --rcpt to set)\n"), "{out}");
+    assert_eq!(out.matches("explode + calendar").count(), 50, "{out}");
+    assert!(!out.contains("  dkim "), "an unsigned message with no key: nothing to say");
+
+    let dir = tempfile::tempdir().unwrap();
+    let signed = dir.path().join("signed.eml");
+    let headers = ["From", "To", "Subject"];
+    std::fs::write(
+        &signed,
+        dkim_support::sign_mail_auth(&fixture("calendar/thunderbird-8bit.eml"), "rsa", "o", "example.com", &headers),
+    )
+    .unwrap();
+    let key = dkim_support::key_path("rsa");
+    let keys = format!("[[dkim.keys]]\ndomain = \"example.com\"\nselector = \"relay\"\nkey_file = {key:?}\n");
+    let (_, out) = check(&format!("{POLICY}{keys}"), &["--json", signed.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["dkim"]["dkim"], "signed_by_original", "{out}");
+    assert_eq!(json["dkim"]["key"], "d=example.com s=relay", "{out}");
+    let resigned: Vec<_> =
+        json["transactions"].as_array().unwrap().iter().map(|t| t["resigned"].as_bool().unwrap()).collect();
+    assert_eq!(resigned, [false, true, true, true], "the internal original is not re-signed: {out}");
+    let (_, out) = check(&format!("{POLICY}{keys}"), &[signed.to_str().unwrap()]);
+    assert!(
+        out.contains("  dkim          signed_by_original; rewritten copies re-signed with d=example.com s=relay\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("re-signed\n").count(), 3, "{out}");
+}

@@ -28,7 +28,8 @@ pub struct CheckArgs {
     /// Envelope sender (informational).
     #[arg(long, value_name = "ADDR")]
     from: Option<String>,
-    /// Envelope recipient; repeat for more [default: every address visible in the headers].
+    /// Envelope recipient; repeat for more [default: every address visible in the headers,
+    /// and every calendar ATTENDEE].
     #[arg(long = "rcpt", value_name = "ADDR")]
     rcpts: Vec<String>,
     /// Print JSON instead of a table.
@@ -135,7 +136,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     Ok((report, leak))
 }
 
-/// The envelope: the given recipients, or every distinct visible address.
+/// The envelope: the given recipients, or every distinct visible address and attendee.
 fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Vec<String>, bool), String> {
     if !rcpts.is_empty() {
         let canonical = rcpts
@@ -145,8 +146,9 @@ fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Vec<String>, bool), 
         return Ok((canonical, false));
     }
     let mut seen = HashSet::new();
-    let visible =
-        headers.visible().filter(|m| seen.insert(address::key(&m.address))).map(|m| m.address.clone()).collect();
+    // An invite goes to its attendees: they are part of the envelope a mailer would use.
+    let shown = headers.visible().chain(&headers.attendees);
+    let visible = shown.filter(|m| seen.insert(address::key(&m.address))).map(|m| m.address.clone()).collect();
     Ok((visible, true))
 }
 
