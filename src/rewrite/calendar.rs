@@ -93,6 +93,10 @@ pub fn fold(line: &[u8], out: &mut Vec<u8>) {
         while cut < rest.len() && cut > 0 && (rest[cut] & 0xC0) == 0x80 {
             cut -= 1;
         }
+        if cut == 0 {
+            // Not UTF-8 (nothing but continuation bytes): cut at the width all the same.
+            cut = rest.len().min(width);
+        }
         out.extend_from_slice(&rest[..cut]);
         out.extend_from_slice(b"\r\n");
         rest = &rest[cut..];
@@ -184,5 +188,20 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.split("\r\n").all(|l| l.len() <= FOLD_AT), "{text}");
         assert_eq!(text.replace("\r\n ", ""), format!("{line}\r\n"));
+    }
+
+    #[test]
+    fn a_line_of_bytes_that_are_not_utf8_is_folded_too() {
+        // Found by the fuzzer: 80 continuation bytes made the fold loop forever.
+        let mut line = b"X:".to_vec();
+        line.extend_from_slice(&[0x80; 160]);
+        let mut out = Vec::new();
+        fold(&line, &mut out);
+        assert!(out.split(|&b| b == b'\n').all(|l| l.len() <= FOLD_AT + 1));
+        let mut unfolded = line.clone();
+        unfolded.extend_from_slice(b"\r\n");
+        let joined: Vec<u8> =
+            out.split(|&b| b == b'\n').map(|l| l.strip_prefix(b" ").unwrap_or(l)).collect::<Vec<_>>().join(&b'\n');
+        assert_eq!(joined.iter().filter(|&&b| b != b'\r' && b != b'\n').count(), line.len());
     }
 }
