@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod addresses;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -92,7 +92,7 @@ async fn queue_dsn(ctx: &Ctx, meta: &Meta, head: &[u8]) -> std::io::Result<Queue
     let failures: Vec<dsn::Failure> = meta
         .recipients
         .iter()
-        .map(|r| dsn::Failure { recipient: r.clone(), reply: Answer::Reply(reply.clone()), expired: false })
+        .map(|r| dsn::Failure { recipient: r.to_string(), reply: Answer::Reply(reply.clone()), expired: false })
         .collect();
     let report = dsn::Report {
         hostname: &ctx.config.hostname,

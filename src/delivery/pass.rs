@@ -234,7 +234,7 @@ async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]
             let copy = message.copy(t);
             let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
             sends.spawn(async move {
-                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
+                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, &meta.recipients[i])).collect();
                 let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
                 (t, pending, outcomes)
             });
@@ -331,7 +331,7 @@ pub(super) fn dsn_meta(id: QueueId, to: &str) -> Meta {
         received_at: now_ms(),
         client: "local".into(),
         sender: String::new(),
-        recipients: vec![to.to_string()],
+        recipients: [to].into_iter().collect(),
         decision: DecisionSummary::default(),
         plan: Plan {
             transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],

@@ -138,7 +138,7 @@ impl SpoolPaths {
         Ok(Some(HeldMessage {
             summary: summary(&meta, &head, max_age),
             header: String::from_utf8_lossy(&head[..headers.header_end.min(head.len())]).into_owned(),
-            recipients: meta.recipients.clone(),
+            recipients: meta.recipients.iter().map(str::to_string).collect(),
             decision,
             signals: Vec::new(),
             plans,

@@ -377,6 +377,14 @@ fn read_envelope(reader: &mut impl BufRead) -> io::Result<(Meta, u64)> {
         };
         (meta, values.byte_offset() as u64)
     };
+    // The lists grew by doubling as they were read: give back the slack (for 100,000
+    // recipients, 31,072 unused slots of each) before the delivery state is built beside them.
+    let meta = {
+        let mut meta = meta;
+        meta.recipients.shrink_to_fit();
+        meta.plan.transactions.shrink_to_fit();
+        meta
+    };
     // An object ends at its `}`: the newline must come next.
     let mut newline = [0u8];
     match reader.read(&mut newline)? {
@@ -615,7 +623,7 @@ mod journal_tests {
             received_at: 1,
             client: "127.0.0.1".into(),
             sender: "s@x.test".into(),
-            recipients: vec!["a@x.test".into()],
+            recipients: ["a@x.test"].iter().collect(),
             decision: DecisionSummary::default(),
             plan: crate::plan::Plan::default(),
             dsn: false,

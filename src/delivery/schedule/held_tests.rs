@@ -76,7 +76,7 @@ fn held_meta() -> Meta {
         received_at: T0,
         client: "127.0.0.1".into(),
         sender: "shop@example.com".into(),
-        recipients: vec!["a@x.test".into(), "b@y.test".into()],
+        recipients: ["a@x.test", "b@y.test"].iter().collect(),
         decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2 },
         plan: Plan::default(),
         dsn: false,
