@@ -25,7 +25,7 @@ use crate::message::decide::Policy;
 use crate::queue_id::QueueId;
 use crate::shutdown::Shutdown;
 use crate::spool::record::Record;
-use crate::spool::{Spool, SpoolPaths};
+use crate::spool::{Opened, Spool, SpoolPaths};
 
 /// Wait before a message whose pass panicked is tried again.
 const PANIC_WAIT: i64 = 60_000;
@@ -34,6 +34,10 @@ const PANIC_WAIT: i64 = 60_000;
 #[derive(Debug, thiserror::Error)]
 #[error("the delivery manager is not running")]
 pub struct ManagerStopped;
+
+/// Bytes of just-stored messages the manager keeps for their first pass (see
+/// [`Deliverer::submit_opened`]).
+pub const PRELOADED_BYTES: usize = 8 << 20;
 
 /// Wait before an expiry that could not read or write the spool is tried again.
 const EXPIRY_TROUBLE_WAIT: i64 = 60_000;
@@ -47,6 +51,7 @@ pub(super) type HoldReply = oneshot::Sender<Result<HoldOutcome, HoldError>>;
 /// What the manager is asked to do.
 pub(super) enum Command {
     Submit(QueueId),
+    SubmitOpened(Box<Opened>),
     Hold(QueueId, i64),
     Retry(Option<QueueId>, oneshot::Sender<usize>),
     Delete(QueueId, oneshot::Sender<bool>),
@@ -71,6 +76,14 @@ impl Deliverer {
     pub fn submit(&self, id: QueueId) {
         // After shutdown began the message simply stays spooled for the next start.
         let _ = self.tx.send(Command::Submit(id));
+    }
+
+    /// Deliver a message that is already durably spooled, handing over what was stored (see
+    /// [`Opened::fresh`]): its first pass then reads nothing back from the spool. The manager
+    /// keeps at most [`PRELOADED_BYTES`] of such messages; beyond that, or for a later pass,
+    /// the spool is read as for [`Deliverer::submit`].
+    pub fn submit_opened(&self, opened: Opened) {
+        let _ = self.tx.send(Command::SubmitOpened(Box::new(opened)));
     }
 
     /// Try one message (or all) now, whatever their schedule; returns how many.
@@ -118,6 +131,7 @@ pub fn start(
         policy,
         schedule,
         unwritten: HashMap::new(),
+        preloaded: (HashMap::new(), 0),
         done_tx,
         tracker: tracker.clone(),
         hard: shutdown.hard.clone(),
@@ -132,6 +146,8 @@ struct Manager {
     schedule: Schedule,
     /// Journal records not yet on disk, per message (see `super::journal`).
     unwritten: HashMap<QueueId, Vec<Record>>,
+    /// Just-stored messages waiting for their first pass, and their bytes in all.
+    preloaded: (HashMap<QueueId, Box<Opened>>, usize),
     done_tx: mpsc::UnboundedSender<Done>,
     tracker: TaskTracker,
     hard: tokio_util::sync::CancellationToken,
@@ -228,14 +244,22 @@ impl Manager {
     }
 
     /// Run a pass over `id` on the tracker; its end comes back through `done`.
+    /// A just-stored message's bytes, if the manager still keeps them.
+    fn take_preloaded(&mut self, id: &QueueId) -> Option<Box<Opened>> {
+        let opened = self.preloaded.0.remove(id)?;
+        self.preloaded.1 -= opened.memory();
+        Some(opened)
+    }
+
     fn start_pass(&mut self, id: QueueId, force: bool) {
         let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
         let mut unwritten = self.unwritten.remove(&id).unwrap_or_default();
+        let preloaded = self.take_preloaded(&id);
         self.tracker.spawn(async move {
             let pass = {
                 let id = id.clone();
                 tokio::spawn(async move {
-                    let ended = pass::run(&ctx, &id, force, &mut unwritten).await;
+                    let ended = pass::run(&ctx, &id, force, &mut unwritten, preloaded).await;
                     (ended, unwritten)
                 })
             };
@@ -275,6 +299,14 @@ impl Manager {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Submit(id) => self.schedule.submit(id),
+            Command::SubmitOpened(opened) => {
+                let (id, size) = (opened.meta.id.clone(), opened.memory());
+                if self.preloaded.1 + size <= PRELOADED_BYTES {
+                    self.preloaded.1 += size;
+                    self.preloaded.0.insert(id.clone(), opened);
+                }
+                self.schedule.submit(id);
+            }
             Command::Hold(id, received_at) => self.schedule.hold(id, self.ctx.config.hold_expires(received_at)),
             Command::HeldIds(reply) => {
                 let _ = reply.send(self.schedule.held());
@@ -289,6 +321,7 @@ impl Manager {
                 let _ = reply.send(self.schedule.retry(which.as_ref()));
             }
             Command::Delete(id, reply) => {
+                self.take_preloaded(&id);
                 if self.schedule.is_held(&id) {
                     // Through the held path, so that it is logged and counted as such.
                     let found = match self.delete_held(id.clone()).await {

@@ -331,6 +331,33 @@ pub struct Opened {
     pub journal_cut: u64,
 }
 
+impl Opened {
+    /// A message just stored, as [`SpoolPaths::open`] would read it back: its bytes (after
+    /// the envelope line) are `bytes`, and nothing has happened to it yet. The relay hands
+    /// this to delivery for small messages, so their first pass reads nothing back.
+    pub fn fresh(meta: Meta, bytes: Bytes) -> Opened {
+        let state = State::new(&meta);
+        let eight_bit = !bytes.is_ascii();
+        Opened {
+            meta,
+            state,
+            head: bytes.clone(),
+            content: Content::Memory(bytes),
+            eight_bit,
+            journaled: false,
+            journal_cut: 0,
+        }
+    }
+
+    /// Bytes held in memory.
+    pub fn memory(&self) -> usize {
+        match &self.content {
+            Content::Memory(b) => b.len(),
+            Content::File { .. } => self.head.len(),
+        }
+    }
+}
+
 /// Why a message could not be opened for delivery.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -507,6 +534,7 @@ impl Spool {
         let queue = self.paths.queue();
         let target = queue.join(format!("{}.msg", meta.id));
         let temp = queue.join(format!(".{}.msg.tmp", meta.id));
+        let sync = self.sync.clone();
         let meta = tokio::task::spawn_blocking(move || {
             crate::durable::write_synced_with(&temp, &target, |file| {
                 let mut out = io::BufWriter::with_capacity(64 * 1024, &mut *file);
@@ -525,7 +553,7 @@ impl Spool {
         })
         .await
         .map_err(io::Error::other)??;
-        self.sync.sync().await?;
+        sync.sync().await?;
         Ok(meta)
     }
 
