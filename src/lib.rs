@@ -189,6 +189,13 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     );
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
+    // A person deleting a held message is a rejection after the 250: its sender (and the
+    // admins) are told it will not be delivered.
+    let told = notifier.clone();
+    deliverer.on_held_deleted(Box::new(move |meta, head| {
+        let event = notify::Event::about(notify::EventKind::Rejected { after_accept: true }, meta);
+        told.event(event.with_subject_of(head));
+    }));
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());

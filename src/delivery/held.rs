@@ -59,7 +59,7 @@ pub(super) async fn release(
 }
 
 /// Delete held message `id`.
-pub(super) async fn delete(ctx: &Ctx, id: &QueueId) -> Result<Result<Meta, HoldOutcome>, HoldError> {
+pub(super) async fn delete(ctx: &Ctx, id: &QueueId) -> Result<Result<(Meta, Bytes), HoldOutcome>, HoldError> {
     let (paths, id) = (ctx.spool.paths().clone(), id.clone());
     blocking(move || paths.delete_held_blocking(&id)).await
 }

@@ -6,10 +6,11 @@
 //! [`super::held`]) and their expiry.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -24,7 +25,7 @@ use crate::hold::{HoldError, HoldOutcome, ReleaseAs};
 use crate::message::decide::Policy;
 use crate::queue_id::QueueId;
 use crate::shutdown::Shutdown;
-use crate::spool::record::Record;
+use crate::spool::record::{Meta, Record};
 use crate::spool::{Opened, Spool, SpoolPaths};
 
 /// Wait before a message whose pass panicked is tried again.
@@ -68,7 +69,12 @@ pub struct Deliverer {
     pub(super) paths: SpoolPaths,
     pub(super) hold_max_age: i64,
     pub(super) policy: Arc<ArcSwap<Policy>>,
+    pub(super) on_held_deleted: Arc<OnceLock<HeldDeletedHook>>,
 }
+
+/// What the relay does when a person deletes a held message: the message's envelope and
+/// header block, just before they are gone (see [`Deliverer::on_held_deleted`]).
+pub type HeldDeletedHook = Box<dyn Fn(&Meta, &Bytes) + Send + Sync>;
 
 impl Deliverer {
     /// Deliver a message that is already durably spooled. Only its id is queued: its pass
@@ -76,6 +82,12 @@ impl Deliverer {
     pub fn submit(&self, id: QueueId) {
         // After shutdown began the message simply stays spooled for the next start.
         let _ = self.tx.send(Command::Submit(id));
+    }
+
+    /// Call `hook` for each held message a person deletes from now on (set once; the relay
+    /// sends the sender and the admins a notice that it will not be delivered).
+    pub fn on_held_deleted(&self, hook: HeldDeletedHook) {
+        let _ = self.on_held_deleted.set(hook);
     }
 
     /// Deliver a message that is already durably spooled, handing over what was stored (see
@@ -122,7 +134,13 @@ pub fn start(
 ) -> Deliverer {
     let (tx, rx) = mpsc::unbounded_channel();
     let hold_max_age = config.hold_max_age.as_millis() as i64;
-    let deliverer = Deliverer { tx, paths: spool.paths().clone(), hold_max_age, policy: policy.clone() };
+    let deliverer = Deliverer {
+        tx,
+        paths: spool.paths().clone(),
+        hold_max_age,
+        policy: policy.clone(),
+        on_held_deleted: Arc::default(),
+    };
     let schedule = Schedule::new(config.max_passes);
     let ctx = Arc::new(Ctx { spool, upstream, config });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -132,6 +150,7 @@ pub fn start(
         schedule,
         unwritten: HashMap::new(),
         preloaded: (HashMap::new(), 0),
+        on_held_deleted: deliverer.on_held_deleted.clone(),
         done_tx,
         tracker: tracker.clone(),
         hard: shutdown.hard.clone(),
@@ -146,6 +165,8 @@ struct Manager {
     schedule: Schedule,
     /// Journal records not yet on disk, per message (see `super::journal`).
     unwritten: HashMap<QueueId, Vec<Record>>,
+    /// Told of each held message a person deleted (the relay sends its notices).
+    on_held_deleted: Arc<OnceLock<HeldDeletedHook>>,
     /// Just-stored messages waiting for their first pass, and their bytes in all.
     preloaded: (HashMap<QueueId, Box<Opened>>, usize),
     done_tx: mpsc::UnboundedSender<Done>,
@@ -377,11 +398,14 @@ impl Manager {
             return Ok(if self.schedule.contains(&id) { HoldOutcome::NotHeld } else { HoldOutcome::NotFound });
         }
         match held::delete(&self.ctx, &id).await? {
-            Ok(meta) => {
+            Ok((meta, head)) => {
                 self.schedule.delete(&id);
                 let change = HeldChange::Deleted;
                 HeldChanged { id: &id, sender: &meta.sender, recipients: meta.recipients.len(), change }
                     .emit(self.ctx.config.redaction);
+                if let Some(hook) = self.on_held_deleted.get() {
+                    hook(&meta, &head);
+                }
                 Ok(HoldOutcome::Done)
             }
             Err(outcome) => Ok(self.not_held_on_disk(&id, outcome)),

@@ -26,7 +26,7 @@ pub mod smtp;
 use bytes::Bytes;
 
 pub use config::DeliveryConfig;
-pub use manager::{Deliverer, ManagerStopped, start};
+pub use manager::{Deliverer, HeldDeletedHook, ManagerStopped, PRELOADED_BYTES, start};
 pub use outcome::Outcome;
 pub use refusals::RelayStatus;
 
