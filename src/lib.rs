@@ -203,7 +203,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
     if let Some(status) = upstream.relay_status() {
-        health.watch_relay(status);
+        health.watch_relay(move || status.current().map(|r| r.text));
     }
     tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

@@ -1,8 +1,8 @@
 //! Prometheus metrics (process-wide, updated by the events in [`crate::events`]) and the
 //! readiness state of a running relay.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::delivery::RelayStatus;
 use crate::message::address::redact_in_text;
 
 /// Labels of `bccguard_messages_total`.
@@ -288,14 +287,28 @@ pub struct Check {
     pub failing: Option<String>,
 }
 
+/// The text of the upstream's refusal of the relay in force, if any.
+type RelayRefusal = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Readiness of one running relay: listening, the spool writable, the upstream reachable
 /// recently and not refusing the relay.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
     listening: AtomicBool,
     spool_writable: AtomicBool,
     upstream_ok_at: AtomicI64,
-    relay: OnceLock<Arc<RelayStatus>>,
+    relay: OnceLock<RelayRefusal>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("listening", &self.listening)
+            .field("spool_writable", &self.spool_writable)
+            .field("upstream_ok_at", &self.upstream_ok_at)
+            .field("watches_relay", &self.relay.get().is_some())
+            .finish()
+    }
 }
 
 impl Health {
@@ -314,9 +327,10 @@ impl Health {
         self.upstream_ok_at.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// Follow whether the upstream refuses the relay (an SMTP upstream).
-    pub fn watch_relay(&self, status: Arc<RelayStatus>) {
-        let _ = self.relay.set(status);
+    /// Follow whether the upstream refuses the relay (an SMTP upstream): `refusal` gives
+    /// the text of the refusal in force, if any.
+    pub fn watch_relay(&self, refusal: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        let _ = self.relay.set(Box::new(refusal));
     }
 
     /// Each check, and the overall verdict.
@@ -329,7 +343,7 @@ impl Health {
             check("upstream reachable", upstream),
         ];
         if let Some(relay) = self.relay.get() {
-            let failing = relay.current().map(|r| redact_in_text(&r.text));
+            let failing = relay().map(|text| redact_in_text(&text));
             checks.push(Check { name: "upstream accepts the relay", failing });
         }
         (checks.iter().all(|c| c.failing.is_none()), checks)

@@ -9,6 +9,7 @@ use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
 pub mod check;
 pub mod held;
+mod offline;
 pub mod queue;
 mod table;
 

@@ -17,10 +17,10 @@ use tracing::{error, info, warn};
 
 use super::Upstream;
 use super::config::DeliveryConfig;
+use super::events::{HeldChange, HeldChanged};
 use super::held::{self, Expiry};
 use super::pass::{self, Ctx, Ended, now_ms};
 use super::schedule::{Deleted, Next, PassEnd, Schedule};
-use crate::events::{HeldChange, HeldChanged};
 use crate::hold::{HoldError, HoldOutcome, ReleaseAs};
 use crate::message::decide::Policy;
 use crate::queue_id::QueueId;

@@ -21,10 +21,10 @@ use tracing::{error, warn};
 
 use super::config::DeliveryConfig;
 use super::dsn;
+use super::events::DeliveryAttempt;
 use super::journal::{Gone, Journal};
 use super::schedule::{self, Attempted, PassEnd};
 use super::{Copy, Upstream};
-use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
@@ -291,7 +291,7 @@ async fn bounce(
     if keeps_failures(meta) {
         // Never dropped: it stays queued as a failed bounce (see `PassEnd::Parked`).
         let reply = state.last_reply.clone().unwrap_or_default();
-        crate::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
+        super::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
         return Ok(());
     }
     let dsn = match queue_dsn(ctx, meta, message, state, &failed).await {
@@ -333,7 +333,7 @@ async fn queue_dsn(
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
     ctx.spool.store(dsn_meta(id.clone(), &meta.sender), vec![bytes]).await?;
-    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
+    super::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)
 }
