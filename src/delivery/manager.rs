@@ -448,7 +448,8 @@ impl Manager {
 
     fn remove(&self, id: &QueueId) {
         let (spool, id) = (self.ctx.spool.clone(), id.clone());
-        tokio::spawn(async move {
+        // On the tracker: stopping waits for it (it holds the spool, and so its lock).
+        self.tracker.spawn(async move {
             match spool.remove(&id).await {
                 Ok(()) => info!(queue_id = %id, "deleted from the queue"),
                 Err(e) => warn!(queue_id = %id, error = %e, "cannot delete from the spool"),
