@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
 pub mod check;
+pub mod docs;
 pub mod held;
 pub mod queue;
 mod table;
@@ -42,6 +43,19 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on standard output.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (bccguard.8 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    ManPages {
+        /// Directory to write into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `--config PATH`, shared by the subcommands that read the configuration.
