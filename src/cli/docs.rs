@@ -103,13 +103,10 @@ fn top_sections(roff: &mut Roff) {
     for (path, what) in [
         (
             "/etc/bccguard/bccguard.toml",
-            "The configuration, as installed by the Debian package (every key documented in its comments). \
-             Check it with bccguard check-config --config /etc/bccguard/bccguard.toml.",
-        ),
-        (
-            "config/bccguard.toml",
-            "Read when no --config is given and BCCGUARD_CONFIG is unset, if it exists in the current \
-             directory; otherwise the built-in defaults apply.",
+            "The configuration installed by the Debian package, every key documented in its comments. \
+             Read when no --config is given, BCCGUARD_CONFIG is unset and there is no \
+             config/bccguard.toml in the current directory (otherwise the built-in defaults apply). \
+             Check it with bccguard check-config.",
         ),
         (
             "/var/spool/bccguard",

@@ -61,7 +61,8 @@ pub enum Command {
 /// `--config PATH`, shared by the subcommands that read the configuration.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// Configuration file [default: config/bccguard.toml if it exists, else built-in defaults].
+    /// Configuration file [default: config/bccguard.toml if it exists, else
+    /// /etc/bccguard/bccguard.toml if it exists, else built-in defaults].
     #[arg(long, short, env = "BCCGUARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 }
