@@ -29,13 +29,24 @@ policy.internal_domains in the configuration file. Each subcommand has its own p
 
 /// `bccguard completions SHELL`: the completion script on `out`.
 pub fn completions(shell: Shell, out: &mut impl Write) -> u8 {
-    let mut command = Cli::command();
+    let mut command = without_hidden_subcommands(Cli::command());
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, "bccguard", &mut script);
     match out.write_all(&script) {
         Ok(()) => 0,
         Err(_) => EXIT_ERROR,
     }
+}
+
+/// `command` (the top-level `bccguard`) without its hidden subcommands, which clap_complete
+/// would offer.
+fn without_hidden_subcommands(command: clap::Command) -> clap::Command {
+    let visible: Vec<clap::Command> = command.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    let mut top = clap::Command::new("bccguard").version(env!("CARGO_PKG_VERSION")).subcommands(visible);
+    for arg in command.get_arguments() {
+        top = top.arg(arg.clone());
+    }
+    top
 }
 
 /// `bccguard man-pages DIR`: write the pages, list them on `out`.
@@ -190,6 +201,7 @@ mod tests {
             assert_eq!(completions(shell, &mut out), 0);
             let script = String::from_utf8(out).unwrap();
             assert!(script.contains("check-config") && script.contains("release"), "{shell}: {script}");
+            assert!(!script.contains("man-pages"), "{shell} offers a hidden subcommand: {script}");
         }
     }
 }
