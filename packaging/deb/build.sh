@@ -44,6 +44,12 @@ install -d -m 0755 "$stage/usr/share/bash-completion/completions" "$stage/usr/sh
 doc="$stage/usr/share/doc/bccguard"
 install -D -m 0644 "$here/copyright" "$doc/copyright"
 gzip -9n <"$root/README.md" >"$doc/README.md.gz"
+# Debian wants a changelog in every binary package: this one points at the repository's history.
+when=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)}")
+printf '%s\n' "bccguard ($version-$revision) unstable; urgency=medium" "" \
+    "  * Built from the bccguard repository with packaging/deb/build.sh; its git history is the" \
+    "    changelog." "" " -- bccguard developers <postmaster@bccguard.localdomain>  $when" |
+    gzip -9n >"$doc/changelog.Debian.gz"
 install -D -m 0644 "$root/docker/prometheus/bccguard-rules.yaml" "$doc/examples/prometheus/bccguard-rules.yaml"
 install -D -m 0644 "$root/docker/grafana/bccguard.json" "$doc/examples/grafana/bccguard.json"
 find "$stage" -type d -exec chmod 0755 {} +
