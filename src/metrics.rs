@@ -98,6 +98,8 @@ pub struct Metrics {
     pub bounces: Counter,
     /// Messages in the spool.
     pub spool_messages: Gauge,
+    /// Arrival (Unix seconds) of the oldest message waiting for delivery; 0 when none.
+    pub spool_oldest: Gauge,
     /// Time per upstream transaction attempt, in seconds.
     pub upstream_latency: Histogram,
     /// Spooled messages set aside as damaged.
@@ -141,6 +143,12 @@ impl Metrics {
         registry.register("bounces", "Delivery status notifications queued", bounces.clone());
         let spool_messages = Gauge::default();
         registry.register("spool_messages", "Messages in the spool", spool_messages.clone());
+        let spool_oldest = Gauge::default();
+        registry.register(
+            "spool_oldest_message_timestamp_seconds",
+            "Arrival time (Unix seconds) of the oldest message waiting for delivery (not held, not a failed bounce); 0 when none",
+            spool_oldest.clone(),
+        );
         let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "upstream_latency_seconds",
@@ -199,6 +207,7 @@ impl Metrics {
             deliveries,
             bounces,
             spool_messages,
+            spool_oldest,
             upstream_latency,
             spool_damaged,
             upstream_refusals,
@@ -377,6 +386,7 @@ mod tests {
             ("bccguard_deliveries", "counter"),
             ("bccguard_bounces", "counter"),
             ("bccguard_spool_messages", "gauge"),
+            ("bccguard_spool_oldest_message_timestamp_seconds", "gauge"),
             ("bccguard_spool_damaged", "counter"),
             ("bccguard_upstream_latency_seconds", "histogram"),
             ("bccguard_upstream_refusals", "counter"),

@@ -185,6 +185,7 @@ impl Manager {
         loop {
             let m = crate::metrics::metrics();
             m.spool_messages.set(self.schedule.len() as i64);
+            m.spool_oldest.set(self.schedule.oldest_waiting().and_then(QueueId::unix_secs).unwrap_or(0));
             m.hold.held.set(self.schedule.held_count() as i64);
             let (wake, expired) = self.start_due();
             if !expired.is_empty() {
