@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{ConfigArg, EXIT_ERROR};
+use crate::addresses::Addresses;
 use crate::config::Action;
 use crate::dkim::{Origin, Signer};
 use crate::message::address;
@@ -137,13 +138,13 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
 }
 
 /// The envelope: the given recipients, or every distinct visible address and attendee.
-fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Vec<String>, bool), String> {
+fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Addresses, bool), String> {
     if !rcpts.is_empty() {
         let canonical = rcpts
             .iter()
             .map(|r| address::canonical(r).ok_or_else(|| format!("--rcpt {r:?} is not an address")))
-            .collect::<Result<_, _>>()?;
-        return Ok((canonical, false));
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((canonical.into(), false));
     }
     let mut seen = HashSet::new();
     // An invite goes to its attendees: they are part of the envelope a mailer would use.
@@ -176,7 +177,7 @@ fn txn_report(
     headers: &Headers,
     plan: &Plan,
     txn: &crate::plan::Transaction,
-    rcpts: &[String],
+    rcpts: &Addresses,
 ) -> TxnReport {
     let block = rewrite::header_block(message, headers, plan, txn, rcpts);
     // The rewritten block is no larger than the original's, which parsed.
@@ -209,7 +210,7 @@ fn txn_report(
     };
     TxnReport {
         shown: [shown(FieldKind::To), shown(FieldKind::Cc)],
-        recipients: txn.recipients.iter().map(|&i| rcpts[i].clone()).collect(),
+        recipients: txn.recipients.iter().map(|&i| rcpts[i].to_string()).collect(),
         rewrite: match txn.rewrite {
             Rewrite::Original => "original",
             Rewrite::Explode { .. } => "explode",

@@ -11,6 +11,7 @@ mod encode;
 
 use bytes::Bytes;
 
+use crate::addresses::Addresses;
 use crate::message::address;
 use crate::message::parse::{FieldKind, Headers, Mailbox};
 use crate::plan::{Plan, ReplyField, Rewrite, Transaction};
@@ -30,13 +31,13 @@ struct Replacement {
 
 /// The copy for `txn`: its header block and the body, shared with every other copy. A copy
 /// that changes nothing (the original, with no Bcc field to remove) is the original's bytes.
-pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> [Bytes; 2] {
+pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &Addresses) -> [Bytes; 2] {
     [head(message, headers, plan, txn, recipients), message.slice(headers.body_start..)]
 }
 
 /// The header block of `txn`'s copy; `message` holds at least the original's header block.
 /// A copy that changes nothing shares the original's bytes.
-pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> Bytes {
+pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &Addresses) -> Bytes {
     if unchanged(headers, txn) {
         message.slice(..headers.body_start)
     } else {
@@ -58,7 +59,7 @@ pub fn header_block(
     headers: &Headers,
     plan: &Plan,
     txn: &Transaction,
-    recipients: &[String],
+    recipients: &Addresses,
 ) -> Vec<u8> {
     let replacement = replacement(plan, txn, recipients);
     let mut out = Vec::with_capacity(headers.body_start + 512);
@@ -109,9 +110,9 @@ pub fn header_block(
 }
 
 /// The one recipient of an exploded copy.
-fn own<'a>(txn: &Transaction, recipients: &'a [String]) -> Option<&'a str> {
+fn own<'a>(txn: &Transaction, recipients: &'a Addresses) -> Option<&'a str> {
     match txn.rewrite {
-        Rewrite::Explode { .. } => txn.recipients.first().map(|&i| recipients[i].as_str()),
+        Rewrite::Explode { .. } => txn.recipients.first().map(|&i| &recipients[i]),
         _ => None,
     }
 }
@@ -127,11 +128,11 @@ fn reply_field(kind: FieldKind, reply: &ReplyField, own: Option<&str>) -> String
 }
 
 /// The fields that replace To/Cc and Resent-To/Resent-Cc; `None` for the original.
-fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<Replacement> {
+fn replacement(plan: &Plan, txn: &Transaction, recipients: &Addresses) -> Option<Replacement> {
     let (to, mark) = match &txn.rewrite {
         Rewrite::Original => return None,
         Rewrite::Explode { name } => {
-            let address = recipients[txn.recipients[0]].clone();
+            let address = recipients[txn.recipients[0]].to_string();
             let mailbox = Mailbox { name: name.clone(), address };
             (encode::mailbox(&mailbox), MARK_EXPLODED)
         }

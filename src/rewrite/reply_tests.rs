@@ -14,7 +14,7 @@ fn policy(action: Action) -> Policy {
 }
 
 fn copies(message: &str, recipients: &[&str], policy: &Policy) -> (usize, Vec<String>) {
-    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    let recipients: crate::addresses::Addresses = recipients.iter().map(|r| r.to_string()).collect::<Vec<_>>().into();
     let headers = Headers::parse(message.as_bytes()).unwrap();
     let decision = decide(&headers, policy);
     let plan = Plan::build(&decision, &headers, &recipients, policy).unwrap();
