@@ -12,6 +12,7 @@ fn policy() -> Policy {
         action: Action::Explode,
         keep_internal_visible: true,
         monitor: false,
+        ..PolicyConfig::default()
     })
 }
 

@@ -67,8 +67,12 @@ impl ConfigArg {
 /// `bccguard check-config`: print the verdict, return the exit code.
 pub fn check_config(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write) -> u8 {
     match arg.load() {
-        Ok(_) => {
+        Ok(config) => {
+            let warnings = config::shadowed(&config.policy.rules);
             let _ = writeln!(out, "{}: configuration is valid", arg.source());
+            for w in &warnings {
+                let _ = writeln!(err, "  warning: {w}");
+            }
             0
         }
         Err(errors) => {

@@ -4,8 +4,10 @@
 //! every error at once, each with its key path; [`Config::validate`] adds the checks that span
 //! several keys.
 
+mod breaker;
 mod load;
 mod notify;
+mod rules;
 mod units;
 mod validate;
 
@@ -15,8 +17,10 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use breaker::{BreakerAction, BreakerConfig, BreakerKey};
 pub use load::{ConfigError, ConfigErrors, ConfigSource, DEFAULT_PATH, load, load_str};
 pub use notify::{NotifyConfig, WebhookTarget};
+pub use rules::{DEFAULT_RULE, RuleConfig, shadowed};
 pub use units::{ByteSize, Duration};
 
 /// The whole configuration file.
@@ -281,6 +285,10 @@ pub struct PolicyConfig {
     pub keep_internal_visible: bool,
     /// Decide and log, but deliver every message as `pass` would.
     pub monitor: bool,
+    /// `[[policy.rules]]`: the first rule whose conditions all hold applies (SPEC §9).
+    pub rules: Vec<RuleConfig>,
+    /// `[policy.breaker]`: the campaign breaker.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for PolicyConfig {
@@ -291,6 +299,8 @@ impl Default for PolicyConfig {
             action: Action::default(),
             keep_internal_visible: true,
             monitor: false,
+            rules: Vec::new(),
+            breaker: BreakerConfig::default(),
         }
     }
 }

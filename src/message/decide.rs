@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::address;
 use super::domain::InternalDomains;
 use super::parse::{FieldKind, Headers};
-use crate::config::{Action, PolicyConfig};
+use super::rules::Rule;
+use crate::config::{Action, BreakerConfig, DEFAULT_RULE, PolicyConfig};
 
 /// The policy in the form the decision uses.
 #[derive(Clone, Debug)]
@@ -24,10 +25,14 @@ pub struct Policy {
     pub keep_internal_visible: bool,
     /// Decide and log only.
     pub monitor: bool,
+    /// `[[policy.rules]]`, in order (SPEC §9).
+    pub rules: Vec<Rule>,
+    /// `[policy.breaker]`: the campaign breaker's settings.
+    pub breaker: BreakerConfig,
 }
 
 impl Policy {
-    /// The policy of `[policy]`.
+    /// The policy of `[policy]`, its rules and breaker included.
     pub fn from_config(c: &PolicyConfig) -> Policy {
         Policy {
             internal: InternalDomains::new(&c.internal_domains),
@@ -35,6 +40,8 @@ impl Policy {
             action: c.action,
             keep_internal_visible: c.keep_internal_visible,
             monitor: c.monitor,
+            rules: c.rules.iter().map(Rule::from_config).collect(),
+            breaker: c.breaker.clone(),
         }
     }
 
@@ -79,6 +86,8 @@ pub struct Decision {
     pub max_visible_external: usize,
     /// Why.
     pub reason: Reason,
+    /// The policy rule that decided (`default`: the top-level `[policy]`).
+    pub rule: String,
 }
 
 impl fmt::Display for Decision {
@@ -129,6 +138,7 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
         exposure,
         max_visible_external: policy.max_visible_external,
         reason,
+        rule: DEFAULT_RULE.to_string(),
     }
 }
 

@@ -5,3 +5,5 @@ pub mod address;
 pub mod decide;
 pub mod domain;
 pub mod parse;
+pub mod rules;
+pub mod signals;

@@ -202,17 +202,17 @@ fn header_bounds(message: &[u8]) -> (usize, usize) {
 }
 
 /// One field of a header block, as RFC 5322 delimits it.
-struct RawField {
+pub(super) struct RawField {
     /// The whole field: name through the line end after its last continuation line.
-    range: Range<usize>,
+    pub(super) range: Range<usize>,
     /// The field name (before the colon); `None` for a line that is not a field.
-    name: Option<Range<usize>>,
+    pub(super) name: Option<Range<usize>>,
     /// The value (after the colon), line ends included.
-    value: Range<usize>,
+    pub(super) value: Range<usize>,
 }
 
 /// Split a header block (without its empty line) into fields.
-fn split_fields(block: &[u8]) -> Vec<RawField> {
+pub(super) fn split_fields(block: &[u8]) -> Vec<RawField> {
     let line_end = |from: usize| memchr::memchr(b'\n', &block[from..]).map_or(block.len(), |i| from + i + 1);
     let mut fields = Vec::new();
     let mut pos = 0;
@@ -235,7 +235,7 @@ fn split_fields(block: &[u8]) -> Vec<RawField> {
 }
 
 /// The mailboxes of one address field's value, parsed alone, and whether it is unparseable.
-fn parse_address_value(value: &[u8]) -> (Vec<Mailbox>, bool) {
+pub(super) fn parse_address_value(value: &[u8]) -> (Vec<Mailbox>, bool) {
     let mut alone = Vec::with_capacity(value.len() + 8);
     alone.extend_from_slice(b"To:");
     alone.extend_from_slice(value);
