@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -186,14 +187,17 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         phases.clone(),
         deliveries.clone(),
     );
-    tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
+    let breaker = breaker::Breaker::new(config.policy.breaker.redis_url.as_deref());
+    let breaker_control = breaker::Control { breaker: breaker.clone(), policy: policy.clone() };
+    tokio::spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
-    let relay = Arc::new(relay.with_notifier(notifier.clone()));
+    let relay = Arc::new(relay.with_notifier(notifier.clone()).with_breaker(breaker.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
+    health.watch_breaker(breaker);
     if let Some(status) = upstream.relay_status() {
         health.watch_relay(status);
     }
@@ -277,6 +281,9 @@ impl Running {
         .collect();
         self.relay.set_policy(message::decide::Policy::from_config(&new.policy));
         self.front.reload_access(&new.access);
+        if old.policy.breaker.redis_url != new.policy.breaker.redis_url {
+            warn!("policy.breaker.redis_url changed and takes effect only at restart");
+        }
         let policy_changed = old.policy != new.policy;
         let access_changed = old.access != new.access;
         info!(policy_changed, access_changed, "configuration reloaded");

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Held messages.
     pub hold: HoldMetrics,
+    /// Rules, signals and the campaign breaker (SPEC §9).
+    pub rules: RulesMetrics,
 }
 
 impl Metrics {
@@ -192,6 +194,7 @@ impl Metrics {
             let _ = upstream_refusals.get_or_create(&StageLabels { stage: stage.into() });
         }
         let notify = NotifyMetrics::register(&mut registry);
+        let rules = RulesMetrics::register(&mut registry);
         Metrics {
             registry,
             messages,
@@ -213,6 +216,7 @@ impl Metrics {
             webhook_dropped: notify.webhook_dropped,
             webhook_retries: notify.webhook_retries,
             hold,
+            rules,
         }
     }
 
@@ -270,6 +274,84 @@ impl NotifyMetrics {
     }
 }
 
+/// Labels of `bccguard_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The rule that decided (`default`: the top-level policy; `breaker`: the breaker).
+    pub rule: String,
+    /// The action taken.
+    pub action: String,
+}
+
+/// Labels of `bccguard_signals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    /// reply, bulk, sorted_recipients, header_matches_envelope or calendar.
+    pub signal: String,
+}
+
+/// Labels of `bccguard_breaker_actions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerActionLabels {
+    /// hold or tempfail.
+    pub action: String,
+}
+
+/// Metrics of rules, signals and the campaign breaker (SPEC §9).
+pub struct RulesMetrics {
+    /// Messages decided, by rule and action.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Messages showing each broadcast signal.
+    pub signals: Family<SignalLabels, Counter>,
+    /// Breaker trips.
+    pub breaker_trips: Counter,
+    /// Messages that got a tripped breaker's action, by action.
+    pub breaker_actions: Family<BreakerActionLabels, Counter>,
+    /// 1 while the breaker's Redis answers (0 while counting locally instead); absent without
+    /// `redis_url`.
+    pub breaker_redis_up: Gauge,
+    /// Breaker calls to Redis that failed (the message was judged on local counts).
+    pub breaker_redis_errors: Counter,
+}
+
+impl RulesMetrics {
+    fn register(registry: &mut Registry) -> RulesMetrics {
+        let m = RulesMetrics {
+            decisions: Family::default(),
+            signals: Family::default(),
+            breaker_trips: Counter::default(),
+            breaker_actions: Family::default(),
+            breaker_redis_up: Gauge::default(),
+            breaker_redis_errors: Counter::default(),
+        };
+        registry.register("decisions", "Messages decided, by policy rule and action", m.decisions.clone());
+        registry.register("signals", "Messages showing each broadcast signal", m.signals.clone());
+        for signal in ["reply", "bulk", "sorted_recipients", "header_matches_envelope", "calendar"] {
+            let _ = m.signals.get_or_create(&SignalLabels { signal: signal.into() });
+        }
+        registry.register("breaker_trips", "Campaign breaker trips", m.breaker_trips.clone());
+        registry.register(
+            "breaker_actions",
+            "Messages that got a tripped breaker's action (hold or tempfail)",
+            m.breaker_actions.clone(),
+        );
+        for action in ["hold", "tempfail"] {
+            let _ = m.breaker_actions.get_or_create(&BreakerActionLabels { action: action.into() });
+        }
+        registry.register(
+            "breaker_redis_up",
+            "1 while the breaker's Redis answers, 0 while it counts in this relay instead",
+            m.breaker_redis_up.clone(),
+        );
+        registry.register(
+            "breaker_redis_errors",
+            "Breaker calls to Redis that failed (judged on local counts instead)",
+            m.breaker_redis_errors.clone(),
+        );
+        m
+    }
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -296,6 +378,7 @@ pub struct Health {
     spool_writable: AtomicBool,
     upstream_ok_at: AtomicI64,
     relay: OnceLock<Arc<RelayStatus>>,
+    breaker: OnceLock<crate::breaker::Breaker>,
 }
 
 impl Health {
@@ -317,6 +400,27 @@ impl Health {
     /// Follow whether the upstream refuses the relay (an SMTP upstream).
     pub fn watch_relay(&self, status: Arc<RelayStatus>) {
         let _ = self.relay.set(status);
+    }
+
+    /// Follow where the breaker's counts are (shown in `/readyz`, never failing it).
+    pub fn watch_breaker(&self, breaker: crate::breaker::Breaker) {
+        let _ = self.breaker.set(breaker);
+    }
+
+    /// Lines of `/readyz` that inform without deciding readiness: the breaker's Redis (mail
+    /// is accepted on local counts while it is unreachable).
+    pub fn notes(&self) -> Vec<String> {
+        let Some(state) = self.breaker.get().map(crate::breaker::Breaker::state) else {
+            return Vec::new();
+        };
+        match (state.store.as_str(), state.degraded) {
+            ("redis", None) => vec!["breaker counts: ok (redis)".into()],
+            ("redis", Some(why)) => vec![format!(
+                "breaker counts: DEGRADED: {}; counting in this relay until it is back (mail is accepted)",
+                redact_in_text(&why)
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// Each check, and the overall verdict.

@@ -17,10 +17,13 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
-use crate::config::Action;
+mod judge;
+
+use crate::breaker::{self, Breaker};
+use crate::config::{Action, DEFAULT_RULE};
 use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
-use crate::message::decide::{Decision, Policy, decide};
+use crate::message::decide::{Decision, Policy};
 use crate::message::parse::Headers;
 use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::notify::{Event, EventKind, Notifier};
@@ -44,6 +47,8 @@ pub struct Relay {
     budget: Arc<Semaphore>,
     /// Who hears about leaks: the sender, the admins, the webhook.
     notifier: Notifier,
+    /// The campaign breaker's counts (they survive a reload).
+    breaker: Breaker,
 }
 
 impl Relay {
@@ -56,7 +61,14 @@ impl Relay {
         redaction: Redaction,
         budget: Arc<Semaphore>,
     ) -> Relay {
-        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled() }
+        let breaker = Breaker::default();
+        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled(), breaker }
+    }
+
+    /// This relay, counting leaks for the campaign breaker in `breaker`.
+    pub fn with_breaker(mut self, breaker: Breaker) -> Relay {
+        self.breaker = breaker;
+        self
     }
 
     /// This relay, telling `notifier` about the leaks it acts on.
@@ -93,8 +105,15 @@ impl Relay {
         let Ok(headers) = Headers::parse(&head) else {
             return reply::HEADERS_TOO_LARGE;
         };
-        let policy = self.policy.load();
-        let decision = decide(&headers, &policy);
+        let whole = match &body {
+            Stored::Memory(data) => Some(&data[..]),
+            Stored::Spilled(_) => None,
+        };
+        let judged = self.judge(&id, &incoming, &head, &headers, whole).await;
+        if judged.tempfail {
+            return breaker::TEMPFAIL;
+        }
+        let (decision, policy, signals) = (judged.decision, judged.policy, judged.signals.seen());
         let Some(plan) = Plan::build(&decision, &headers, &incoming.recipients, &policy) else {
             let rejected = MessageDecided {
                 id: &id,
@@ -103,6 +122,7 @@ impl Relay {
                 recipients: incoming.recipients.len(),
                 size,
                 decision: &decision,
+                signals: &signals,
                 transactions: 0,
                 copies: 0,
             };
@@ -117,7 +137,13 @@ impl Relay {
             client: incoming.peer.ip().to_canonical().to_string(),
             sender: incoming.sender,
             recipients: incoming.recipients,
-            decision: DecisionSummary { leak: decision.leak, action: decision.action, exposure: decision.exposure },
+            decision: DecisionSummary {
+                leak: decision.leak,
+                action: decision.action,
+                exposure: decision.exposure,
+                rule: Some(decision.rule.clone()),
+                signals: signals.clone(),
+            },
             plan,
             dsn: false,
             size: None,
@@ -141,6 +167,7 @@ impl Relay {
             recipients: meta.recipients.len(),
             size,
             decision: &decision,
+            signals: &signals,
             transactions: meta.plan.transactions.len(),
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
@@ -152,7 +179,7 @@ impl Relay {
         }
         let hold_max_age = std::time::Duration::from_millis(self.deliverer.hold_max_age_ms().max(0) as u64);
         if let Some(kind) = accepted_event(&decision, hold_max_age) {
-            let event = Event::about(kind, &meta);
+            let event = Event::about(kind, &meta).with_rule(named_rule(&decision));
             // Only notices quote the subject (the webhook never does).
             let event = if event.kind.has_notice() { event.with_subject_of(&head) } else { event };
             self.notifier.event(event);
@@ -210,7 +237,7 @@ fn rejected_at_data(id: &QueueId, incoming: &Incoming, decision: &Decision) -> E
     Event {
         kind: EventKind::Rejected { after_accept: false },
         queue_id: id.clone(),
-        rule: None,
+        rule: named_rule(decision),
         action: decision.action.as_str(),
         exposure: decision.exposure,
         recipients: incoming.recipients.len(),
@@ -220,6 +247,11 @@ fn rejected_at_data(id: &QueueId, incoming: &Incoming, decision: &Decision) -> E
         generated: false,
         at: Utc::now(),
     }
+}
+
+/// The rule an event names: `None` for the top-level policy.
+fn named_rule(decision: &Decision) -> Option<String> {
+    (decision.rule != DEFAULT_RULE).then(|| decision.rule.clone())
 }
 
 /// A received message's bytes after the Received field.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
+pub mod breaker;
 pub mod check;
 pub mod held;
 pub mod queue;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Inspect and act on the queue: list [--held], retry [ID], delete ID, release ID.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// The campaign breaker of the running relay: list the tripped keys, reset one.
+    #[command(subcommand)]
+    Breaker(breaker::BreakerCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
 }

@@ -66,6 +66,12 @@ pub enum Reason {
     },
     /// The message is a copy this relay made (`X-Bccguard`).
     AlreadyProcessed,
+    /// The campaign breaker is tripped for the message's sender (SPEC §9): it is held
+    /// whatever it shows.
+    Breaker {
+        /// Leaking messages counted when the breaker tripped.
+        count: u64,
+    },
 }
 
 /// The outcome of the leak decision.
@@ -99,6 +105,10 @@ impl fmt::Display for Decision {
         }
         match &self.reason {
             Reason::AlreadyProcessed => write!(f, "already processed by bccguard (X-Bccguard)"),
+            Reason::Breaker { count } => write!(
+                f,
+                "the campaign breaker is tripped for this sender ({count} leaking messages); {n} external address{s} visible"
+            ),
             Reason::WithinLimit => {
                 write!(f, "{n} external address{s} visible, at most {max} allowed")
             }

@@ -70,7 +70,9 @@ impl SpoolPaths {
             return Ok(Err(HoldOutcome::NotHeld));
         }
         let headers = Headers::parse(&opened.head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
-        let (decision, plan) = plan::for_release(&headers, &opened.meta.recipients, policy, how);
+        // Planned with the settings of the rule that held it, as in force now.
+        let policy = policy.for_rule(opened.meta.decision.rule.as_deref().unwrap_or_default());
+        let (decision, plan) = plan::for_release(&headers, &opened.meta.recipients, &policy, how);
         let transactions = plan.transactions.len();
         let record = Record::Released { at: now, how, action: decision.action, plan };
         self.append_blocking(id, &[record]).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
@@ -122,8 +124,11 @@ impl SpoolPaths {
             Err(e) => return Err(HoldError::Spool(format!("{id}: {e}"))),
         };
         let headers = Headers::parse(&head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
+        let rule = meta.decision.rule.as_deref().unwrap_or(crate::config::DEFAULT_RULE);
+        let policy = policy.for_rule(rule);
+        let by = if rule == crate::config::DEFAULT_RULE { String::new() } else { format!(" (rule {rule})") };
         let decision = format!(
-            "{}: {}, at most {} allowed; action hold",
+            "{}: {}, at most {} allowed; action hold{by}",
             if meta.decision.leak { "leak" } else { "no leak" },
             exposure_text(meta.decision.exposure),
             policy.max_visible_external,
@@ -131,7 +136,7 @@ impl SpoolPaths {
         let plans = [ReleaseAs::Explode, ReleaseAs::Undisclose, ReleaseAs::Pass]
             .into_iter()
             .map(|how| {
-                let (decision, plan) = plan::for_release(&headers, &meta.recipients, policy, how);
+                let (decision, plan) = plan::for_release(&headers, &meta.recipients, &policy, how);
                 (how, describe(&decision, &plan))
             })
             .collect();
@@ -140,7 +145,7 @@ impl SpoolPaths {
             header: String::from_utf8_lossy(&head[..headers.header_end.min(head.len())]).into_owned(),
             recipients: meta.recipients.clone(),
             decision,
-            signals: Vec::new(),
+            signals: meta.decision.signals.clone(),
             plans,
         }))
     }
@@ -161,7 +166,7 @@ fn summary(meta: &Meta, head: &[u8], max_age: i64) -> HeldSummary {
         subject: subject(head),
         recipients: meta.recipients.len(),
         exposure: meta.decision.exposure,
-        rule: None,
+        rule: meta.decision.rule.clone(),
     }
 }
 
