@@ -11,6 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod rules;
+
+pub use rules::{BreakerActionLabels, DecisionLabels, RulesMetrics, SignalLabels};
+
 use crate::delivery::RelayStatus;
 use crate::message::address::redact_in_text;
 
@@ -270,84 +274,6 @@ impl NotifyMetrics {
         ] {
             registry.register(name, help, counter.clone());
         }
-        m
-    }
-}
-
-/// Labels of `bccguard_decisions_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    /// The rule that decided (`default`: the top-level policy; `breaker`: the breaker).
-    pub rule: String,
-    /// The action taken.
-    pub action: String,
-}
-
-/// Labels of `bccguard_signals_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SignalLabels {
-    /// reply, bulk, sorted_recipients, header_matches_envelope or calendar.
-    pub signal: String,
-}
-
-/// Labels of `bccguard_breaker_actions_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BreakerActionLabels {
-    /// hold or tempfail.
-    pub action: String,
-}
-
-/// Metrics of rules, signals and the campaign breaker (SPEC §9).
-pub struct RulesMetrics {
-    /// Messages decided, by rule and action.
-    pub decisions: Family<DecisionLabels, Counter>,
-    /// Messages showing each broadcast signal.
-    pub signals: Family<SignalLabels, Counter>,
-    /// Breaker trips.
-    pub breaker_trips: Counter,
-    /// Messages that got a tripped breaker's action, by action.
-    pub breaker_actions: Family<BreakerActionLabels, Counter>,
-    /// 1 while the breaker's Redis answers (0 while counting locally instead); absent without
-    /// `redis_url`.
-    pub breaker_redis_up: Gauge,
-    /// Breaker calls to Redis that failed (the message was judged on local counts).
-    pub breaker_redis_errors: Counter,
-}
-
-impl RulesMetrics {
-    fn register(registry: &mut Registry) -> RulesMetrics {
-        let m = RulesMetrics {
-            decisions: Family::default(),
-            signals: Family::default(),
-            breaker_trips: Counter::default(),
-            breaker_actions: Family::default(),
-            breaker_redis_up: Gauge::default(),
-            breaker_redis_errors: Counter::default(),
-        };
-        registry.register("decisions", "Messages decided, by policy rule and action", m.decisions.clone());
-        registry.register("signals", "Messages showing each broadcast signal", m.signals.clone());
-        for signal in ["reply", "bulk", "sorted_recipients", "header_matches_envelope", "calendar"] {
-            let _ = m.signals.get_or_create(&SignalLabels { signal: signal.into() });
-        }
-        registry.register("breaker_trips", "Campaign breaker trips", m.breaker_trips.clone());
-        registry.register(
-            "breaker_actions",
-            "Messages that got a tripped breaker's action (hold or tempfail)",
-            m.breaker_actions.clone(),
-        );
-        for action in ["hold", "tempfail"] {
-            let _ = m.breaker_actions.get_or_create(&BreakerActionLabels { action: action.into() });
-        }
-        registry.register(
-            "breaker_redis_up",
-            "1 while the breaker's Redis answers, 0 while it counts in this relay instead",
-            m.breaker_redis_up.clone(),
-        );
-        registry.register(
-            "breaker_redis_errors",
-            "Breaker calls to Redis that failed (judged on local counts instead)",
-            m.breaker_redis_errors.clone(),
-        );
         m
     }
 }

@@ -95,55 +95,62 @@ pub(super) fn validate(rules: &[RuleConfig], errors: &mut Vec<ConfigError>) {
         let mut push = |key: String, message: String| errors.push(ConfigError::new(key, message));
         if rule.name.trim().is_empty() {
             push(at("name"), "every rule needs a name".into());
-        } else if rule.name == DEFAULT_RULE {
-            push(at("name"), format!("{DEFAULT_RULE:?} names the top-level [policy]; choose another name"));
+        } else if rule.name == DEFAULT_RULE || rule.name == crate::breaker::RULE {
+            let message =
+                format!("{:?} is reserved (the top-level [policy], the breaker); choose another name", rule.name);
+            push(at("name"), message);
         } else if rule.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
             push(at("name"), format!("{:?}: no spaces or control characters in a rule name", rule.name));
         } else if !names.insert(rule.name.as_str()) {
             push(at("name"), format!("{:?} is the name of an earlier rule; names must be unique", rule.name));
         }
-        for (key, empty) in [
-            ("client_networks", rule.client_networks.as_ref().is_some_and(Vec::is_empty)),
-            ("auth_users", rule.auth_users.as_ref().is_some_and(Vec::is_empty)),
-            ("senders", rule.senders.as_ref().is_some_and(Vec::is_empty)),
-            ("from_domains", rule.from_domains.as_ref().is_some_and(Vec::is_empty)),
-            ("headers", rule.headers.as_ref().is_some_and(BTreeMap::is_empty)),
-        ] {
-            if empty {
-                push(at(key), "an empty list never matches; remove the key to mean \"any\"".into());
-            }
+        conditions(rule, &at, &mut push);
+    }
+}
+
+/// The problems in one rule's conditions.
+fn conditions(rule: &RuleConfig, at: &dyn Fn(&str) -> String, push: &mut dyn FnMut(String, String)) {
+    for (key, empty) in [
+        ("client_networks", rule.client_networks.as_ref().is_some_and(Vec::is_empty)),
+        ("auth_users", rule.auth_users.as_ref().is_some_and(Vec::is_empty)),
+        ("senders", rule.senders.as_ref().is_some_and(Vec::is_empty)),
+        ("from_domains", rule.from_domains.as_ref().is_some_and(Vec::is_empty)),
+        ("headers", rule.headers.as_ref().is_some_and(BTreeMap::is_empty)),
+    ] {
+        if empty {
+            push(at(key), "an empty list never matches; remove the key to mean \"any\"".into());
         }
-        for (j, glob) in rule.senders.iter().flatten().enumerate() {
-            if let Err(e) = check_sender_glob(glob) {
-                push(at(&format!("senders[{j}]")), e);
-            }
+    }
+    for (j, glob) in rule.senders.iter().flatten().enumerate() {
+        if let Err(e) = check_sender_glob(glob) {
+            push(at(&format!("senders[{j}]")), e);
         }
-        for (j, domain) in rule.from_domains.iter().flatten().enumerate() {
-            if normalize_domain(domain).is_none() {
-                push(at(&format!("from_domains[{j}]")), format!("{domain:?} is not a domain name"));
-            }
+    }
+    for (j, domain) in rule.from_domains.iter().flatten().enumerate() {
+        if normalize_domain(domain).is_none() {
+            push(at(&format!("from_domains[{j}]")), format!("{domain:?} is not a domain name"));
         }
-        for (j, user) in rule.auth_users.iter().flatten().enumerate() {
-            if user.is_empty() {
-                push(at(&format!("auth_users[{j}]")), "must not be empty".into());
-            }
+    }
+    for (j, user) in rule.auth_users.iter().flatten().enumerate() {
+        if user.is_empty() {
+            push(at(&format!("auth_users[{j}]")), "must not be empty".into());
         }
-        for (name, glob) in rule.headers.iter().flatten() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                push(at(&format!("headers.{name}")), format!("{name:?} is not a header field name"));
-            } else if glob.chars().any(char::is_control) {
-                push(at(&format!("headers.{name}")), "no control characters in a glob".into());
-            }
+    }
+    for (name, glob) in rule.headers.iter().flatten() {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            push(at(&format!("headers.{name}")), format!("{name:?} is not a header field name"));
+        } else if glob.chars().any(char::is_control) {
+            push(at(&format!("headers.{name}")), "no control characters in a glob".into());
         }
-        for (min_key, min, max_key, max) in [
-            ("min_exposure", rule.min_exposure, "max_exposure", rule.max_exposure),
-            ("min_recipients", rule.min_recipients, "max_recipients", rule.max_recipients),
-        ] {
-            if let (Some(lo), Some(hi)) = (min, max)
-                && lo > hi
-            {
-                push(at(min_key), format!("{lo} is greater than {max_key} ({hi}): the rule never matches"));
-            }
+    }
+    for (min_key, min, max_key, max) in [
+        ("min_exposure", rule.min_exposure, "max_exposure", rule.max_exposure),
+        ("min_recipients", rule.min_recipients, "max_recipients", rule.max_recipients),
+    ] {
+        if let (Some(lo), Some(hi)) = (min, max)
+            && lo > hi
+        {
+            push(at(min_key), format!("{lo} is greater than {max_key} ({hi}): the rule never matches"));
         }
     }
 }

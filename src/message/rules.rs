@@ -23,7 +23,7 @@ pub struct Facts<'a> {
     /// The envelope sender; empty for the null sender.
     pub sender: &'a str,
     /// The message's header fields.
-    pub fields: &'a HeaderFields,
+    pub fields: &'a HeaderFields<'a>,
     /// The `From:` domain, ASCII lowercase.
     pub from_domain: Option<&'a str>,
     /// Distinct external visible addresses.
@@ -65,7 +65,7 @@ impl Condition {
             Condition::FromDomains(domains) => facts.from_domain.is_some_and(|d| domains.contains(d)),
             Condition::Exposure(lo, hi) => (*lo..=*hi).contains(&facts.exposure),
             Condition::Recipients(lo, hi) => (*lo..=*hi).contains(&facts.recipients),
-            Condition::Header(name, g) => facts.fields.values(name).any(|v| g == "*" || glob(g, v, true)),
+            Condition::Header(name, g) => facts.fields.values(name).any(|v| g == "*" || glob(g, &v, true)),
             Condition::Signal(name, want) => facts.signals.flags().iter().any(|(n, on)| n == name && on == want),
         }
     }

@@ -3,6 +3,7 @@
 //! shown by `check`, counted in metrics, and usable as rule conditions.
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
@@ -15,34 +16,35 @@ use super::parse::{FieldKind, Headers, parse_address_value, split_fields};
 /// list pasted from a database export.
 pub const SORTED_MIN: usize = 7;
 
-/// The header fields of a message by name, values unfolded: what rule `headers` globs and the
-/// signals read.
+/// The header fields of a message by name, read where they lie: what rule `headers` globs and
+/// the signals read. Values are unfolded when asked for, so a `To:` showing 100,000 addresses
+/// costs a range here, not a copy.
 #[derive(Clone, Debug, Default)]
-pub struct HeaderFields {
-    /// (lowercase name, unfolded value without surrounding white space), in header order.
-    fields: Vec<(String, String)>,
+pub struct HeaderFields<'a> {
+    block: &'a [u8],
+    /// (lowercase name, value range in `block`), in header order.
+    fields: Vec<(String, Range<usize>)>,
 }
 
-impl HeaderFields {
+impl<'a> HeaderFields<'a> {
     /// The fields of the header block that starts `head` (more bytes after it are ignored).
-    pub fn parse(head: &[u8]) -> HeaderFields {
+    pub fn parse(head: &'a [u8]) -> HeaderFields<'a> {
         let end = memchr::memmem::find(head, b"\r\n\r\n").map_or(head.len(), |i| i + 2);
         let block = if head.starts_with(b"\r\n") { &head[..0] } else { &head[..end] };
         let fields = split_fields(block)
             .into_iter()
-            .filter_map(|raw| {
-                let name = String::from_utf8_lossy(&block[raw.name?]).trim().to_ascii_lowercase();
-                let value = String::from_utf8_lossy(&block[raw.value]).replace(['\r', '\n'], "");
-                Some((name, value.trim().to_string()))
-            })
+            .filter_map(|raw| Some((String::from_utf8_lossy(&block[raw.name?]).trim().to_ascii_lowercase(), raw.value)))
             .collect();
-        HeaderFields { fields }
+        HeaderFields { block, fields }
     }
 
-    /// The values of the fields called `name` (case-insensitive), in order.
-    pub fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+    /// The values of the fields called `name` (case-insensitive), unfolded and trimmed, in
+    /// order.
+    pub fn values(&self, name: &str) -> impl Iterator<Item = String> + '_ {
         let name = name.to_ascii_lowercase();
-        self.fields.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.fields.iter().filter(move |(n, _)| *n == name).map(|(_, range)| {
+            String::from_utf8_lossy(&self.block[range.clone()]).replace(['\r', '\n'], "").trim().to_string()
+        })
     }
 
     /// Whether a field called `name` is present with a value that is not blank.
@@ -130,8 +132,8 @@ fn bulk(fields: &HeaderFields) -> bool {
     let first_word = |v: &str| v.split([';', ' ', '\t', '(']).next().unwrap_or_default().to_ascii_lowercase();
     fields.has("list-id")
         || fields.has("list-unsubscribe")
-        || fields.values("precedence").any(|v| matches!(first_word(v).as_str(), "bulk" | "list" | "junk"))
-        || fields.values("auto-submitted").any(|v| !v.is_empty() && first_word(v) != "no")
+        || fields.values("precedence").any(|v| matches!(first_word(&v).as_str(), "bulk" | "list" | "junk"))
+        || fields.values("auto-submitted").any(|v| !v.is_empty() && first_word(&v) != "no")
 }
 
 /// One address field with at least [`SORTED_MIN`] external addresses, all in strictly
@@ -163,8 +165,10 @@ fn external_domains(headers: &Headers, policy: &Policy) -> usize {
 
 /// Whether a text/calendar part is present, and its distinct external attendees.
 fn calendar(fields: &HeaderFields, message: Option<&[u8]>, policy: &Policy) -> (bool, usize) {
-    let top_is_calendar = fields.values("content-type").any(|v| v.to_ascii_lowercase().starts_with("text/calendar"));
-    let Some(message) = message else {
+    let content_type = fields.values("content-type").next().unwrap_or_default().to_ascii_lowercase();
+    let top_is_calendar = content_type.starts_with("text/calendar");
+    // Only a calendar message or a multipart one can hold a calendar part.
+    let Some(message) = message.filter(|_| top_is_calendar || content_type.starts_with("multipart/")) else {
         return (top_is_calendar, 0);
     };
     let Some(parsed) = MessageParser::new().parse(message) else {

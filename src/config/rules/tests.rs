@@ -54,7 +54,7 @@ fn errors_name_the_rule_path() {
         "policy.rules[1].name: \"a\" is the name of an earlier rule",
         "policy.rules[1].from_domains[0]: \"no domain\" is not a domain name",
         "policy.rules[1].min_exposure: 5 is greater than max_exposure (2)",
-        "policy.rules[2].name: \"default\" names the top-level [policy]",
+        "policy.rules[2].name: \"default\" is reserved",
         "policy.rules[2].auth_users: an empty list never matches",
         "policy.rules[2].headers.Bad:Name:",
         "policy.rules[3].surprise: unknown field `surprise`",

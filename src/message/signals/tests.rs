@@ -131,7 +131,8 @@ fn from_domain_is_ascii_with_idn_as_punycode() {
         ("From: =?utf-8?q?Z=C3=BC?= <z@x.test>\r\n", Some("x.test")),
         ("Subject: none\r\n", None),
     ] {
-        let fields = HeaderFields::parse(format!("{head}\r\n").as_bytes());
+        let block = format!("{head}\r\n");
+        let fields = HeaderFields::parse(block.as_bytes());
         assert_eq!(fields.from_domain().as_deref(), domain, "{head:?}");
     }
 }
