@@ -50,8 +50,8 @@ pub enum SharedError {
     /// No answer within the deadline.
     #[error("redis: no answer within {DEADLINE:?}")]
     Timeout,
-    /// Not connected, and not trying again yet.
-    #[error("redis: not connected (last attempt failed; trying again shortly)")]
+    /// A recent call failed; not trying again yet.
+    #[error("redis: unreachable (the last attempt failed; trying again shortly)")]
     Waiting,
     /// An answer that is not what the script returns.
     #[error("redis: unexpected answer {0:?}")]
@@ -63,6 +63,9 @@ pub struct Shared {
     client: redis::Client,
     script: redis::Script,
     conn: Mutex<Connection>,
+    /// After a failure, Redis is not asked again before this (so a Redis that does not
+    /// answer costs one deadline per interval, not one per message).
+    pause_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -74,10 +77,18 @@ struct Connection {
 impl Shared {
     /// A store for `url` (not connected yet).
     pub fn new(url: &str) -> Result<Shared, SharedError> {
-        Ok(Shared { client: redis::Client::open(url)?, script: redis::Script::new(JUDGE), conn: Mutex::default() })
+        Ok(Shared {
+            client: redis::Client::open(url)?,
+            script: redis::Script::new(JUDGE),
+            conn: Mutex::default(),
+            pause_until: std::sync::Mutex::default(),
+        })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, SharedError> {
+        if self.pause_until.lock().expect("not poisoned").is_some_and(|t| tokio::time::Instant::now() < t) {
+            return Err(SharedError::Waiting);
+        }
         let mut conn = self.conn.lock().await;
         if let Some(m) = &conn.manager {
             return Ok(m.clone());
@@ -107,10 +118,14 @@ impl Shared {
     }
 
     async fn within<T>(&self, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, SharedError> {
-        match tokio::time::timeout(DEADLINE, f).await {
-            Ok(r) => Ok(r?),
+        let result = match tokio::time::timeout(DEADLINE, f).await {
+            Ok(r) => r.map_err(SharedError::from),
             Err(_) => Err(SharedError::Timeout),
+        };
+        if result.is_err() {
+            *self.pause_until.lock().expect("not poisoned") = Some(tokio::time::Instant::now() + RECONNECT_EVERY);
         }
+        result
     }
 
     /// Judge one message (see [`super::counts::Counts::judge`]); `member` makes this leak

@@ -11,7 +11,7 @@ use crate::message::decide::{self, Decision, Policy, Reason};
 use crate::message::parse::Headers;
 use crate::message::rules::{self, Facts};
 use crate::message::signals::{HeaderFields, Signals};
-use crate::metrics::{BreakerActionLabels, metrics};
+use crate::metrics::{BreakerActionLabels, DecisionLabels, metrics};
 use crate::notify::{Event, EventKind};
 use crate::queue_id::QueueId;
 use crate::smtp::session::Incoming;
@@ -80,6 +80,8 @@ impl Relay {
             }
         }
         if tempfail {
+            let labels = DecisionLabels { rule: breaker::RULE.into(), action: "tempfail".into() };
+            metrics().rules.decisions.get_or_create(&labels).inc();
             info!(
                 queue_id = %id,
                 client = %incoming.peer.ip().to_canonical(),
