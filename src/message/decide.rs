@@ -25,8 +25,8 @@ pub struct Policy {
     pub keep_internal_visible: bool,
     /// Decide and log only.
     pub monitor: bool,
-    /// `[[policy.rules]]`, in order (SPEC §9).
-    pub rules: Vec<Rule>,
+    /// `[[policy.rules]]`, in order (SPEC §9); shared, so a rule's policy is cheap to make.
+    pub rules: std::sync::Arc<[Rule]>,
     /// `[policy.breaker]`: the campaign breaker's settings.
     pub breaker: BreakerConfig,
 }
