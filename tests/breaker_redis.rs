@@ -169,3 +169,43 @@ async fn killing_redis_mid_run_keeps_both_relays_accepting_mail() {
     assert!(send(&a, "other@example.com", CLEAN).await.starts_with("451 4.7.1 "), "tripped on local counts");
     assert!(breaker_list(&a).contains("counts in this relay (redis"), "{}", breaker_list(&a));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_relay_the_cli_reads_and_resets_the_counts_in_redis() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let relay = TestRelay::start(&config(&redis)).await;
+    for _ in 0..2 {
+        assert!(send(&relay, "app@example.com", LEAK).await.starts_with("250 "));
+    }
+    let (_, dir) = relay.shutdown().await;
+    let url = redis.url();
+    let cli = |args: &[&str]| {
+        let path = dir.path().join("offline.toml");
+        let text = format!(
+            "[spool]\ndir = {:?}\n[policy.breaker]\nleaks = 2\nredis_url = \"{}\"\n",
+            dir.path().join("spool"),
+            url
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bccguard"))
+            .arg("breaker")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, list) = cli(&["list"]);
+    assert_eq!(code, Some(0), "{list}");
+    assert!(list.lines().nth(1).is_some_and(|l| l.starts_with("app@example.com  tripped  2")), "{list}");
+    assert_eq!(cli(&["reset", "app@example.com"]), (Some(0), "Reset the breaker of app@example.com.\n".to_string()));
+    assert!(cli(&["list"]).1.starts_with("No key is tripped or counting.\n"));
+    redis.kill();
+    let (code, err) = cli(&["list"]);
+    assert_eq!(code, Some(2));
+    assert!(err.starts_with("bccguard breaker: no relay is running, and redis: "), "{err}");
+}

@@ -1,15 +1,19 @@
 //! `bccguard breaker list [--json]` and `bccguard breaker reset KEY`: the campaign breaker
-//! of the running relay (SPEC §9), through its control socket. This is the operator's view:
-//! keys are shown in full (the log never shows a full address).
+//! of the running relay (SPEC §9), through its control socket; when no relay runs and the
+//! counts live in Redis (`redis_url`), in Redis directly. This is the operator's view: keys
+//! are shown in full (the log never shows a full address).
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use chrono::Utc;
 
 use super::queue::{escape_controls, short_duration};
 use super::{ConfigArg, EXIT_ERROR};
-use crate::breaker::Listing;
+use crate::breaker::{Breaker, Control, Listing};
 use crate::control;
+use crate::message::decide::Policy;
 use crate::spool::SpoolPaths;
 
 /// Exit code of `reset` when the key was neither tripped nor counted.
@@ -50,8 +54,13 @@ pub fn run(command: &BreakerCommand, out: &mut impl Write, err: &mut impl Write)
     }
 }
 
-/// The running relay's answer to `request`.
-fn ask(config: &ConfigArg, request: &str) -> Result<String, String> {
+/// The running relay's answer to `request`, or, when no relay runs and the counts are in
+/// Redis, what `offline` makes of them.
+fn ask(
+    config: &ConfigArg,
+    request: &str,
+    offline: impl AsyncFnOnce(Control) -> Result<String, String>,
+) -> Result<String, String> {
     let config = config.load().map_err(|e| e.to_string().trim_end().to_string())?;
     let paths = SpoolPaths::new(&config.spool.dir);
     match control::request(&paths.control_socket(), request) {
@@ -59,16 +68,39 @@ fn ask(config: &ConfigArg, request: &str) -> Result<String, String> {
             Some(rest) => Ok(rest.to_string()),
             None => Err(reply.strip_prefix("error: ").unwrap_or(&reply).to_string()),
         },
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Err(format!(
-            "no relay is running on {} (the breaker's counts live in the running relay, or in its Redis)",
-            paths.control_socket().display()
-        )),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            let Some(url) = config.policy.breaker.redis_url.as_deref() else {
+                return Err(format!(
+                    "no relay is running on {} (the breaker's counts live in the running relay)",
+                    paths.control_socket().display()
+                ));
+            };
+            let control = Control {
+                breaker: Breaker::new(Some(url)),
+                policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(&config.policy))),
+            };
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(offline(control))
+        }
         Err(e) => Err(format!("cannot reach the relay: {e}")),
     }
 }
 
+/// The error when Redis could not be used (the fallback local counts of a CLI are empty).
+fn reachable(control: &Control) -> Result<(), String> {
+    match control.breaker.state().degraded {
+        Some(why) => Err(format!("no relay is running, and {why}")),
+        None => Ok(()),
+    }
+}
+
 fn list(config: &ConfigArg, json: bool, out: &mut impl Write) -> Result<u8, String> {
-    let text = ask(config, "breakers")?;
+    let text = ask(config, "breakers", async |control| {
+        let listing = control.listing(Utc::now().timestamp_millis()).await;
+        reachable(&control)?;
+        serde_json::to_string(&listing).map_err(|e| e.to_string())
+    })?;
     let listing: Listing = serde_json::from_str(&text).map_err(|e| format!("the relay's answer: {e}"))?;
     let written = if json {
         serde_json::to_writer_pretty(&mut *out, &listing).map_err(io::Error::other).and_then(|()| writeln!(out))
@@ -124,7 +156,12 @@ fn reset(config: &ConfigArg, key: &str, out: &mut impl Write) -> Result<u8, Stri
     if key.is_empty() || key.contains(['\r', '\n']) {
         return Err(format!("{key:?} is not a key"));
     }
-    match ask(config, &format!("breaker-reset {key}"))?.as_str() {
+    let offline = async |control: Control| {
+        let reset = control.reset(key).await;
+        reachable(&control)?;
+        Ok(u8::from(reset).to_string())
+    };
+    match ask(config, &format!("breaker-reset {key}"), offline)?.as_str() {
         "1" => writeln!(out, "Reset the breaker of {}.", escape_controls(key)).map(|()| 0).map_err(|e| e.to_string()),
         "0" => {
             let _ = writeln!(out, "{} is neither tripped nor counted; nothing done.", escape_controls(key));
