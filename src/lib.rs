@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod addresses;
 pub mod breaker;
 pub mod cli;
 pub mod config;
@@ -72,6 +73,9 @@ use metrics::Health;
 use relay::Relay;
 use smtp::Frontend;
 use spool::Spool;
+
+/// How long stopping waits for the control socket, probes and metrics endpoint to end.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
 
 /// How often readiness is checked (spool writable, upstream reachable).
 const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -145,6 +149,9 @@ pub struct Running {
     metrics_addr: Option<SocketAddr>,
     phases: Shutdown,
     background: CancellationToken,
+    /// The control socket, the probes and the metrics endpoint: all are over (and hold no
+    /// part of the spool, so its lock is free) when `stop` returns.
+    background_tasks: TaskTracker,
     sessions: TaskTracker,
     deliveries: TaskTracker,
     server: JoinHandle<()>,
@@ -177,6 +184,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     };
     let phases = Shutdown::default();
     let background = CancellationToken::new();
+    let background_tasks = TaskTracker::new();
     let deliveries = TaskTracker::new();
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(message::decide::Policy::from_config(&config.policy)));
     let deliverer = delivery::start(
@@ -189,22 +197,29 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     );
     let breaker = breaker::Breaker::new(config.policy.breaker.redis_url.as_deref());
     let breaker_control = breaker::Control { breaker: breaker.clone(), policy: policy.clone() };
-    tokio::spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
+    background_tasks.spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
+    // A person deleting a held message is a rejection after the 250: its sender (and the
+    // admins) are told it will not be delivered.
+    let told = notifier.clone();
+    deliverer.on_held_deleted(Box::new(move |meta, head| {
+        let event = notify::Event::about(notify::EventKind::Rejected { after_accept: true }, meta);
+        told.event(event.with_subject_of(head));
+    }));
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
     let relay = Arc::new(relay.with_notifier(notifier.clone()).with_breaker(breaker.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
-    health.watch_breaker(breaker);
+    health.watch_notes(move || breaker.readiness_notes());
     if let Some(status) = upstream.relay_status() {
-        health.watch_relay(status);
+        health.watch_relay(move || status.current().map(|r| r.text));
     }
-    tokio::spawn(probe(spool, upstream, health.clone(), background.clone()));
+    background_tasks.spawn(probe(spool, upstream, health.clone(), background.clone()));
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = metrics_listener {
-        tokio::spawn(http::serve(listener, health.clone(), background.clone()));
+        background_tasks.spawn(http::serve(listener, health.clone(), background.clone()));
     }
     for addr in listeners.iter().filter_map(|l| l.local_addr().ok()) {
         info!(%addr, "listening");
@@ -220,6 +235,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         metrics_addr,
         phases,
         background,
+        background_tasks,
         sessions,
         deliveries,
         server,
@@ -235,9 +251,15 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
 /// Check the spool and the upstream every few seconds for `/readyz`.
 async fn probe(spool: Arc<Spool>, upstream: Arc<Upstream>, health: Arc<Health>, stop: CancellationToken) {
     loop {
-        health.set_spool_writable(spool.probe().await);
-        if upstream.probe().await {
-            health.upstream_reached(chrono::Utc::now().timestamp_millis());
+        let check = async {
+            health.set_spool_writable(spool.probe().await);
+            if upstream.probe().await {
+                health.upstream_reached(chrono::Utc::now().timestamp_millis());
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = check => {}
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -320,6 +342,10 @@ impl Running {
         // Sessions are over: spool the notices they caused, try the webhook posts once.
         self.notifier.stop().await;
         self.background.cancel();
+        self.background_tasks.close();
+        if tokio::time::timeout(BACKGROUND_STOP, self.background_tasks.wait()).await.is_err() {
+            warn!("the control socket, probes or metrics endpoint did not stop in time");
+        }
         let _ = std::fs::remove_file(&self.socket_path);
         info!("stopped");
     }

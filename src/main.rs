@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         Command::HashPassword => {
             cli::hash_password(&mut std::io::stdin().lock(), &mut std::io::stdout(), &mut std::io::stderr())
         }
+        Command::Completions { shell } => cli::docs::completions(shell, &mut std::io::stdout()),
+        Command::ManPages { dir } => cli::docs::man_pages(&dir, &mut std::io::stdout(), &mut std::io::stderr()),
     };
     ExitCode::from(code)
 }

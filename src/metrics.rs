@@ -1,8 +1,8 @@
 //! Prometheus metrics (process-wide, updated by the events in [`crate::events`]) and the
 //! readiness state of a running relay.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,6 @@ mod rules;
 
 pub use rules::{BreakerActionLabels, DecisionLabels, RulesMetrics, SignalLabels};
 
-use crate::delivery::RelayStatus;
 use crate::message::address::redact_in_text;
 
 /// Labels of `bccguard_messages_total`.
@@ -103,6 +102,8 @@ pub struct Metrics {
     pub bounces: Counter,
     /// Messages in the spool.
     pub spool_messages: Gauge,
+    /// Arrival (Unix seconds) of the oldest message waiting for delivery; 0 when none.
+    pub spool_oldest: Gauge,
     /// Time per upstream transaction attempt, in seconds.
     pub upstream_latency: Histogram,
     /// Spooled messages set aside as damaged.
@@ -148,6 +149,12 @@ impl Metrics {
         registry.register("bounces", "Delivery status notifications queued", bounces.clone());
         let spool_messages = Gauge::default();
         registry.register("spool_messages", "Messages in the spool", spool_messages.clone());
+        let spool_oldest = Gauge::default();
+        registry.register(
+            "spool_oldest_message_timestamp_seconds",
+            "Arrival time (Unix seconds) of the oldest message waiting for delivery (not held, not a failed bounce); 0 when none",
+            spool_oldest.clone(),
+        );
         let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "upstream_latency_seconds",
@@ -207,6 +214,7 @@ impl Metrics {
             deliveries,
             bounces,
             spool_messages,
+            spool_oldest,
             upstream_latency,
             spool_damaged,
             upstream_refusals,
@@ -296,15 +304,33 @@ pub struct Check {
     pub failing: Option<String>,
 }
 
+/// The text of the upstream's refusal of the relay in force, if any.
+type RelayRefusal = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Lines of `/readyz` that inform without deciding readiness.
+type Notes = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Readiness of one running relay: listening, the spool writable, the upstream reachable
 /// recently and not refusing the relay.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
     listening: AtomicBool,
     spool_writable: AtomicBool,
     upstream_ok_at: AtomicI64,
-    relay: OnceLock<Arc<RelayStatus>>,
-    breaker: OnceLock<crate::breaker::Breaker>,
+    relay: OnceLock<RelayRefusal>,
+    notes: OnceLock<Notes>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("listening", &self.listening)
+            .field("spool_writable", &self.spool_writable)
+            .field("upstream_ok_at", &self.upstream_ok_at)
+            .field("watches_relay", &self.relay.get().is_some())
+            .field("notes", &self.notes.get().map(|n| n()))
+            .finish()
+    }
 }
 
 impl Health {
@@ -323,30 +349,21 @@ impl Health {
         self.upstream_ok_at.fetch_max(now_ms, Ordering::Relaxed);
     }
 
-    /// Follow whether the upstream refuses the relay (an SMTP upstream).
-    pub fn watch_relay(&self, status: Arc<RelayStatus>) {
-        let _ = self.relay.set(status);
+    /// Follow whether the upstream refuses the relay (an SMTP upstream): `refusal` gives
+    /// the text of the refusal in force, if any.
+    pub fn watch_relay(&self, refusal: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        let _ = self.relay.set(Box::new(refusal));
     }
 
-    /// Follow where the breaker's counts are (shown in `/readyz`, never failing it).
-    pub fn watch_breaker(&self, breaker: crate::breaker::Breaker) {
-        let _ = self.breaker.set(breaker);
-    }
-
-    /// Lines of `/readyz` that inform without deciding readiness: the breaker's Redis (mail
+    /// Follow lines that `/readyz` shows without failing on them (the breaker's Redis: mail
     /// is accepted on local counts while it is unreachable).
+    pub fn watch_notes(&self, notes: impl Fn() -> Vec<String> + Send + Sync + 'static) {
+        let _ = self.notes.set(Box::new(notes));
+    }
+
+    /// The informing lines of `/readyz`.
     pub fn notes(&self) -> Vec<String> {
-        let Some(state) = self.breaker.get().map(crate::breaker::Breaker::state) else {
-            return Vec::new();
-        };
-        match (state.store.as_str(), state.degraded) {
-            ("redis", None) => vec!["breaker counts: ok (redis)".into()],
-            ("redis", Some(why)) => vec![format!(
-                "breaker counts: DEGRADED: {}; counting in this relay until it is back (mail is accepted)",
-                redact_in_text(&why)
-            )],
-            _ => Vec::new(),
-        }
+        self.notes.get().map(|n| n()).unwrap_or_default()
     }
 
     /// Each check, and the overall verdict.
@@ -359,7 +376,7 @@ impl Health {
             check("upstream reachable", upstream),
         ];
         if let Some(relay) = self.relay.get() {
-            let failing = relay.current().map(|r| redact_in_text(&r.text));
+            let failing = relay().map(|text| redact_in_text(&text));
             checks.push(Check { name: "upstream accepts the relay", failing });
         }
         (checks.iter().all(|c| c.failing.is_none()), checks)
@@ -393,6 +410,7 @@ mod tests {
             ("bccguard_deliveries", "counter"),
             ("bccguard_bounces", "counter"),
             ("bccguard_spool_messages", "gauge"),
+            ("bccguard_spool_oldest_message_timestamp_seconds", "gauge"),
             ("bccguard_spool_damaged", "counter"),
             ("bccguard_upstream_latency_seconds", "histogram"),
             ("bccguard_upstream_refusals", "counter"),

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::addresses::Addresses;
 use crate::config::Action;
 use crate::hold::ReleaseAs;
 use crate::message::address;
@@ -58,7 +59,7 @@ pub struct Plan {
 
 impl Plan {
     /// The plan for a decision; `None` when the message is to be rejected.
-    pub fn build(decision: &Decision, headers: &Headers, recipients: &[String], policy: &Policy) -> Option<Plan> {
+    pub fn build(decision: &Decision, headers: &Headers, recipients: &Addresses, policy: &Policy) -> Option<Plan> {
         let everyone = (0..recipients.len()).collect();
         match decision.action {
             Action::Reject => None,
@@ -91,7 +92,7 @@ impl Plan {
 /// `policy` (the one in force at release) with its action set to `how` and monitor mode off
 /// (a person chose), as if the message had just arrived with that action. A message that no
 /// longer leaks is passed, as it would be on arrival.
-pub fn for_release(headers: &Headers, recipients: &[String], policy: &Policy, how: ReleaseAs) -> (Decision, Plan) {
+pub fn for_release(headers: &Headers, recipients: &Addresses, policy: &Policy, how: ReleaseAs) -> (Decision, Plan) {
     let action = match how {
         ReleaseAs::Explode => Action::Explode,
         ReleaseAs::Undisclose => Action::Undisclose,
@@ -105,7 +106,7 @@ pub fn for_release(headers: &Headers, recipients: &[String], policy: &Policy, ho
 
 /// Internal recipients together with the original; each external one alone, addressed to
 /// them with the display name the headers gave them.
-fn explode(headers: &Headers, recipients: &[String], policy: &Policy) -> Plan {
+fn explode(headers: &Headers, recipients: &Addresses, policy: &Policy) -> Plan {
     let names = display_names(headers);
     let (internal, external): (Vec<usize>, Vec<usize>) =
         (0..recipients.len()).partition(|&i| policy.is_internal(&recipients[i]));
@@ -162,7 +163,7 @@ mod tests {
             ..PolicyConfig::default()
         };
         let policy = Policy::from_config(&config);
-        let rcpts: Vec<String> = ["a@x.test", "b@y.test", "ops@example.com"].map(String::from).to_vec();
+        let rcpts: Addresses = ["a@x.test", "b@y.test", "ops@example.com"].iter().collect();
         let leak = Headers::parse(b"To: a@x.test, B <b@y.test>\r\nCc: ops@example.com\r\n\r\n").unwrap();
         let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Explode);
         assert_eq!((d.leak, d.action, d.monitor), (true, Action::Explode, false), "a person chose: no monitor");

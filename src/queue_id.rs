@@ -31,6 +31,12 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the id was made (the message arrived), in whole seconds since 1970.
+    pub fn unix_secs(&self) -> Option<i64> {
+        let micros = i64::from_str_radix(self.0.get(..13)?, 16).ok()?;
+        Some(micros / 1_000_000)
+    }
 }
 
 impl fmt::Display for QueueId {
@@ -51,5 +57,13 @@ mod tests {
         assert_eq!(QueueId::parse(id.as_str()), Some(id));
         assert_eq!(QueueId::parse("../../etc/passwd"), None);
         assert_eq!(QueueId::parse("0641f2a3b4c5d001"), None);
+    }
+
+    #[test]
+    fn an_id_tells_when_it_was_made() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let made = QueueId::generate().unix_secs().unwrap();
+        assert!((before..=before + 1).contains(&made), "{made} vs {before}");
+        assert_eq!(QueueId::parse("0641F2A3B4C5D001").unwrap().unix_secs(), Some(0x0641F2A3B4C5D / 1_000_000));
     }
 }

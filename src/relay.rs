@@ -33,7 +33,7 @@ use crate::smtp::reply::{self, Reply};
 use crate::smtp::session::Incoming;
 use crate::smtp::{Body, Intake, trace};
 use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta};
-use crate::spool::{Spill, Spool};
+use crate::spool::{Opened, Spill, Spool};
 
 /// The message pipeline behind the SMTP front door.
 pub struct Relay {
@@ -89,11 +89,12 @@ impl Relay {
         let received = Bytes::from(received);
         // The Received field and the start of the message (at least its header block), to
         // decide on; the message itself stays where it is (in memory, or spilled), and is
-        // stored after the Received field without being copied to prepend it.
+        // stored after the Received field without being copied to prepend it. A message in
+        // memory (at most 128 KiB) is whole in `head`, which its first delivery pass takes.
         let (head, body, _extra) = match body {
             Body::Memory(data) => {
                 let data = Bytes::from(data);
-                let head = [&received[..], &data[..header_block_len(&data)]].concat();
+                let head = [&received[..], &data[..]].concat();
                 (Bytes::from(head), Stored::Memory(data), None)
             }
             Body::Spilled(spill) => match self.spilled_head(&spill, &received).await {
@@ -105,11 +106,11 @@ impl Relay {
         let Ok(headers) = Headers::parse(&head) else {
             return reply::HEADERS_TOO_LARGE;
         };
-        let whole = match &body {
+        let in_memory = match &body {
             Stored::Memory(data) => Some(&data[..]),
             Stored::Spilled(_) => None,
         };
-        let judged = self.judge(&id, &incoming, &head, &headers, whole).await;
+        let judged = self.judge(&id, &incoming, &head, &headers, in_memory).await;
         if judged.tempfail {
             return breaker::TEMPFAIL;
         }
@@ -149,6 +150,7 @@ impl Relay {
             size: None,
             crc32: None,
         };
+        let whole = matches!(body, Stored::Memory(_)).then(|| head.clone());
         let stored = match body {
             Stored::Memory(data) => self.spool.store(meta, vec![received, data]).await,
             Stored::Spilled(spill) => self.spool.store_spilled(meta, received, spill).await,
@@ -172,16 +174,20 @@ impl Relay {
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
         accepted.emit(self.redaction);
+        let hold_max_age = std::time::Duration::from_millis(self.deliverer.hold_max_age_ms().max(0) as u64);
+        let event = accepted_event(&decision, hold_max_age).map(|kind| {
+            let event = Event::about(kind, &meta).with_rule(named_rule(&decision));
+            // Only notices quote the subject (the webhook never does).
+            if event.kind.has_notice() { event.with_subject_of(&head) } else { event }
+        });
         if meta.is_held() {
             self.deliverer.hold(meta.id.clone(), meta.received_at);
+        } else if let Some(whole) = whole {
+            self.deliverer.submit_opened(Opened::fresh(meta, whole));
         } else {
             self.deliverer.submit(meta.id.clone());
         }
-        let hold_max_age = std::time::Duration::from_millis(self.deliverer.hold_max_age_ms().max(0) as u64);
-        if let Some(kind) = accepted_event(&decision, hold_max_age) {
-            let event = Event::about(kind, &meta).with_rule(named_rule(&decision));
-            // Only notices quote the subject (the webhook never does).
-            let event = if event.kind.has_notice() { event.with_subject_of(&head) } else { event };
+        if let Some(event) = event {
             self.notifier.event(event);
         }
         reply::queued(id.as_str())
@@ -267,15 +273,6 @@ impl Stored {
             Stored::Spilled(s) => s.len(),
         }
     }
-}
-
-/// The length of `data`'s header block, its empty line included (all of it when it has no
-/// empty line).
-fn header_block_len(data: &[u8]) -> usize {
-    if data.starts_with(b"\r\n") {
-        return 2;
-    }
-    memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4)
 }
 
 /// How much of a spilled message's header block is read under the transaction's own

@@ -1,5 +1,6 @@
 //! The leak decision over the fixture corpus in `tests/fixtures/`, table-driven.
 
+use bccguard::addresses::Addresses;
 use bccguard::config::{Action, PolicyConfig};
 use bccguard::message::decide::{Policy, Reason, decide};
 use bccguard::message::parse::Headers;
@@ -50,8 +51,7 @@ fn the_corpus_decides_as_expected() {
 fn encoded_display_names_are_decoded_for_the_copies() {
     let message = fixture("encoded-names.eml");
     let headers = Headers::parse(&message).unwrap();
-    let recipients: Vec<String> =
-        ["juergen@muenchen.test", "francois@paris.test", "taro@tokyo.test"].map(String::from).to_vec();
+    let recipients: Addresses = ["juergen@muenchen.test", "francois@paris.test", "taro@tokyo.test"].iter().collect();
     let plan = Plan::build(&decide(&headers, &policy()), &headers, &recipients, &policy()).unwrap();
     let names: Vec<_> = plan
         .transactions
@@ -68,7 +68,7 @@ fn encoded_display_names_are_decoded_for_the_copies() {
 fn the_bulk_mail_explodes_into_one_transaction_per_customer() {
     let message = fixture("bulk-50.eml");
     let headers = Headers::parse(&message).unwrap();
-    let recipients: Vec<String> = headers.visible().map(|m| m.address.clone()).collect();
+    let recipients: Addresses = headers.visible().map(|m| m.address.clone()).collect();
     assert_eq!(recipients.len(), 50);
     let plan = Plan::build(&decide(&headers, &policy()), &headers, &recipients, &policy()).unwrap();
     assert_eq!(plan.transactions.len(), 50);

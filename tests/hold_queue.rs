@@ -51,7 +51,7 @@ async fn hold(m: &Manager, received_at: i64) -> QueueId {
         received_at,
         client: "127.0.0.1".into(),
         sender: "shop@example.com".into(),
-        recipients: vec!["a@x.test".into(), "b@y.test".into(), "ops@example.com".into()],
+        recipients: ["a@x.test", "b@y.test", "ops@example.com"].iter().collect(),
         decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2, ..DecisionSummary::default() },
         plan: Default::default(),
         dsn: false,

@@ -352,3 +352,31 @@ async fn a_held_leak_sends_notices_quoting_the_subject() {
     }
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_held_message_tells_its_sender_and_the_admins_it_will_not_be_delivered() {
+    let upstream = TestUpstream::start().await;
+    let notify = "sender = true\nadmins = [\"ops@example.com\"]";
+    let relay = TestRelay::start(&format!("{}{}", config("hold", notify), upstream.config(""))).await;
+    let reply = relay.send("shop@example.com", &CUSTOMERS, &leak("Cyber Monday")).await;
+    let id = reply.strip_prefix("250 2.0.0 Ok: queued as ").unwrap_or_else(|| panic!("{reply}")).to_string();
+    eventually("the held notices", || upstream.deliveries().len() >= 2).await;
+    let (code, out) = common::queue_cli(&relay, &["delete", &id]);
+    assert_eq!(code, 0, "{out}");
+    eventually("the not-delivered notices", || upstream.deliveries().len() >= 4).await;
+    for to in ["shop@example.com", "ops@example.com"] {
+        let notices = upstream.delivered_to(to);
+        assert_eq!(notices.len(), 2, "{to}");
+        let text = String::from_utf8(notices[1].data.clone()).unwrap();
+        assert_eq!(notices[1].from, "");
+        assert!(text.contains("Subject: Not delivered: "), "{text}");
+        assert!(text.contains("  Subject:    Cyber Monday\r\n"), "{text}");
+        assert!(text.contains(&format!("  Queue id:   {id}\r\n")), "{text}");
+        for customer in CUSTOMERS {
+            assert!(!text.contains(customer), "{text}");
+        }
+    }
+    // The deletion delivered nothing else: four notices, no copy to a customer.
+    assert_eq!(upstream.deliveries().len(), 4);
+    relay.stop().await.unwrap();
+}

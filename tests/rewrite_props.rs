@@ -91,7 +91,7 @@ proptest! {
         });
         let headers = Headers::parse(&message).unwrap();
         // Envelope addresses arrive canonical from the SMTP session.
-        let recipients: Vec<String> = to.iter().chain(&cc).map(|(_, a)| canonical(a).unwrap()).collect();
+        let recipients: bccguard::addresses::Addresses = to.iter().chain(&cc).map(|(_, a)| canonical(a).unwrap()).collect();
         let decision = decide(&headers, &policy);
         let plan = Plan::build(&decision, &headers, &recipients, &policy).unwrap();
         let (original_fields, original_address_fields) = field_count(&message);
@@ -125,7 +125,7 @@ proptest! {
                 let again = Headers::parse(&copy).unwrap();
                 let to: Vec<_> = again.of_kind(bccguard::message::parse::FieldKind::To).flat_map(|f| &f.mailboxes).collect();
                 prop_assert_eq!(to.len(), 1);
-                prop_assert_eq!(&to[0].address, &recipients[txn.recipients[0]]);
+                prop_assert_eq!(&to[0].address, &recipients[txn.recipients[0]].to_string());
                 prop_assert!(again.fields.iter().all(|f| !f.unparseable));
             }
             prop_assert!(copy.ends_with(b"\r\n\r\nbody\r\n.line\r\n"), "body untouched");

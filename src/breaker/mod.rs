@@ -165,6 +165,20 @@ impl Breaker {
         StoreState { store: store.into(), degraded }
     }
 
+    /// What `/readyz` shows about the counts (never failing readiness: mail is accepted on
+    /// local counts while Redis is unreachable).
+    pub fn readiness_notes(&self) -> Vec<String> {
+        let state = self.state();
+        match (state.store.as_str(), state.degraded) {
+            ("redis", None) => vec!["breaker counts: ok (redis)".into()],
+            ("redis", Some(why)) => vec![format!(
+                "breaker counts: DEGRADED: {}; counting in this relay until it is back (mail is accepted)",
+                address::redact_in_text(&why)
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     fn local(&self) -> std::sync::MutexGuard<'_, counts::Counts> {
         self.inner.local.lock().expect("not poisoned")
     }

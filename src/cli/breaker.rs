@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::Utc;
 
-use super::queue::{escape_controls, short_duration};
+use super::table::{escape_controls, short_duration};
 use super::{ConfigArg, EXIT_ERROR};
 use crate::breaker::{Breaker, Control, Listing};
 use crate::control;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{ConfigArg, EXIT_ERROR};
+use crate::addresses::Addresses;
 use crate::config::Action;
 use crate::message::address;
 use crate::message::decide::{Decision, Policy, exposure};
@@ -131,13 +132,13 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
 }
 
 /// The envelope: the given recipients, or every distinct visible address.
-fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Vec<String>, bool), String> {
+fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Addresses, bool), String> {
     if !rcpts.is_empty() {
         let canonical = rcpts
             .iter()
             .map(|r| address::canonical(r).ok_or_else(|| format!("--rcpt {r:?} is not an address")))
-            .collect::<Result<_, _>>()?;
-        return Ok((canonical, false));
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((canonical.into(), false));
     }
     let mut seen = HashSet::new();
     let visible =
@@ -169,7 +170,7 @@ fn txn_report(
     headers: &Headers,
     plan: &Plan,
     txn: &crate::plan::Transaction,
-    rcpts: &[String],
+    rcpts: &Addresses,
 ) -> TxnReport {
     let block = rewrite::header_block(message, headers, plan, txn, rcpts);
     // The rewritten block is no larger than the original's, which parsed.
@@ -202,7 +203,7 @@ fn txn_report(
     };
     TxnReport {
         shown: [shown(FieldKind::To), shown(FieldKind::Cc)],
-        recipients: txn.recipients.iter().map(|&i| rcpts[i].clone()).collect(),
+        recipients: txn.recipients.iter().map(|&i| rcpts[i].to_string()).collect(),
         rewrite: match txn.rewrite {
             Rewrite::Original => "original",
             Rewrite::Explode { .. } => "explode",

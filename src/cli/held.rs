@@ -10,7 +10,8 @@ use std::io::{self, Write};
 
 use chrono::Utc;
 
-use super::queue::{escape_controls, lock, parse_id, short_duration};
+use super::offline::{lock, parse_id};
+use super::table::{escape_controls, short_duration};
 use super::{ConfigArg, EXIT_ERROR};
 use crate::config::Config;
 use crate::control;

@@ -9,7 +9,9 @@ use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
 pub mod breaker;
 pub mod check;
+pub mod docs;
 pub mod held;
+mod offline;
 pub mod queue;
 mod table;
 
@@ -46,12 +48,26 @@ pub enum Command {
     Breaker(breaker::BreakerCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on standard output.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (bccguard.8 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    ManPages {
+        /// Directory to write into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `--config PATH`, shared by the subcommands that read the configuration.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// Configuration file [default: config/bccguard.toml if it exists, else built-in defaults].
+    /// Configuration file [default: config/bccguard.toml if it exists, else
+    /// /etc/bccguard/bccguard.toml if it exists, else built-in defaults].
     #[arg(long, short, env = "BCCGUARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 }

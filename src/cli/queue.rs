@@ -9,6 +9,8 @@ use std::io::{self, Read, Write};
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
 
+use super::offline::{lock, parse_id};
+use super::table::{escape_controls, short_duration};
 use super::{ConfigArg, EXIT_ERROR};
 use crate::control;
 use crate::events::Redaction;
@@ -284,21 +286,6 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
     }
 }
 
-/// Text from an upstream made safe for a terminal: C0 and C1 control characters and DEL
-/// shown as `\x1b`, `\u{9b}` (and a backslash doubled, so the escapes are unambiguous).
-pub(super) fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -312,17 +299,6 @@ fn shorten(reply: &str) -> String {
     }
 }
 
-/// `45s`, `12m`, `3h`, `2d`.
-pub(super) fn short_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
-}
-
 /// Ask the running relay; `Ok(None)` when no relay listens on the spool's socket.
 fn ask_relay(paths: &SpoolPaths, request: &str) -> Result<Option<usize>, String> {
     match control::request(&paths.control_socket(), request) {
@@ -333,18 +309,6 @@ fn ask_relay(paths: &SpoolPaths, request: &str) -> Result<Option<usize>, String>
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Ok(None),
         Err(e) => Err(format!("cannot reach the relay: {e}")),
     }
-}
-
-pub(super) fn parse_id(id: &str) -> Result<QueueId, String> {
-    QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits, as `queue list` shows)"))
-}
-
-/// Take the spool's lock for direct changes; fails if a relay holds it.
-pub(super) fn lock(paths: &SpoolPaths) -> Result<std::fs::File, String> {
-    paths
-        .try_lock()
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "a bccguard relay holds the spool but its control socket does not answer; try again".to_string())
 }
 
 fn retry(config: &ConfigArg, id: Option<&str>, out: &mut impl Write) -> Result<(), String> {

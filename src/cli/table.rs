@@ -31,6 +31,32 @@ pub fn write<const N: usize>(out: &mut impl Write, header: &[&str; N], rows: &[[
     Ok(())
 }
 
+/// Text from an upstream made safe for a terminal: C0 and C1 control characters and DEL
+/// shown as `\x1b`, `\u{9b}` (and a backslash doubled, so the escapes are unambiguous).
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `45s`, `12m`, `3h`, `2d`.
+pub fn short_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -12,6 +12,10 @@ use super::Config;
 /// The documented default location of the configuration file.
 pub const DEFAULT_PATH: &str = "config/bccguard.toml";
 
+/// Where the Debian package installs the configuration: read when [`DEFAULT_PATH`] does not
+/// exist, so `bccguard queue list` on a server finds the running relay's spool.
+pub const SYSTEM_PATH: &str = "/etc/bccguard/bccguard.toml";
+
 /// Prefix of environment variables that override keys: `BCCGUARD__UPSTREAM__HOST`.
 const ENV_PREFIX: &str = "BCCGUARD__";
 
@@ -66,12 +70,19 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// The file to read: the one given, else [`DEFAULT_PATH`] if it exists, else none.
+    /// The file to read: the one given, else [`DEFAULT_PATH`] if it exists, else
+    /// [`SYSTEM_PATH`] if it exists, else none.
     pub fn resolve(given: Option<PathBuf>) -> ConfigSource {
+        Self::resolve_with(given, |path| Path::new(path).exists())
+    }
+
+    fn resolve_with(given: Option<PathBuf>, exists: impl Fn(&str) -> bool) -> ConfigSource {
         match given {
             Some(path) => ConfigSource::File(path),
-            None if Path::new(DEFAULT_PATH).exists() => ConfigSource::File(DEFAULT_PATH.into()),
-            None => ConfigSource::Defaults,
+            None => match [DEFAULT_PATH, SYSTEM_PATH].into_iter().find(|path| exists(path)) {
+                Some(path) => ConfigSource::File(path.into()),
+                None => ConfigSource::Defaults,
+            },
         }
     }
 }
@@ -331,5 +342,16 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "server.max_recipients");
         assert!(errs[0].message.contains("BCCGUARD__SERVER__MAX_RECIPIENTS"), "{errs:?}");
+    }
+
+    #[test]
+    fn the_file_is_the_one_given_else_the_working_directory_one_else_the_system_one() {
+        let given = ConfigSource::resolve_with(Some("my.toml".into()), |_| true);
+        assert_eq!(given, ConfigSource::File("my.toml".into()));
+        let both = ConfigSource::resolve_with(None, |_| true);
+        assert_eq!(both, ConfigSource::File(DEFAULT_PATH.into()));
+        let system = ConfigSource::resolve_with(None, |p| p == SYSTEM_PATH);
+        assert_eq!(system, ConfigSource::File(SYSTEM_PATH.into()));
+        assert_eq!(ConfigSource::resolve_with(None, |_| false), ConfigSource::Defaults);
     }
 }

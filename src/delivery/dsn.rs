@@ -28,7 +28,7 @@ pub fn failures(meta: &Meta, state: &State, failed: &[usize]) -> Vec<Failure> {
         .iter()
         .filter_map(|&i| match &state.rcpts[i] {
             RcptState::Failed { reply, expired, .. } => Some(Failure {
-                recipient: meta.recipients[i].clone(),
+                recipient: meta.recipients[i].to_string(),
                 reply: outcome::recorded(reply),
                 expired: *expired,
             }),

@@ -1,5 +1,5 @@
 //! Held messages in the running relay (SPEC §10): the spool work behind the manager's
-//! release, delete and expiry, and [`HeldQueue`] for the [`Deliverer`] handle.
+//! release, delete and expiry (`super::held_queue` has [`HeldQueue`] for the handle).
 //!
 //! At most once: only the manager changes a held message, one command at a time, and a
 //! release is journaled (fsync'd) before the message is handed to a pass. A second release,
@@ -11,16 +11,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 
-use tokio::sync::oneshot;
-
 use super::dsn;
-use super::manager::{Command, Deliverer};
 use super::pass::{Ctx, dsn_meta, now_ms};
 use super::reply::{Answer, Reply};
-use crate::hold::{HeldMessage, HeldQueue, HeldSummary, HoldError, HoldOutcome, ReleaseAs};
+use crate::hold::{HoldError, HoldOutcome, ReleaseAs};
 use crate::message::decide::Policy;
 use crate::queue_id::QueueId;
-use crate::spool::SpoolPaths;
 use crate::spool::held::Released;
 use crate::spool::record::Meta;
 
@@ -41,7 +37,7 @@ pub(super) enum Expiry {
 }
 
 /// Run blocking spool work on its own thread.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, HoldError> + Send + 'static,
 ) -> Result<T, HoldError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| HoldError::Spool(e.to_string()))?
@@ -59,7 +55,7 @@ pub(super) async fn release(
 }
 
 /// Delete held message `id`.
-pub(super) async fn delete(ctx: &Ctx, id: &QueueId) -> Result<Result<Meta, HoldOutcome>, HoldError> {
+pub(super) async fn delete(ctx: &Ctx, id: &QueueId) -> Result<Result<(Meta, Bytes), HoldOutcome>, HoldError> {
     let (paths, id) = (ctx.spool.paths().clone(), id.clone());
     blocking(move || paths.delete_held_blocking(&id)).await
 }
@@ -92,7 +88,7 @@ async fn queue_dsn(ctx: &Ctx, meta: &Meta, head: &[u8]) -> std::io::Result<Queue
     let failures: Vec<dsn::Failure> = meta
         .recipients
         .iter()
-        .map(|r| dsn::Failure { recipient: r.clone(), reply: Answer::Reply(reply.clone()), expired: false })
+        .map(|r| dsn::Failure { recipient: r.to_string(), reply: Answer::Reply(reply.clone()), expired: false })
         .collect();
     let report = dsn::Report {
         hostname: &ctx.config.hostname,
@@ -106,65 +102,7 @@ async fn queue_dsn(ctx: &Ctx, meta: &Meta, head: &[u8]) -> std::io::Result<Queue
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, head, Utc::now()));
     ctx.spool.store(dsn_meta(id.clone(), &meta.sender), vec![bytes]).await?;
-    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
+    super::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)
-}
-
-impl Deliverer {
-    /// Keep a message that is already durably spooled, held, for a person (it arrived at
-    /// `received_at`, Unix ms; it expires `hold.max_age` later).
-    pub fn hold(&self, id: QueueId, received_at: i64) {
-        let _ = self.tx.send(Command::Hold(id, received_at));
-    }
-
-    /// The held messages' ids, oldest first.
-    pub async fn held_ids(&self) -> Result<Vec<QueueId>, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::HeldIds(tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)
-    }
-
-    /// The spool's paths.
-    pub fn paths(&self) -> &SpoolPaths {
-        &self.paths
-    }
-
-    /// `hold.max_age` in milliseconds.
-    pub fn hold_max_age_ms(&self) -> i64 {
-        self.hold_max_age
-    }
-
-    /// The policy in force (replaced on reload).
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-}
-
-impl HeldQueue for Deliverer {
-    async fn held(&self) -> Result<Vec<HeldSummary>, HoldError> {
-        let ids = self.held_ids().await?;
-        let (paths, max_age) = (self.paths().clone(), self.hold_max_age_ms());
-        blocking(move || paths.held_summaries(&ids, max_age)).await
-    }
-
-    async fn held_message(&self, id: &QueueId) -> Result<Option<HeldMessage>, HoldError> {
-        let (paths, max_age, id) = (self.paths().clone(), self.hold_max_age_ms(), id.clone());
-        let policy = self.policy();
-        blocking(move || paths.held_message(&id, max_age, &policy)).await
-    }
-
-    /// The manager releases one message at a time: its plan is made with the policy in force
-    /// and journaled before the answer.
-    async fn release(&self, id: &QueueId, how: ReleaseAs) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Release(id.clone(), how, tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
-
-    async fn delete_held(&self, id: &QueueId) -> Result<HoldOutcome, HoldError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::DeleteHeld(id.clone(), tx)).map_err(|_| HoldError::Stopped)?;
-        rx.await.map_err(|_| HoldError::Stopped)?
-    }
 }

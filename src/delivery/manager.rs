@@ -6,26 +6,27 @@
 //! [`super::held`]) and their expiry.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::Upstream;
 use super::config::DeliveryConfig;
+use super::events::{HeldChange, HeldChanged};
 use super::held::{self, Expiry};
 use super::pass::{self, Ctx, Ended, now_ms};
 use super::schedule::{Deleted, Next, PassEnd, Schedule};
-use crate::events::{HeldChange, HeldChanged};
 use crate::hold::{HoldError, HoldOutcome, ReleaseAs};
 use crate::message::decide::Policy;
 use crate::queue_id::QueueId;
 use crate::shutdown::Shutdown;
-use crate::spool::record::Record;
-use crate::spool::{Spool, SpoolPaths};
+use crate::spool::record::{Meta, Record};
+use crate::spool::{Opened, Spool, SpoolPaths};
 
 /// Wait before a message whose pass panicked is tried again.
 const PANIC_WAIT: i64 = 60_000;
@@ -34,6 +35,10 @@ const PANIC_WAIT: i64 = 60_000;
 #[derive(Debug, thiserror::Error)]
 #[error("the delivery manager is not running")]
 pub struct ManagerStopped;
+
+/// Bytes of just-stored messages the manager keeps for their first pass (see
+/// [`Deliverer::submit_opened`]).
+pub const PRELOADED_BYTES: usize = 8 << 20;
 
 /// Wait before an expiry that could not read or write the spool is tried again.
 const EXPIRY_TROUBLE_WAIT: i64 = 60_000;
@@ -47,6 +52,7 @@ pub(super) type HoldReply = oneshot::Sender<Result<HoldOutcome, HoldError>>;
 /// What the manager is asked to do.
 pub(super) enum Command {
     Submit(QueueId),
+    SubmitOpened(Box<Opened>),
     Hold(QueueId, i64),
     Retry(Option<QueueId>, oneshot::Sender<usize>),
     Delete(QueueId, oneshot::Sender<bool>),
@@ -63,7 +69,12 @@ pub struct Deliverer {
     pub(super) paths: SpoolPaths,
     pub(super) hold_max_age: i64,
     pub(super) policy: Arc<ArcSwap<Policy>>,
+    pub(super) on_held_deleted: Arc<OnceLock<HeldDeletedHook>>,
 }
+
+/// What the relay does when a person deletes a held message: the message's envelope and
+/// header block, just before they are gone (see [`Deliverer::on_held_deleted`]).
+pub type HeldDeletedHook = Box<dyn Fn(&Meta, &Bytes) + Send + Sync>;
 
 impl Deliverer {
     /// Deliver a message that is already durably spooled. Only its id is queued: its pass
@@ -71,6 +82,20 @@ impl Deliverer {
     pub fn submit(&self, id: QueueId) {
         // After shutdown began the message simply stays spooled for the next start.
         let _ = self.tx.send(Command::Submit(id));
+    }
+
+    /// Call `hook` for each held message a person deletes from now on (set once; the relay
+    /// sends the sender and the admins a notice that it will not be delivered).
+    pub fn on_held_deleted(&self, hook: HeldDeletedHook) {
+        let _ = self.on_held_deleted.set(hook);
+    }
+
+    /// Deliver a message that is already durably spooled, handing over what was stored (see
+    /// [`Opened::fresh`]): its first pass then reads nothing back from the spool. The manager
+    /// keeps at most [`PRELOADED_BYTES`] of such messages; beyond that, or for a later pass,
+    /// the spool is read as for [`Deliverer::submit`].
+    pub fn submit_opened(&self, opened: Opened) {
+        let _ = self.tx.send(Command::SubmitOpened(Box::new(opened)));
     }
 
     /// Try one message (or all) now, whatever their schedule; returns how many.
@@ -109,7 +134,13 @@ pub fn start(
 ) -> Deliverer {
     let (tx, rx) = mpsc::unbounded_channel();
     let hold_max_age = config.hold_max_age.as_millis() as i64;
-    let deliverer = Deliverer { tx, paths: spool.paths().clone(), hold_max_age, policy: policy.clone() };
+    let deliverer = Deliverer {
+        tx,
+        paths: spool.paths().clone(),
+        hold_max_age,
+        policy: policy.clone(),
+        on_held_deleted: Arc::default(),
+    };
     let schedule = Schedule::new(config.max_passes);
     let ctx = Arc::new(Ctx { spool, upstream, config });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -118,6 +149,8 @@ pub fn start(
         policy,
         schedule,
         unwritten: HashMap::new(),
+        preloaded: (HashMap::new(), 0),
+        on_held_deleted: deliverer.on_held_deleted.clone(),
         done_tx,
         tracker: tracker.clone(),
         hard: shutdown.hard.clone(),
@@ -132,6 +165,10 @@ struct Manager {
     schedule: Schedule,
     /// Journal records not yet on disk, per message (see `super::journal`).
     unwritten: HashMap<QueueId, Vec<Record>>,
+    /// Told of each held message a person deleted (the relay sends its notices).
+    on_held_deleted: Arc<OnceLock<HeldDeletedHook>>,
+    /// Just-stored messages waiting for their first pass, and their bytes in all.
+    preloaded: (HashMap<QueueId, Box<Opened>>, usize),
     done_tx: mpsc::UnboundedSender<Done>,
     tracker: TaskTracker,
     hard: tokio_util::sync::CancellationToken,
@@ -148,6 +185,7 @@ impl Manager {
         loop {
             let m = crate::metrics::metrics();
             m.spool_messages.set(self.schedule.len() as i64);
+            m.spool_oldest.set(self.schedule.oldest_waiting().and_then(QueueId::unix_secs).unwrap_or(0));
             m.hold.held.set(self.schedule.held_count() as i64);
             let (wake, expired) = self.start_due();
             if !expired.is_empty() {
@@ -228,14 +266,22 @@ impl Manager {
     }
 
     /// Run a pass over `id` on the tracker; its end comes back through `done`.
+    /// A just-stored message's bytes, if the manager still keeps them.
+    fn take_preloaded(&mut self, id: &QueueId) -> Option<Box<Opened>> {
+        let opened = self.preloaded.0.remove(id)?;
+        self.preloaded.1 -= opened.memory();
+        Some(opened)
+    }
+
     fn start_pass(&mut self, id: QueueId, force: bool) {
         let (ctx, done, hard) = (self.ctx.clone(), self.done_tx.clone(), self.hard.clone());
         let mut unwritten = self.unwritten.remove(&id).unwrap_or_default();
+        let preloaded = self.take_preloaded(&id);
         self.tracker.spawn(async move {
             let pass = {
                 let id = id.clone();
                 tokio::spawn(async move {
-                    let ended = pass::run(&ctx, &id, force, &mut unwritten).await;
+                    let ended = pass::run(&ctx, &id, force, &mut unwritten, preloaded).await;
                     (ended, unwritten)
                 })
             };
@@ -275,6 +321,14 @@ impl Manager {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Submit(id) => self.schedule.submit(id),
+            Command::SubmitOpened(opened) => {
+                let (id, size) = (opened.meta.id.clone(), opened.memory());
+                if self.preloaded.1 + size <= PRELOADED_BYTES {
+                    self.preloaded.1 += size;
+                    self.preloaded.0.insert(id.clone(), opened);
+                }
+                self.schedule.submit(id);
+            }
             Command::Hold(id, received_at) => self.schedule.hold(id, self.ctx.config.hold_expires(received_at)),
             Command::HeldIds(reply) => {
                 let _ = reply.send(self.schedule.held());
@@ -289,6 +343,7 @@ impl Manager {
                 let _ = reply.send(self.schedule.retry(which.as_ref()));
             }
             Command::Delete(id, reply) => {
+                self.take_preloaded(&id);
                 if self.schedule.is_held(&id) {
                     // Through the held path, so that it is logged and counted as such.
                     let found = match self.delete_held(id.clone()).await {
@@ -344,11 +399,14 @@ impl Manager {
             return Ok(if self.schedule.contains(&id) { HoldOutcome::NotHeld } else { HoldOutcome::NotFound });
         }
         match held::delete(&self.ctx, &id).await? {
-            Ok(meta) => {
+            Ok((meta, head)) => {
                 self.schedule.delete(&id);
                 let change = HeldChange::Deleted;
                 HeldChanged { id: &id, sender: &meta.sender, recipients: meta.recipients.len(), change }
                     .emit(self.ctx.config.redaction);
+                if let Some(hook) = self.on_held_deleted.get() {
+                    hook(&meta, &head);
+                }
                 Ok(HoldOutcome::Done)
             }
             Err(outcome) => Ok(self.not_held_on_disk(&id, outcome)),
@@ -391,7 +449,8 @@ impl Manager {
 
     fn remove(&self, id: &QueueId) {
         let (spool, id) = (self.ctx.spool.clone(), id.clone());
-        tokio::spawn(async move {
+        // On the tracker: stopping waits for it (it holds the spool, and so its lock).
+        self.tracker.spawn(async move {
             match spool.remove(&id).await {
                 Ok(()) => info!(queue_id = %id, "deleted from the queue"),
                 Err(e) => warn!(queue_id = %id, error = %e, "cannot delete from the spool"),

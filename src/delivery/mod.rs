@@ -13,7 +13,9 @@ pub mod client;
 mod config;
 pub mod directory;
 pub mod dsn;
+pub mod events;
 mod held;
+mod held_queue;
 mod journal;
 mod manager;
 pub mod outcome;
@@ -26,7 +28,7 @@ pub mod smtp;
 use bytes::Bytes;
 
 pub use config::DeliveryConfig;
-pub use manager::{Deliverer, ManagerStopped, start};
+pub use manager::{Deliverer, HeldDeletedHook, ManagerStopped, PRELOADED_BYTES, start};
 pub use outcome::Outcome;
 pub use refusals::RelayStatus;
 

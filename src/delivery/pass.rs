@@ -21,10 +21,10 @@ use tracing::{error, warn};
 
 use super::config::DeliveryConfig;
 use super::dsn;
+use super::events::DeliveryAttempt;
 use super::journal::{Gone, Journal};
 use super::schedule::{self, Attempted, PassEnd};
 use super::{Copy, Upstream};
-use crate::events::DeliveryAttempt;
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
@@ -74,9 +74,15 @@ pub(super) fn now_ms() -> i64 {
 /// Run one pass over message `id`, read from the spool. With `force`, every pending
 /// transaction is tried, whatever its schedule. `unwritten` holds journal records earlier
 /// passes could not write (see [`Journal`]); on return, those still not written.
-pub(super) async fn run(ctx: &Ctx, id: &QueueId, force: bool, unwritten: &mut Vec<Record>) -> Ended {
+pub(super) async fn run(
+    ctx: &Ctx,
+    id: &QueueId,
+    force: bool,
+    unwritten: &mut Vec<Record>,
+    preloaded: Option<Box<Opened>>,
+) -> Ended {
     let mut dsn = None;
-    let end = deliver(ctx, id, force, unwritten, &mut dsn).await;
+    let end = deliver(ctx, id, force, unwritten, preloaded, &mut dsn).await;
     Ended { end, dsn }
 }
 
@@ -85,9 +91,10 @@ async fn deliver(
     id: &QueueId,
     force: bool,
     unwritten: &mut Vec<Record>,
+    preloaded: Option<Box<Opened>>,
     dsn: &mut Option<QueueId>,
 ) -> PassEnd {
-    let loaded = match load(ctx, id).await {
+    let loaded = match load(ctx, id, preloaded).await {
         Ok(l) => l,
         Err(end) => return end,
     };
@@ -157,17 +164,12 @@ fn leaves_the_spool(meta: &Meta, state: &State) -> bool {
 
 /// Open the message (checked against its length and checksum), repair a torn journal, and
 /// parse the header block. A damaged message is set aside, never delivered.
-async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
+async fn load(ctx: &Ctx, id: &QueueId, preloaded: Option<Box<Opened>>) -> Result<Loaded, PassEnd> {
     let (paths, owned_id) = (ctx.spool.paths().clone(), id.clone());
-    let opened = tokio::task::spawn_blocking(move || {
-        let opened = paths.open(&owned_id)?;
-        if opened.journal_cut > 0 {
-            warn!(queue_id = %owned_id, bytes = opened.journal_cut, "cut a torn last line off the delivery journal");
-        }
-        Ok::<_, OpenError>(opened)
-    })
-    .await
-    .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e))));
+    let opened = match preloaded {
+        Some(opened) => Ok(*opened),
+        None => read(paths, owned_id).await,
+    };
     let opened = match opened {
         Ok(o) => o,
         Err(OpenError::Gone) => return Err(PassEnd::Gone),
@@ -183,6 +185,19 @@ async fn load(ctx: &Ctx, id: &QueueId) -> Result<Loaded, PassEnd> {
     };
     let Opened { meta, state, head, content, eight_bit, journaled, .. } = opened;
     Ok(Loaded { meta: Arc::new(meta), head, content, state, headers, eight_bit, journaled })
+}
+
+/// Read a message back from the spool (on a blocking thread).
+async fn read(paths: crate::spool::SpoolPaths, owned_id: QueueId) -> Result<Opened, OpenError> {
+    tokio::task::spawn_blocking(move || {
+        let opened = paths.open(&owned_id)?;
+        if opened.journal_cut > 0 {
+            warn!(queue_id = %owned_id, bytes = opened.journal_cut, "cut a torn last line off the delivery journal");
+        }
+        Ok::<_, OpenError>(opened)
+    })
+    .await
+    .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e))))
 }
 
 /// Move a damaged message to `damaged/` (or, if even that fails, leave it and try later).
@@ -234,7 +249,7 @@ async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]
             let copy = message.copy(t);
             let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
             sends.spawn(async move {
-                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, meta.recipients[i].as_str())).collect();
+                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, &meta.recipients[i])).collect();
                 let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
                 (t, pending, outcomes)
             });
@@ -276,7 +291,7 @@ async fn bounce(
     if keeps_failures(meta) {
         // Never dropped: it stays queued as a failed bounce (see `PassEnd::Parked`).
         let reply = state.last_reply.clone().unwrap_or_default();
-        crate::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
+        super::events::BounceFailed { id: &meta.id, failed: failed.len(), reply: &reply }.emit(ctx.config.redaction);
         return Ok(());
     }
     let dsn = match queue_dsn(ctx, meta, message, state, &failed).await {
@@ -318,7 +333,7 @@ async fn queue_dsn(
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
     ctx.spool.store(dsn_meta(id.clone(), &meta.sender), vec![bytes]).await?;
-    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
+    super::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
         .emit(ctx.config.redaction);
     Ok(id)
 }
@@ -331,7 +346,7 @@ pub(super) fn dsn_meta(id: QueueId, to: &str) -> Meta {
         received_at: now_ms(),
         client: "local".into(),
         sender: String::new(),
-        recipients: vec![to.to_string()],
+        recipients: [to].into_iter().collect(),
         decision: DecisionSummary::default(),
         plan: Plan {
             transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],

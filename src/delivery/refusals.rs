@@ -4,8 +4,8 @@
 
 use std::sync::Mutex;
 
+use super::events::{UpstreamAcceptsAgain, UpstreamRefuses};
 use super::reply::{Refusal, Stage};
-use crate::events::{UpstreamAcceptsAgain, UpstreamRefuses};
 
 /// The upstream's current stance towards the relay.
 #[derive(Debug, Default)]

@@ -6,7 +6,7 @@
 //! tests pass instants and never sleep.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::config::DeliveryConfig;
@@ -143,6 +143,9 @@ pub(super) struct Schedule {
     entries: HashMap<QueueId, Entry>,
     /// Entries that are `Held`.
     held: usize,
+    /// Entries waiting for delivery (neither `Held` nor `Parked`), in id order, which is the
+    /// order of arrival.
+    waiting: BTreeSet<QueueId>,
     timers: BinaryHeap<Reverse<(i64, QueueId)>>,
     ready: VecDeque<(QueueId, bool)>,
     running: usize,
@@ -155,6 +158,7 @@ impl Schedule {
         Schedule {
             entries: HashMap::new(),
             held: 0,
+            waiting: BTreeSet::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             running: 0,
@@ -181,6 +185,12 @@ impl Schedule {
     /// How many held messages are on the schedule.
     pub fn held_count(&self) -> usize {
         self.held
+    }
+
+    /// The oldest message waiting for delivery: neither held for a person nor a failed bounce
+    /// parked for an operator.
+    pub fn oldest_waiting(&self) -> Option<&QueueId> {
+        self.waiting.first()
     }
 
     /// Held messages on the schedule.
@@ -314,16 +324,22 @@ impl Schedule {
         self.ready.push_back((id, force));
     }
 
-    /// Set `id`'s entry, keeping the count of held ones.
+    /// Set `id`'s entry, keeping the count of held ones and the set of waiting ones.
     fn put(&mut self, id: QueueId, entry: Entry) {
         self.held += usize::from(matches!(entry, Entry::Held(_)));
+        if matches!(entry, Entry::Held(_) | Entry::Parked) {
+            self.waiting.remove(&id);
+        } else if !self.waiting.contains(&id) {
+            self.waiting.insert(id.clone());
+        }
         if let Some(Entry::Held(_)) = self.entries.insert(id, entry) {
             self.held -= 1;
         }
     }
 
-    /// Remove `id`'s entry, keeping the count of held ones.
+    /// Remove `id`'s entry, keeping the count of held ones and the set of waiting ones.
     fn take(&mut self, id: &QueueId) -> Option<Entry> {
+        self.waiting.remove(id);
         let entry = self.entries.remove(id);
         if let Some(Entry::Held(_)) = entry {
             self.held -= 1;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::address;
 use super::decide::Policy;
 use super::parse::{FieldKind, Headers, parse_address_value, split_fields};
+use crate::addresses::Addresses;
 
 /// Fewest external addresses in strictly ascending order, in one field, that look like a
 /// list pasted from a database export.
@@ -90,7 +91,7 @@ impl Signals {
         fields: &HeaderFields,
         headers: &Headers,
         message: Option<&[u8]>,
-        recipients: &[String],
+        recipients: &Addresses,
         policy: &Policy,
     ) -> Signals {
         let (calendar, attendees) = calendar(fields, message, policy);
@@ -147,7 +148,7 @@ fn sorted(headers: &Headers, policy: &Policy) -> bool {
 }
 
 /// The visible external addresses are exactly the external envelope recipients.
-fn matches_envelope(headers: &Headers, recipients: &[String], policy: &Policy) -> bool {
+fn matches_envelope(headers: &Headers, recipients: &Addresses, policy: &Policy) -> bool {
     let visible: HashSet<_> =
         headers.visible().filter(|m| !policy.is_internal(&m.address)).map(|m| address::key(&m.address)).collect();
     let envelope: HashSet<_> = recipients.iter().filter(|r| !policy.is_internal(r)).map(|r| address::key(r)).collect();

@@ -122,7 +122,7 @@ fn meta(id: &QueueId, to: &str) -> Meta {
         received_at: Utc::now().timestamp_millis(),
         client: "local".into(),
         sender: String::new(),
-        recipients: vec![to.to_string()],
+        recipients: [to].into_iter().collect(),
         decision: DecisionSummary::default(),
         plan: Plan {
             transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],

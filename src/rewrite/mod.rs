@@ -10,6 +10,7 @@ mod encode;
 
 use bytes::Bytes;
 
+use crate::addresses::Addresses;
 use crate::message::parse::{FieldKind, Headers, Mailbox};
 use crate::plan::{Plan, Rewrite, Transaction};
 
@@ -28,13 +29,13 @@ struct Replacement {
 
 /// The copy for `txn`: its header block and the body, shared with every other copy. A copy
 /// that changes nothing (the original, with no Bcc field to remove) is the original's bytes.
-pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> [Bytes; 2] {
+pub fn copy(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &Addresses) -> [Bytes; 2] {
     [head(message, headers, plan, txn, recipients), message.slice(headers.body_start..)]
 }
 
 /// The header block of `txn`'s copy; `message` holds at least the original's header block.
 /// A copy that changes nothing shares the original's bytes.
-pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &[String]) -> Bytes {
+pub fn head(message: &Bytes, headers: &Headers, plan: &Plan, txn: &Transaction, recipients: &Addresses) -> Bytes {
     let bcc = headers.fields.iter().any(|f| matches!(f.kind, FieldKind::Bcc | FieldKind::ResentBcc));
     if txn.rewrite == Rewrite::Original && !bcc {
         message.slice(..headers.body_start)
@@ -50,7 +51,7 @@ pub fn header_block(
     headers: &Headers,
     plan: &Plan,
     txn: &Transaction,
-    recipients: &[String],
+    recipients: &Addresses,
 ) -> Vec<u8> {
     let replacement = replacement(plan, txn, recipients);
     let mut out = Vec::with_capacity(headers.body_start + 512);
@@ -94,11 +95,11 @@ pub fn header_block(
 }
 
 /// The fields that replace To/Cc and Resent-To/Resent-Cc; `None` for the original.
-fn replacement(plan: &Plan, txn: &Transaction, recipients: &[String]) -> Option<Replacement> {
+fn replacement(plan: &Plan, txn: &Transaction, recipients: &Addresses) -> Option<Replacement> {
     let (to, mark) = match &txn.rewrite {
         Rewrite::Original => return None,
         Rewrite::Explode { name } => {
-            let address = recipients[txn.recipients[0]].clone();
+            let address = recipients[txn.recipients[0]].to_string();
             let mailbox = Mailbox { name: name.clone(), address };
             (encode::mailbox(&mailbox), MARK_EXPLODED)
         }

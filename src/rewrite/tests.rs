@@ -18,7 +18,7 @@ fn policy(action: Action, keep_internal_visible: bool) -> Policy {
 /// Every copy of `message` for `recipients` under `policy`, as (recipients, bytes).
 fn copies(message: &str, recipients: &[&str], policy: &Policy) -> Vec<(Vec<String>, String)> {
     let message = message.as_bytes();
-    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    let recipients: Addresses = recipients.iter().collect();
     let headers = Headers::parse(message).unwrap();
     let decision = decide(&headers, policy);
     let plan = Plan::build(&decision, &headers, &recipients, policy).unwrap();
@@ -30,7 +30,7 @@ fn copies(message: &str, recipients: &[&str], policy: &Policy) -> Vec<(Vec<Strin
             let layout = Headers::parse_layout(message).unwrap();
             assert_eq!(header_block(message, &layout, &plan, t, &recipients), copy, "layout-only rewrite");
             copy.extend_from_slice(&message[headers.body_start..]);
-            let rcpts = t.recipients.iter().map(|&i| recipients[i].clone()).collect();
+            let rcpts = t.recipients.iter().map(|&i| recipients[i].to_string()).collect();
             (rcpts, String::from_utf8(copy).unwrap())
         })
         .collect()
@@ -143,7 +143,7 @@ fn an_injected_name_cannot_add_a_field() {
 fn an_unchanged_copy_is_the_original_bytes_not_a_copy_of_them() {
     let message = bytes::Bytes::from_static(b"To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n");
     let headers = Headers::parse(&message).unwrap();
-    let recipients = vec!["a@x.test".to_string()];
+    let recipients: Addresses = ["a@x.test"].iter().collect();
     let policy = policy(Action::Explode, true);
     let plan = Plan::build(&decide(&headers, &policy), &headers, &recipients, &policy).unwrap();
     let [head, body] = copy(&message, &headers, &plan, &plan.transactions[0], &recipients);

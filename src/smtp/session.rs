@@ -20,6 +20,7 @@ use super::auth::{self, Credentials};
 use super::data::{DataEvent, DataOutcome, DataReceiver};
 use super::line::{Line, MAX_AUTH_LINE, MAX_COMMAND_LINE, skip_long_line, take_line};
 use super::reply::{self, Reply};
+use crate::addresses::Addresses;
 use crate::message::address;
 
 /// AUTH failures allowed before the connection is closed.
@@ -60,7 +61,7 @@ pub struct Incoming {
     /// The envelope sender (empty for the null sender).
     pub sender: String,
     /// The envelope recipients, canonical and without duplicates.
-    pub recipients: Vec<String>,
+    pub recipients: Addresses,
     /// The message, dot stuffing undone, CRLF line ends only.
     pub data: Vec<u8>,
 }
@@ -132,7 +133,7 @@ struct Transaction {
 /// recipients holds them once.
 #[derive(Debug, Default)]
 struct Recipients {
-    list: Vec<String>,
+    list: Addresses,
     /// Hash of a recipient's key to the first recipient with that hash.
     by_hash: HashMap<u64, u32>,
     /// Recipients whose key hash equals an earlier, different recipient's (a 64-bit
@@ -167,7 +168,7 @@ impl Recipients {
                 slot.insert(index);
             }
         }
-        self.list.push(rcpt);
+        self.list.push(&rcpt);
     }
 }
 

@@ -48,7 +48,7 @@ mod tests {
             tls: true,
             user: None,
             sender: String::new(),
-            recipients: vec![],
+            recipients: Default::default(),
             data: vec![],
         };
         let now = Utc.with_ymd_and_hms(2026, 11, 21, 16, 24, 0).unwrap();

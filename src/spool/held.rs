@@ -80,9 +80,9 @@ impl SpoolPaths {
     }
 
     /// Delete a held message (its files). `Ok(Err(_))` when it is not held or not there.
-    pub fn delete_held_blocking(&self, id: &QueueId) -> Result<Result<Meta, HoldOutcome>, HoldError> {
-        let meta = match self.load_meta(id) {
-            Ok((meta, _)) => meta,
+    pub fn delete_held_blocking(&self, id: &QueueId) -> Result<Result<(Meta, Bytes), HoldOutcome>, HoldError> {
+        let (meta, head) = match self.load_head(id) {
+            Ok((meta, _, head)) => (meta, head),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(HoldOutcome::NotFound)),
             Err(e) => return Err(HoldError::Spool(format!("{id}: {e}"))),
         };
@@ -90,7 +90,7 @@ impl SpoolPaths {
             return Ok(Err(HoldOutcome::NotHeld));
         }
         match self.remove(id) {
-            Ok(()) => Ok(Ok(meta)),
+            Ok(()) => Ok(Ok((meta, head))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Err(HoldOutcome::NotFound)),
             Err(e) => Err(HoldError::Spool(format!("{id}: {e}"))),
         }
@@ -143,7 +143,7 @@ impl SpoolPaths {
         Ok(Some(HeldMessage {
             summary: summary(&meta, &head, max_age),
             header: String::from_utf8_lossy(&head[..headers.header_end.min(head.len())]).into_owned(),
-            recipients: meta.recipients.clone(),
+            recipients: meta.recipients.iter().map(str::to_string).collect(),
             decision,
             signals: meta.decision.signals.clone(),
             plans,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::addresses::Addresses;
 use crate::config::Action;
 use crate::hold::ReleaseAs;
 use crate::plan::Plan;
@@ -25,7 +26,7 @@ pub struct Meta {
     /// Envelope sender; empty for the null sender.
     pub sender: String,
     /// Envelope recipients; plan transactions refer to them by index.
-    pub recipients: Vec<String>,
+    pub recipients: Addresses,
     /// The leak decision in short.
     pub decision: DecisionSummary,
     /// The upstream transactions.
@@ -177,8 +178,9 @@ pub enum RcptState {
     Delivered,
     /// Will not be delivered; `bounced` once its DSN is queued.
     Failed {
-        /// Why.
-        reply: String,
+        /// Why: one string shared by every recipient the same record failed (a campaign's
+        /// 100,000 failures hold one copy of the reply, not 100,000).
+        reply: std::sync::Arc<str>,
         /// Whether it ran out of time.
         expired: bool,
         /// Whether the sender has been told.
@@ -193,15 +195,14 @@ impl RcptState {
     }
 }
 
-/// Retry bookkeeping of one transaction.
+/// Retry bookkeeping of one transaction: 16 bytes, since an exploded message has one per
+/// recipient (its replies are the journal's and the recipients' business).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TxnState {
     /// Attempts that failed temporarily.
     pub attempts: u32,
     /// Earliest next attempt, Unix milliseconds (0: now).
     pub next: i64,
-    /// The last reply or error (none once delivered).
-    pub last_reply: Option<String>,
 }
 
 /// A message's delivery state, rebuilt from its journal.
@@ -260,12 +261,12 @@ impl State {
         match record {
             Record::Delivered { rcpts, .. } => set(&mut self.rcpts, rcpts, RcptState::Delivered),
             Record::Failed { rcpts, reply, expired, .. } => {
-                let failed = RcptState::Failed { reply: reply.clone(), expired: *expired, bounced: false };
+                let failed = RcptState::Failed { reply: reply.as_str().into(), expired: *expired, bounced: false };
                 set(&mut self.rcpts, rcpts, failed);
             }
-            Record::Deferred { txn, reply, attempts, next, .. } => {
+            Record::Deferred { txn, attempts, next, .. } => {
                 if let Some(t) = self.txns.get_mut(*txn) {
-                    *t = TxnState { attempts: *attempts, next: *next, last_reply: Some(reply.clone()) };
+                    *t = TxnState { attempts: *attempts, next: *next };
                 }
             }
             Record::Bounced { rcpts, .. } => {
@@ -287,15 +288,8 @@ impl State {
             // Its plan is the message's (see [`resolve_release`]); the state starts here.
             Record::Released { at, .. } => self.released_at = Some(*at),
         }
-        if let Record::Delivered { txn, reply, .. }
-        | Record::Failed { txn, reply, .. }
-        | Record::Deferred { txn, reply, .. } = record
+        if let Record::Delivered { reply, .. } | Record::Failed { reply, .. } | Record::Deferred { reply, .. } = record
         {
-            if let Some(t) = self.txns.get_mut(*txn) {
-                // A delivered transaction keeps no reply: 100,000 of them would be 100,000
-                // strings in memory for nothing.
-                t.last_reply = (!matches!(record, Record::Delivered { .. })).then(|| reply.clone());
-            }
             self.last_reply = Some(reply.clone());
         }
     }
@@ -359,7 +353,7 @@ mod tests {
             received_at: 1000,
             client: "127.0.0.1".into(),
             sender: "s@x.test".into(),
-            recipients: vec!["a@x.test".into(), "b@x.test".into(), "c@x.test".into()],
+            recipients: ["a@x.test", "b@x.test", "c@x.test"].iter().collect(),
             decision: DecisionSummary::default(),
             plan: Plan { transactions: vec![txn(vec![0, 1]), txn(vec![2])], ..Plan::default() },
             dsn: false,

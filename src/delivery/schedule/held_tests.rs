@@ -76,7 +76,7 @@ fn held_meta() -> Meta {
         received_at: T0,
         client: "127.0.0.1".into(),
         sender: "shop@example.com".into(),
-        recipients: vec!["a@x.test".into(), "b@y.test".into()],
+        recipients: ["a@x.test", "b@y.test"].iter().collect(),
         decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2, ..DecisionSummary::default() },
         plan: Plan::default(),
         dsn: false,
@@ -126,4 +126,28 @@ fn a_held_message_without_a_release_stays_held_and_old_records_read_as_before() 
     let mut plain = Meta { decision: DecisionSummary::default(), ..held_meta() };
     let kept = resolve_release(&mut plain, vec![record.clone()]);
     assert_eq!((kept, plain.plan.transactions.len()), (vec![record], 0));
+}
+
+#[test]
+fn the_oldest_waiting_message_is_neither_held_nor_parked() {
+    let mut s = Schedule::new(2);
+    let (held, parked, queued, newest) =
+        (QueueId::generate(), QueueId::generate(), QueueId::generate(), QueueId::generate());
+    assert_eq!(s.oldest_waiting(), None);
+    s.hold(held.clone(), T0 + DAY);
+    s.add(parked.clone(), T0);
+    s.add(queued.clone(), T0 + MINUTE);
+    s.add(newest.clone(), T0 + 2 * MINUTE);
+    assert_eq!(s.oldest_waiting(), Some(&parked));
+    assert_eq!(s.next(T0), Next::Run(parked.clone(), false));
+    assert_eq!(s.oldest_waiting(), Some(&parked), "running, it still waits");
+    assert!(!s.finished(parked.clone(), &PassEnd::Parked));
+    assert_eq!(s.oldest_waiting(), Some(&queued), "a failed bounce waits for an operator, not for delivery");
+    assert!(s.release(&held));
+    assert_eq!(s.oldest_waiting(), Some(&held), "released, it waits for delivery like any message");
+    assert_eq!(s.delete(&held), Deleted::Now);
+    assert_eq!(s.oldest_waiting(), Some(&queued));
+    assert_eq!(s.next(T0 + MINUTE), Next::Run(queued.clone(), false));
+    assert!(!s.finished(queued, &PassEnd::Done));
+    assert_eq!(s.oldest_waiting(), Some(&newest));
 }

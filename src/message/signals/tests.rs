@@ -13,11 +13,8 @@ fn signals_of(head: &str, body: Option<&str>, rcpts: &[&str]) -> Signals {
     let message = format!("{head}\r\n{}", body.unwrap_or(""));
     let headers = Headers::parse(message.as_bytes()).unwrap();
     let fields = HeaderFields::parse(message.as_bytes());
-    let rcpts: Vec<String> = if rcpts.is_empty() {
-        headers.visible().map(|m| m.address.clone()).collect()
-    } else {
-        rcpts.iter().map(|r| r.to_string()).collect()
-    };
+    let rcpts: Addresses =
+        if rcpts.is_empty() { headers.visible().map(|m| m.address.clone()).collect() } else { rcpts.iter().collect() };
     Signals::compute(&fields, &headers, body.map(|_| message.as_bytes()), &rcpts, &policy())
 }
 
