@@ -151,7 +151,7 @@ fn sorted(headers: &Headers, policy: &Policy) -> bool {
 fn matches_envelope(headers: &Headers, recipients: &Addresses, policy: &Policy) -> bool {
     let visible: HashSet<_> =
         headers.visible().filter(|m| !policy.is_internal(&m.address)).map(|m| address::key(&m.address)).collect();
-    let envelope: HashSet<_> = recipients.iter().filter(|r| !policy.is_internal(r)).map(|r| address::key(r)).collect();
+    let envelope: HashSet<_> = recipients.iter().filter(|r| !policy.is_internal(r)).map(address::key).collect();
     !visible.is_empty() && visible == envelope
 }
 
