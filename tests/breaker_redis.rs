@@ -161,7 +161,7 @@ async fn killing_redis_mid_run_keeps_both_relays_accepting_mail() {
         assert!(ready.contains("counting in this relay until it is back (mail is accepted)"), "{ready}");
         assert!(!ready.contains("FAILING"), "redis is not a readiness failure: {status} {ready}");
         let metrics = http_get(relay.metrics.unwrap(), "/metrics").1;
-        assert_eq!(sample(&metrics, "bccguard_breaker_redis_up "), 0.0, "{metrics}");
+        assert_eq!(sample(&metrics, "bccguard_breaker_redis_down "), 1.0, "{metrics}");
         assert!(sample(&metrics, "bccguard_breaker_redis_errors_total") >= 1.0);
     }
     // Local counts still trip, each relay on its own.

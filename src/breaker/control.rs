@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::{Breaker, KeyStatus, StoreState, limits};
 use crate::message::decide::Policy;
 
+/// How often `bccguard_breaker_tripped` is refreshed.
+const GAUGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The breaker of a running relay with the policy in force (replaced on reload).
 #[derive(Clone)]
 pub struct Control {
@@ -59,9 +62,32 @@ impl Control {
         }
     }
 
+    /// Keep `bccguard_breaker_tripped` (keys tripped now) current until `stop`: trips end by
+    /// themselves, and in Redis other relays trip keys too.
+    pub async fn watch_tripped(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            self.refresh_tripped().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(GAUGE_EVERY) => {}
+            }
+        }
+    }
+
+    /// Set `bccguard_breaker_tripped` from the counts now.
+    pub async fn refresh_tripped(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let tripped = match limits(&self.policy.load().breaker) {
+            Some(l) => self.breaker.list(now, l).await.iter().filter(|k| k.trip.is_some()).count(),
+            None => 0,
+        };
+        crate::metrics::metrics().rules.breaker_tripped.set(i64::try_from(tripped).unwrap_or(i64::MAX));
+    }
+
     /// Close one key; whether it was tripped or counted.
     pub async fn reset(&self, key: &str) -> bool {
         let reset = self.breaker.reset(key).await;
+        self.refresh_tripped().await;
         if reset {
             tracing::info!(key = %crate::message::address::redact_in_text(key), "campaign breaker reset by an operator");
         }

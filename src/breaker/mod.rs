@@ -97,9 +97,6 @@ impl Breaker {
                 None
             }
         });
-        if shared.is_some() {
-            crate::metrics::metrics().rules.breaker_redis_up.set(1);
-        }
         Breaker { inner: Arc::new(Inner { shared, ..Inner::default() }) }
     }
 
@@ -185,7 +182,7 @@ impl Breaker {
 
     fn store_ok(&self) {
         if self.inner.degraded.swap(false, Ordering::Relaxed) {
-            crate::metrics::metrics().rules.breaker_redis_up.set(1);
+            crate::metrics::metrics().rules.breaker_redis_down.set(0);
             info!("breaker: redis reachable again; counts are shared again");
         }
     }
@@ -193,7 +190,7 @@ impl Breaker {
     fn store_failed(&self, e: &shared::SharedError) {
         let m = crate::metrics::metrics();
         m.rules.breaker_redis_errors.inc();
-        m.rules.breaker_redis_up.set(0);
+        m.rules.breaker_redis_down.set(1);
         *self.inner.last_error.lock().expect("not poisoned") = Some(e.to_string());
         if !self.inner.degraded.swap(true, Ordering::Relaxed) {
             warn!(error = %e, "breaker: redis unreachable; counting in this relay until it is back (mail is accepted as usual)");

@@ -37,11 +37,13 @@ pub struct RulesMetrics {
     pub signals: Family<SignalLabels, Counter>,
     /// Breaker trips.
     pub breaker_trips: Counter,
+    /// Keys tripped now (refreshed every few seconds, and at each trip and reset).
+    pub breaker_tripped: Gauge,
     /// Messages that got a tripped breaker's action, by action.
     pub breaker_actions: Family<BreakerActionLabels, Counter>,
-    /// 1 while the breaker's Redis answers (0 while counting locally instead); absent without
-    /// `redis_url`.
-    pub breaker_redis_up: Gauge,
+    /// 1 while the breaker's Redis (`redis_url`) does not answer and each relay counts on its
+    /// own; 0 otherwise (and without `redis_url`).
+    pub breaker_redis_down: Gauge,
     /// Breaker calls to Redis that failed (the message was judged on local counts).
     pub breaker_redis_errors: Counter,
 }
@@ -52,8 +54,9 @@ impl RulesMetrics {
             decisions: Family::default(),
             signals: Family::default(),
             breaker_trips: Counter::default(),
+            breaker_tripped: Gauge::default(),
             breaker_actions: Family::default(),
-            breaker_redis_up: Gauge::default(),
+            breaker_redis_down: Gauge::default(),
             breaker_redis_errors: Counter::default(),
         };
         registry.register("decisions", "Messages decided, by policy rule and action", m.decisions.clone());
@@ -62,6 +65,7 @@ impl RulesMetrics {
             let _ = m.signals.get_or_create(&SignalLabels { signal: signal.into() });
         }
         registry.register("breaker_trips", "Campaign breaker trips", m.breaker_trips.clone());
+        registry.register("breaker_tripped", "Campaign breaker keys tripped now", m.breaker_tripped.clone());
         registry.register(
             "breaker_actions",
             "Messages that got a tripped breaker's action (hold or tempfail)",
@@ -71,9 +75,9 @@ impl RulesMetrics {
             let _ = m.breaker_actions.get_or_create(&BreakerActionLabels { action: action.into() });
         }
         registry.register(
-            "breaker_redis_up",
-            "1 while the breaker's Redis answers, 0 while it counts in this relay instead",
-            m.breaker_redis_up.clone(),
+            "breaker_redis_down",
+            "1 while the breaker's Redis does not answer and this relay counts on its own, else 0",
+            m.breaker_redis_down.clone(),
         );
         registry.register(
             "breaker_redis_errors",

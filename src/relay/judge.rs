@@ -101,6 +101,7 @@ impl Relay {
     fn tripped(&self, id: &QueueId, incoming: &Incoming, head: &[u8], decision: &Decision, key: &str, trip: Trip) {
         let b = self.policy.load().breaker.clone();
         metrics().rules.breaker_trips.inc();
+        metrics().rules.breaker_tripped.inc();
         warn!(
             queue_id = %id,
             key = %self.redaction.text(key),
