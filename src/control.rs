@@ -8,6 +8,8 @@
 //! unwritten      -> ok [["ID", [record, ...]], ...]   (journal records held in memory)
 //! held           -> ok [summary, ...]                 (held messages, oldest first)
 //! release ID AS  -> ok done | ok not_held | ok not_found   (AS: explode|undisclose|pass)
+//! breakers       -> ok {listing}                      (the campaign breaker: settings, keys)
+//! breaker-reset KEY -> ok 1 | ok 0                   (KEY: the rest of the line)
 //! anything else  -> error: ...
 //! ```
 
@@ -21,6 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::breaker::Control;
 use crate::delivery::Deliverer;
 use crate::hold::{HeldQueue, HoldOutcome, ReleaseAs};
 use crate::queue_id::QueueId;
@@ -39,22 +42,28 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Answer requests until `stop` is cancelled.
-pub async fn serve(listener: UnixListener, deliverer: Deliverer, stop: CancellationToken) {
+pub async fn serve(listener: UnixListener, deliverer: Deliverer, breaker: Control, stop: CancellationToken) {
     while let Some((stream, _)) = crate::accept::next(&stop, "control socket", || listener.accept()).await {
         let deliverer = deliverer.clone();
+        let breaker = breaker.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, deliverer).await {
+            if let Err(e) = answer(stream, deliverer, breaker).await {
                 warn!(error = %e, "control request failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
+async fn answer(stream: UnixStream, deliverer: Deliverer, breaker: Control) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST)).read_line(&mut line).await?;
-    let reply = if line.trim() == "unwritten" {
+    let reply = if line.trim() == "breakers" {
+        let listing = breaker.listing(chrono::Utc::now().timestamp_millis()).await;
+        format!("ok {}\n", serde_json::to_string(&listing).map_err(io::Error::other)?)
+    } else if let Some(key) = line.trim_end_matches(['\r', '\n']).strip_prefix("breaker-reset ") {
+        format!("ok {}\n", u8::from(breaker.reset(key).await))
+    } else if line.trim() == "unwritten" {
         match deliverer.unwritten().await {
             Ok(held) => format!("ok {}\n", serde_json::to_string(&held).map_err(io::Error::other)?),
             Err(e) => format!("error: {e}\n"),

@@ -7,7 +7,7 @@ use tracing::info;
 
 use crate::message::address;
 use crate::message::decide::Decision;
-use crate::metrics::{MessageLabels, metrics};
+use crate::metrics::{DecisionLabels, MessageLabels, SignalLabels, metrics};
 use crate::queue_id::QueueId;
 
 /// How addresses appear in logs.
@@ -48,6 +48,8 @@ pub struct MessageDecided<'a> {
     pub size: usize,
     /// The leak decision.
     pub decision: &'a Decision,
+    /// The broadcast signals seen (SPEC §9).
+    pub signals: &'a [String],
     /// Upstream transactions planned (0 when rejected).
     pub transactions: usize,
     /// Of those, the ones with a rewritten copy (explode, undisclose).
@@ -63,6 +65,11 @@ impl MessageDecided<'_> {
         m.messages.get_or_create(&labels).inc();
         m.exposure.observe(d.exposure as f64);
         m.copies.inc_by(self.copies as u64);
+        let rule = DecisionLabels { rule: d.rule.clone(), action: d.action.as_str().into() };
+        m.rules.decisions.get_or_create(&rule).inc();
+        for signal in self.signals.iter().filter(|s| !s.contains('=')) {
+            m.rules.signals.get_or_create(&SignalLabels { signal: signal.clone() }).inc();
+        }
         let outcome = match (d.action, self.transactions) {
             (crate::config::Action::Hold, _) => "message held for review (bccguard queue list --held)",
             (_, 0) => "message rejected",
@@ -78,6 +85,8 @@ impl MessageDecided<'_> {
             leak = d.leak,
             action = d.action.as_str(),
             monitor = d.monitor,
+            rule = %d.rule,
+            signals = %self.signals.join(","),
             transactions = self.transactions,
             reason = %d,
             dkim = d.dkim.summary(),

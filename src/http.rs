@@ -48,7 +48,7 @@ async fn answer(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<
         (&Method::GET, "/healthz") => text(StatusCode::OK, plain, "ok\n".into()),
         (&Method::GET, "/readyz") => {
             let (ready, checks) = health.checks(chrono::Utc::now().timestamp_millis());
-            let body: String = checks
+            let mut body: String = checks
                 .iter()
                 .map(|c| match &c.failing {
                     None => format!("{}: ok\n", c.name),
@@ -56,6 +56,10 @@ async fn answer(req: Request<Incoming>, health: Arc<Health>) -> Result<Response<
                     Some(why) => format!("{}: FAILING: {}\n", c.name, one_line(why)),
                 })
                 .collect();
+            for note in health.notes() {
+                body.push_str(&one_line(&note));
+                body.push('\n');
+            }
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             text(status, plain, body)
         }

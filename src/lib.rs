@@ -31,6 +31,7 @@
 
 pub mod accept;
 pub mod addresses;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -200,7 +201,10 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         phases.clone(),
         deliveries.clone(),
     );
-    background_tasks.spawn(control::serve(control, deliverer.clone(), background.clone()));
+    let breaker = breaker::Breaker::new(config.policy.breaker.redis_url.as_deref());
+    let breaker_control = breaker::Control { breaker: breaker.clone(), policy: policy.clone() };
+    background_tasks.spawn(breaker_control.clone().watch_tripped(background.clone()));
+    background_tasks.spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     // A person deleting a held message is a rejection after the 250: its sender (and the
     // admins) are told it will not be delivered.
@@ -212,9 +216,10 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Relay::new(config.server.hostname.clone(), policy, spool.clone(), deliverer, redaction, budget.clone());
-    let relay = Arc::new(relay.with_notifier(notifier.clone()).with_dkim(signer.clone()));
+    let relay = Arc::new(relay.with_notifier(notifier.clone()).with_dkim(signer.clone()).with_breaker(breaker.clone()));
     let front = Arc::new(Frontend::new(&config, relay.clone(), budget)?);
     let health = Arc::new(Health::default());
+    health.watch_notes(move || breaker.readiness_notes());
     if let Some(status) = upstream.relay_status() {
         health.watch_relay(move || status.current().map(|r| r.text));
     }
@@ -311,6 +316,9 @@ impl Running {
             Err(e) => warn!(error = %e, "DKIM keys not reloaded; the running keys stay in effect"),
         }
         self.front.reload_access(&new.access);
+        if old.policy.breaker.redis_url != new.policy.breaker.redis_url {
+            warn!("policy.breaker.redis_url changed and takes effect only at restart");
+        }
         let policy_changed = old.policy != new.policy;
         let access_changed = old.access != new.access;
         info!(policy_changed, access_changed, "configuration reloaded");

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Health(arg) => cli::health(&arg, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Check(args) => cli::check::run(&args, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Queue(command) => cli::queue::run(&command, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Breaker(command) => cli::breaker::run(&command, &mut std::io::stdout(), &mut std::io::stderr()),
         Command::HashPassword => {
             cli::hash_password(&mut std::io::stdin().lock(), &mut std::io::stdout(), &mut std::io::stderr())
         }

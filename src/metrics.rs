@@ -11,6 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod rules;
+
+pub use rules::{BreakerActionLabels, DecisionLabels, RulesMetrics, SignalLabels};
+
 use crate::message::address::redact_in_text;
 
 /// Labels of `bccguard_messages_total`.
@@ -128,6 +132,8 @@ pub struct Metrics {
     pub hold: HoldMetrics,
     /// DKIM re-signing of copies.
     pub dkim: crate::dkim::metrics::DkimMetrics,
+    /// Rules, signals and the campaign breaker (SPEC §9).
+    pub rules: RulesMetrics,
 }
 
 impl Metrics {
@@ -202,6 +208,7 @@ impl Metrics {
         }
         let notify = NotifyMetrics::register(&mut registry);
         let dkim = crate::dkim::metrics::DkimMetrics::register(&mut registry);
+        let rules = RulesMetrics::register(&mut registry);
         Metrics {
             registry,
             messages,
@@ -225,6 +232,7 @@ impl Metrics {
             webhook_retries: notify.webhook_retries,
             hold,
             dkim,
+            rules,
         }
     }
 
@@ -303,6 +311,9 @@ pub struct Check {
 /// The text of the upstream's refusal of the relay in force, if any.
 type RelayRefusal = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// Lines of `/readyz` that inform without deciding readiness.
+type Notes = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Readiness of one running relay: listening, the spool writable, the upstream reachable
 /// recently and not refusing the relay.
 #[derive(Default)]
@@ -311,6 +322,7 @@ pub struct Health {
     spool_writable: AtomicBool,
     upstream_ok_at: AtomicI64,
     relay: OnceLock<RelayRefusal>,
+    notes: OnceLock<Notes>,
 }
 
 impl std::fmt::Debug for Health {
@@ -320,6 +332,7 @@ impl std::fmt::Debug for Health {
             .field("spool_writable", &self.spool_writable)
             .field("upstream_ok_at", &self.upstream_ok_at)
             .field("watches_relay", &self.relay.get().is_some())
+            .field("notes", &self.notes.get().map(|n| n()))
             .finish()
     }
 }
@@ -344,6 +357,17 @@ impl Health {
     /// the text of the refusal in force, if any.
     pub fn watch_relay(&self, refusal: impl Fn() -> Option<String> + Send + Sync + 'static) {
         let _ = self.relay.set(Box::new(refusal));
+    }
+
+    /// Follow lines that `/readyz` shows without failing on them (the breaker's Redis: mail
+    /// is accepted on local counts while it is unreachable).
+    pub fn watch_notes(&self, notes: impl Fn() -> Vec<String> + Send + Sync + 'static) {
+        let _ = self.notes.set(Box::new(notes));
+    }
+
+    /// The informing lines of `/readyz`.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.get().map(|n| n()).unwrap_or_default()
     }
 
     /// Each check, and the overall verdict.

@@ -17,11 +17,14 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::error;
 
-use crate::config::Action;
+mod judge;
+
+use crate::breaker::{self, Breaker};
+use crate::config::{Action, DEFAULT_RULE};
 use crate::delivery::Deliverer;
 use crate::events::{MessageDecided, Redaction};
 use crate::message::calendar::{self, CalendarPart};
-use crate::message::decide::{Decision, Policy, decide};
+use crate::message::decide::{Decision, Policy};
 use crate::message::parse::Headers;
 use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::notify::{Event, EventKind, Notifier};
@@ -49,6 +52,8 @@ pub struct Relay {
     /// The DKIM keys: a signed message that would be rewritten with no aligned key is held
     /// under `dkim.unsigned = "hold"`.
     dkim: crate::dkim::Shared,
+    /// The campaign breaker's counts (they survive a reload).
+    breaker: Breaker,
 }
 
 impl Relay {
@@ -62,12 +67,19 @@ impl Relay {
         budget: Arc<Semaphore>,
     ) -> Relay {
         let dkim = crate::dkim::Shared::default();
-        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled(), dkim }
+        let breaker = Breaker::default();
+        Relay { hostname, policy, spool, deliverer, redaction, budget, notifier: Notifier::disabled(), dkim, breaker }
     }
 
     /// This relay, with these DKIM keys.
     pub fn with_dkim(mut self, dkim: crate::dkim::Shared) -> Relay {
         self.dkim = dkim;
+        self
+    }
+
+    /// This relay, counting leaks for the campaign breaker in `breaker`.
+    pub fn with_breaker(mut self, breaker: Breaker) -> Relay {
+        self.breaker = breaker;
         self
     }
 
@@ -111,8 +123,15 @@ impl Relay {
             Err(r) => return r,
         };
         headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
-        let policy = self.policy.load();
-        let mut decision = decide(&headers, &policy);
+        let in_memory = match &body {
+            Stored::Memory(data) => Some(&data[..]),
+            Stored::Spilled(_) => None,
+        };
+        let judged = self.judge(&id, &incoming, &head, &headers, in_memory).await;
+        if judged.tempfail {
+            return breaker::TEMPFAIL;
+        }
+        let (mut decision, policy, signals) = (judged.decision, judged.policy, judged.signals.seen());
         if decision.action == Action::Undisclose && !headers.attendees.is_empty() {
             // An invite cannot be undisclosed: each invitee must find itself in it.
             decision.action = Action::Explode;
@@ -129,6 +148,7 @@ impl Relay {
                 recipients: incoming.recipients.len(),
                 size,
                 decision: &decision,
+                signals: &signals,
                 transactions: 0,
                 copies: 0,
             };
@@ -146,7 +166,13 @@ impl Relay {
             client: incoming.peer.ip().to_canonical().to_string(),
             sender: incoming.sender,
             recipients: incoming.recipients,
-            decision: DecisionSummary { leak: decision.leak, action: decision.action, exposure: decision.exposure },
+            decision: DecisionSummary {
+                leak: decision.leak,
+                action: decision.action,
+                exposure: decision.exposure,
+                rule: Some(decision.rule.clone()),
+                signals: signals.clone(),
+            },
             plan,
             dsn: false,
             size: None,
@@ -171,13 +197,14 @@ impl Relay {
             recipients: meta.recipients.len(),
             size,
             decision: &decision,
+            signals: &signals,
             transactions: meta.plan.transactions.len(),
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
         accepted.emit(self.redaction);
         let hold_max_age = std::time::Duration::from_millis(self.deliverer.hold_max_age_ms().max(0) as u64);
         let event = accepted_event(&decision, hold_max_age).map(|kind| {
-            let event = Event::about(kind, &meta);
+            let event = Event::about(kind, &meta).with_rule(named_rule(&decision));
             // Only notices quote the subject (the webhook never does).
             if event.kind.has_notice() { event.with_subject_of(&head) } else { event }
         });
@@ -265,7 +292,7 @@ fn rejected_at_data(id: &QueueId, incoming: &Incoming, decision: &Decision) -> E
     Event {
         kind: EventKind::Rejected { after_accept: false },
         queue_id: id.clone(),
-        rule: None,
+        rule: named_rule(decision),
         action: decision.action.as_str(),
         exposure: decision.exposure,
         recipients: incoming.recipients.len(),
@@ -275,6 +302,11 @@ fn rejected_at_data(id: &QueueId, incoming: &Incoming, decision: &Decision) -> E
         generated: false,
         at: Utc::now(),
     }
+}
+
+/// The rule an event names: `None` for the top-level policy.
+fn named_rule(decision: &Decision) -> Option<String> {
+    (decision.rule != DEFAULT_RULE).then(|| decision.rule.clone())
 }
 
 /// A received message's bytes after the Received field.

@@ -13,6 +13,7 @@ fn policy() -> Policy {
         action: Action::Explode,
         keep_internal_visible: true,
         monitor: false,
+        ..PolicyConfig::default()
     })
 }
 

@@ -52,7 +52,7 @@ async fn hold(m: &Manager, received_at: i64) -> QueueId {
         client: "127.0.0.1".into(),
         sender: "shop@example.com".into(),
         recipients: ["a@x.test", "b@y.test", "ops@example.com"].iter().collect(),
-        decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2 },
+        decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2, ..DecisionSummary::default() },
         plan: Default::default(),
         dsn: false,
         size: None,

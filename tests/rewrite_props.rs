@@ -87,6 +87,7 @@ proptest! {
             action: Action::Explode,
             keep_internal_visible,
             monitor: false,
+            ..PolicyConfig::default()
         });
         let headers = Headers::parse(&message).unwrap();
         // Envelope addresses arrive canonical from the SMTP session.

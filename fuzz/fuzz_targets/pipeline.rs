@@ -50,6 +50,7 @@ fn policy_of(b: u8) -> Policy {
         action,
         keep_internal_visible: (b >> 4) & 1 == 1,
         monitor: false,
+        ..PolicyConfig::default()
     })
 }
 

@@ -14,8 +14,10 @@ use crate::config::Action;
 use crate::dkim::{Origin, Signer};
 use crate::message::address;
 use crate::message::calendar;
-use crate::message::decide::{Decision, Policy, decide};
+use crate::message::decide::{Decision, Policy, exposure};
 use crate::message::parse::{FieldKind, Headers};
+use crate::message::rules::{self, Facts};
+use crate::message::signals::{HeaderFields, Signals};
 use crate::plan::{Plan, Rewrite};
 use crate::rewrite;
 use crate::rewrite::calendar::CalendarRewrite;
@@ -33,6 +35,12 @@ pub struct CheckArgs {
     /// and every calendar ATTENDEE].
     #[arg(long = "rcpt", value_name = "ADDR")]
     rcpts: Vec<String>,
+    /// The client's address, for rules on `client_networks`.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    client: std::net::IpAddr,
+    /// The AUTH user, for rules on `auth_users` [default: not authenticated].
+    #[arg(long, value_name = "NAME")]
+    auth_user: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -47,6 +55,7 @@ struct Report {
     file: String,
     #[serde(flatten)]
     decision: Decision,
+    signals: Signals,
     reason_text: String,
     sender: String,
     recipients: usize,
@@ -99,7 +108,21 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     let policy = Policy::from_config(&config.policy);
     let signer = Signer::from_config(&config.dkim).map_err(|e| format!("dkim: {e}"))?;
     let (recipients, from_headers) = envelope(&args.rcpts, &headers)?;
-    let mut decision = decide(&headers, &policy);
+    let fields = HeaderFields::parse(&message);
+    let signals = Signals::compute(&fields, &headers, Some(&message), &recipients, &policy);
+    let from_domain = fields.from_domain();
+    let sender = args.from.as_deref().map(|f| address::canonical(f).unwrap_or_else(|| f.to_string()));
+    let facts = Facts {
+        client: args.client,
+        auth_user: args.auth_user.as_deref(),
+        sender: sender.as_deref().unwrap_or_default(),
+        fields: &fields,
+        from_domain: from_domain.as_deref(),
+        exposure: exposure(&headers, &policy),
+        recipients: recipients.len(),
+        signals: &signals,
+    };
+    let (mut decision, policy) = rules::decide(&headers, &facts, &policy);
     if decision.action == Action::Undisclose && !headers.attendees.is_empty() {
         decision.action = Action::Explode;
     }
@@ -133,6 +156,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
         reply: plan.is_none().then(|| reply::leak_rejected(&decision).to_string()),
         transactions,
         decision,
+        signals,
     };
     Ok((report, leak))
 }
@@ -239,8 +263,10 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     let envelope = if r.envelope_from_headers { " (the visible addresses; use --rcpt to set)" } else { "" };
     writeln!(out, "{}", r.file)?;
     writeln!(out, "  decision      {verdict}")?;
+    writeln!(out, "  rule          {}", d.rule)?;
     writeln!(out, "  exposure      {} external (at most {} allowed)", d.exposure, d.max_visible_external)?;
     writeln!(out, "  reason        {}", r.reason_text)?;
+    writeln!(out, "  signals       {}", r.signals.seen().join(", "))?;
     writeln!(out, "  recipients    {}{envelope}", r.recipients)?;
     let dkim_shown = d.dkim.dkim == Origin::SignedByOriginal || d.dkim.key.is_some();
     if dkim_shown {

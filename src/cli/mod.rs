@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
+pub mod breaker;
 pub mod check;
 pub mod docs;
 pub mod held;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Inspect and act on the queue: list [--held], retry [ID], delete ID, release ID.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// The campaign breaker of the running relay: list the tripped keys, reset one.
+    #[command(subcommand)]
+    Breaker(breaker::BreakerCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].
     HashPassword,
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on standard output.
@@ -83,8 +87,12 @@ impl ConfigArg {
 /// `bccguard check-config`: print the verdict, return the exit code.
 pub fn check_config(arg: &ConfigArg, out: &mut impl Write, err: &mut impl Write) -> u8 {
     match arg.load() {
-        Ok(_) => {
+        Ok(config) => {
+            let warnings = config::shadowed(&config.policy.rules);
             let _ = writeln!(out, "{}: configuration is valid", arg.source());
+            for w in &warnings {
+                let _ = writeln!(err, "  warning: {w}");
+            }
             0
         }
         Err(errors) => {

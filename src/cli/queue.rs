@@ -85,6 +85,9 @@ struct Entry {
     transactions: Counts,
     next_attempt: Option<String>,
     last_reply: Option<String>,
+    /// The policy rule that decided (`default`: the top-level `[policy]`; `breaker`: the
+    /// campaign breaker); `None` when unknown (a damaged file).
+    rule: Option<String>,
     #[serde(skip)]
     next_ms: Option<i64>,
 }
@@ -196,6 +199,7 @@ fn entry(paths: &SpoolPaths, id: &QueueId, held: &[Record], redaction: Redaction
         transactions: counts,
         next_attempt: next_ms.and_then(|ms| rfc3339(ms.max(meta.received_at))),
         last_reply: state.last_reply.map(|r| redaction.text(&r)),
+        rule: Some(meta.decision.rule.clone().unwrap_or_else(|| crate::config::DEFAULT_RULE.into())),
         next_ms,
     })
 }
@@ -237,7 +241,7 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
     if entries.is_empty() {
         return writeln!(out, "The queue is empty.");
     }
-    let rows: Vec<[String; 10]> = entries
+    let rows: Vec<[String; 11]> = entries
         .iter()
         .map(|e| {
             let next = match e.next_ms {
@@ -257,11 +261,13 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
                 e.transactions.delivered.to_string(),
                 e.transactions.failed.to_string(),
                 next,
+                escape_controls(e.rule.as_deref().unwrap_or("-")),
                 reply,
             ]
         })
         .collect();
-    let header = ["ID", "STATE", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "LAST REPLY"];
+    let header =
+        ["ID", "STATE", "AGE", "SENDER", "RCPTS", "PENDING", "DELIVERED", "FAILED", "NEXT", "RULE", "LAST REPLY"];
     super::table::write(out, &header, &rows)?;
     let pending: usize = entries.iter().map(|e| e.transactions.pending).sum();
     let n = entries.len();

@@ -4,9 +4,11 @@
 //! every error at once, each with its key path; [`Config::validate`] adds the checks that span
 //! several keys.
 
+mod breaker;
 mod dkim;
 mod load;
 mod notify;
+mod rules;
 mod units;
 mod validate;
 
@@ -16,9 +18,11 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use breaker::{BreakerAction, BreakerConfig, BreakerKey};
 pub use dkim::{DkimConfig, DkimKeyConfig, KeyAlgorithm, Unsigned};
 pub use load::{ConfigError, ConfigErrors, ConfigSource, DEFAULT_PATH, load, load_str};
 pub use notify::{NotifyConfig, WebhookTarget};
+pub use rules::{DEFAULT_RULE, RuleConfig, shadowed};
 pub use units::{ByteSize, Duration};
 
 /// The whole configuration file.
@@ -285,6 +289,10 @@ pub struct PolicyConfig {
     pub keep_internal_visible: bool,
     /// Decide and log, but deliver every message as `pass` would.
     pub monitor: bool,
+    /// `[[policy.rules]]`: the first rule whose conditions all hold applies (SPEC §9).
+    pub rules: Vec<RuleConfig>,
+    /// `[policy.breaker]`: the campaign breaker.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for PolicyConfig {
@@ -295,6 +303,8 @@ impl Default for PolicyConfig {
             action: Action::default(),
             keep_internal_visible: true,
             monitor: false,
+            rules: Vec::new(),
+            breaker: BreakerConfig::default(),
         }
     }
 }

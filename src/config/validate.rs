@@ -26,6 +26,8 @@ impl Config {
                 errors.push(ConfigError::new(path, format!("{domain:?} is not a domain name")));
             }
         }
+        super::rules::validate(&self.policy.rules, &mut errors);
+        super::breaker::validate(&self.policy.breaker, &mut errors);
         errors
     }
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::address;
 use super::domain::InternalDomains;
 use super::parse::{Field, FieldKind, Headers};
-use crate::config::{Action, PolicyConfig};
+use super::rules::Rule;
+use crate::config::{Action, BreakerConfig, DEFAULT_RULE, PolicyConfig};
 
 /// The policy in the form the decision uses.
 #[derive(Clone, Debug)]
@@ -24,10 +25,14 @@ pub struct Policy {
     pub keep_internal_visible: bool,
     /// Decide and log only.
     pub monitor: bool,
+    /// `[[policy.rules]]`, in order (SPEC §9); shared, so a rule's policy is cheap to make.
+    pub rules: std::sync::Arc<[Rule]>,
+    /// `[policy.breaker]`: the campaign breaker's settings.
+    pub breaker: BreakerConfig,
 }
 
 impl Policy {
-    /// The policy of `[policy]`.
+    /// The policy of `[policy]`, its rules and breaker included.
     pub fn from_config(c: &PolicyConfig) -> Policy {
         Policy {
             internal: InternalDomains::new(&c.internal_domains),
@@ -35,6 +40,8 @@ impl Policy {
             action: c.action,
             keep_internal_visible: c.keep_internal_visible,
             monitor: c.monitor,
+            rules: c.rules.iter().map(Rule::from_config).collect(),
+            breaker: c.breaker.clone(),
         }
     }
 
@@ -59,6 +66,12 @@ pub enum Reason {
     },
     /// The message is a copy this relay made (`X-Bccguard`).
     AlreadyProcessed,
+    /// The campaign breaker is tripped for the message's sender (SPEC §9): it is held
+    /// whatever it shows.
+    Breaker {
+        /// Leaking messages counted when the breaker tripped.
+        count: u64,
+    },
 }
 
 /// The outcome of the leak decision.
@@ -83,6 +96,8 @@ pub struct Decision {
     pub dkim: crate::dkim::Report,
     /// Distinct external ATTENDEEs of the calendar parts (the `attendees` signal).
     pub attendees: usize,
+    /// The policy rule that decided (`default`: the top-level `[policy]`).
+    pub rule: String,
 }
 
 impl fmt::Display for Decision {
@@ -97,6 +112,10 @@ impl fmt::Display for Decision {
         }
         match &self.reason {
             Reason::AlreadyProcessed => write!(f, "already processed by bccguard (X-Bccguard)"),
+            Reason::Breaker { count } => write!(
+                f,
+                "the campaign breaker is tripped for this sender ({count} leaking messages); {n} external address{s} visible"
+            ),
             Reason::WithinLimit => {
                 write!(f, "{n} external address{s} visible, at most {max} allowed")
             }
@@ -138,6 +157,7 @@ pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
         reason,
         dkim: crate::dkim::Report::default(),
         attendees: external_attendees(headers, policy),
+        rule: DEFAULT_RULE.to_string(),
     }
 }
 

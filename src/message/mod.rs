@@ -6,3 +6,5 @@ pub mod calendar;
 pub mod decide;
 pub mod domain;
 pub mod parse;
+pub mod rules;
+pub mod signals;

@@ -257,7 +257,7 @@ pub(crate) fn split_fields(block: &[u8]) -> Vec<RawField> {
 }
 
 /// The mailboxes of one address field's value, parsed alone, and whether it is unparseable.
-fn parse_address_value(value: &[u8]) -> (Vec<Mailbox>, bool) {
+pub(super) fn parse_address_value(value: &[u8]) -> (Vec<Mailbox>, bool) {
     let mut alone = Vec::with_capacity(value.len() + 8);
     alone.extend_from_slice(b"To:");
     alone.extend_from_slice(value);

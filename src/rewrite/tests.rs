@@ -11,6 +11,7 @@ fn policy(action: Action, keep_internal_visible: bool) -> Policy {
         action,
         keep_internal_visible,
         monitor: false,
+        ..PolicyConfig::default()
     })
 }
 

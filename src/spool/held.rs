@@ -96,9 +96,11 @@ impl SpoolPaths {
         headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
         // An invite cannot be undisclosed (SPEC §11).
         let how = if how == ReleaseAs::Undisclose && !headers.attendees.is_empty() { ReleaseAs::Explode } else { how };
-        let (decision, mut plan) = plan::for_release(&headers, &opened.meta.recipients, policy, how);
+        // Planned with the settings of the rule that held it, as in force now.
+        let policy = policy.for_rule(opened.meta.decision.rule.as_deref().unwrap_or_default());
+        let (decision, mut plan) = plan::for_release(&headers, &opened.meta.recipients, &policy, how);
         if decision.action == Action::Explode {
-            plan.calendar = CalendarRewrite::plan(&calendar, 0, policy);
+            plan.calendar = CalendarRewrite::plan(&calendar, 0, &policy);
         }
         let transactions = plan.transactions.len();
         let record = Record::Released { at: now, how, action: decision.action, plan };
@@ -151,8 +153,11 @@ impl SpoolPaths {
             Err(e) => return Err(HoldError::Spool(format!("{id}: {e}"))),
         };
         let headers = Headers::parse(&head).map_err(|e| HoldError::Spool(format!("{id}: {e}")))?;
+        let rule = meta.decision.rule.as_deref().unwrap_or(crate::config::DEFAULT_RULE);
+        let policy = policy.for_rule(rule);
+        let by = if rule == crate::config::DEFAULT_RULE { String::new() } else { format!(" (rule {rule})") };
         let decision = format!(
-            "{}: {}, at most {} allowed; action hold",
+            "{}: {}, at most {} allowed; action hold{by}",
             if meta.decision.leak { "leak" } else { "no leak" },
             exposure_text(meta.decision.exposure),
             policy.max_visible_external,
@@ -160,7 +165,7 @@ impl SpoolPaths {
         let plans = [ReleaseAs::Explode, ReleaseAs::Undisclose, ReleaseAs::Pass]
             .into_iter()
             .map(|how| {
-                let (decision, plan) = plan::for_release(&headers, &meta.recipients, policy, how);
+                let (decision, plan) = plan::for_release(&headers, &meta.recipients, &policy, how);
                 (how, describe(&decision, &plan))
             })
             .collect();
@@ -169,7 +174,7 @@ impl SpoolPaths {
             header: String::from_utf8_lossy(&head[..headers.header_end.min(head.len())]).into_owned(),
             recipients: meta.recipients.iter().map(str::to_string).collect(),
             decision,
-            signals: Vec::new(),
+            signals: meta.decision.signals.clone(),
             plans,
         }))
     }
@@ -190,7 +195,7 @@ fn summary(meta: &Meta, head: &[u8], max_age: i64) -> HeldSummary {
         subject: subject(head),
         recipients: meta.recipients.len(),
         exposure: meta.decision.exposure,
-        rule: None,
+        rule: meta.decision.rule.clone(),
     }
 }
 

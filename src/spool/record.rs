@@ -44,7 +44,7 @@ pub struct Meta {
 }
 
 /// The parts of the decision worth keeping with the message.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionSummary {
     /// Whether it leaked.
     pub leak: bool,
@@ -52,6 +52,13 @@ pub struct DecisionSummary {
     pub action: Action,
     /// Distinct external visible addresses.
     pub exposure: usize,
+    /// The policy rule that decided (SPEC §9): `default` for the top-level `[policy]`,
+    /// `breaker` for the campaign breaker; absent in files written before rules existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The broadcast signals seen (`reply`, `bulk`, ..., `external_domains=2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<String>,
 }
 
 /// One journal line: something that happened to some recipients of one transaction.

@@ -77,7 +77,7 @@ fn held_meta() -> Meta {
         client: "127.0.0.1".into(),
         sender: "shop@example.com".into(),
         recipients: ["a@x.test", "b@y.test"].iter().collect(),
-        decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2 },
+        decision: DecisionSummary { leak: true, action: Action::Hold, exposure: 2, ..DecisionSummary::default() },
         plan: Plan::default(),
         dsn: false,
         size: None,

@@ -10,6 +10,7 @@ fn policy(max: usize, action: Action, monitor: bool) -> Policy {
         action,
         keep_internal_visible: true,
         monitor,
+        ..PolicyConfig::default()
     })
 }
 
