@@ -12,6 +12,7 @@
 //! - [`control`]: the socket through which `bccguard queue` reaches the running relay.
 //! - [`hold`]: held messages (SPEC §10): the interface the CLI, control socket and review
 //!   page share.
+//! - [`admin`]: the review page (SPEC §10): held messages in a browser, behind a token.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
