@@ -5,7 +5,7 @@ mod admin_support;
 
 use std::time::{Duration, Instant};
 
-use admin_support::{FakeQueue, TOKEN, TestPage, leak, login, post, request};
+use admin_support::{FakeQueue, TOKEN, TestPage, leak, login, post, qid, request};
 use bccguard::admin::Token;
 use bccguard::hold::ReleaseAs;
 
@@ -97,19 +97,9 @@ async fn a_bearer_token_reads_and_acts_without_csrf() {
     assert_eq!(reply.body, format!("done=released&as=pass&id={}\n", ids[0]));
     let reply = post(page.addr, &format!("/message/{}/delete", ids[1]), &[("Authorization", BEARER)], "").await;
     assert_eq!(reply.header("location"), Some(format!("/?done=deleted&id={}", ids[1]).as_str()));
-    assert_eq!(page.queue.released(), [(ids[0].parse_id(), ReleaseAs::Pass)]);
-    assert_eq!(page.queue.deleted(), [ids[1].parse_id()]);
+    assert_eq!(page.queue.released(), [(qid(&ids[0]), ReleaseAs::Pass)]);
+    assert_eq!(page.queue.deleted(), [qid(&ids[1])]);
     assert!(page.auth.sessions().is_empty());
-}
-
-trait ParseId {
-    fn parse_id(&self) -> bccguard::queue_id::QueueId;
-}
-
-impl ParseId for String {
-    fn parse_id(&self) -> bccguard::queue_id::QueueId {
-        bccguard::queue_id::QueueId::parse(self).unwrap()
-    }
 }
 
 #[tokio::test]
@@ -147,7 +137,7 @@ async fn a_session_post_with_its_csrf_token_acts_and_the_list_says_so() {
     assert_eq!(reply.status, 303, "{reply:?}");
     let location = reply.header("location").unwrap().to_string();
     assert_eq!(location, format!("/?done=released&as=explode&id={}", ids[0]));
-    assert_eq!(page.queue.released(), [(ids[0].parse_id(), ReleaseAs::Explode)]);
+    assert_eq!(page.queue.released(), [(qid(&ids[0]), ReleaseAs::Explode)]);
     let list = request(page.addr, "GET", &location, &with_cookie, "").await;
     let notice = format!("<p class=\"notice done\" role=\"status\">Released {} as explode", ids[0]);
     assert!(list.body.contains(&notice), "{}", list.body);
@@ -160,7 +150,7 @@ async fn a_session_post_with_its_csrf_token_acts_and_the_list_says_so() {
     let delete = format!("/message/{}/delete", ids[1]);
     let reply = post(page.addr, &delete, &with_cookie, &format!("csrf={csrf}")).await;
     assert_eq!(reply.header("location"), Some(format!("/?done=deleted&id={}", ids[1]).as_str()));
-    assert_eq!(page.queue.deleted(), [ids[1].parse_id()]);
+    assert_eq!(page.queue.deleted(), [qid(&ids[1])]);
 }
 
 #[tokio::test]

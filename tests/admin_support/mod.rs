@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +82,11 @@ impl HeldQueue for FakeQueue {
         }
         Ok(outcome)
     }
+}
+
+/// The queue id written `id`.
+pub fn qid(id: &str) -> QueueId {
+    QueueId::parse(id).expect("a queue id")
 }
 
 /// A held message as a marketing tool's leak looks: `n` customers in To:, held by a rule.

@@ -44,7 +44,7 @@ fn summary(held: &[HeldSummary], now_ms: i64) -> String {
 
 fn table(held: &[HeldSummary], now_ms: i64) -> Markup {
     html! {
-        table {
+        table.held {
             thead {
                 tr {
                     th { "ID" } th { "Age" } th { "Sender" } th { "Subject" }
@@ -56,16 +56,18 @@ fn table(held: &[HeldSummary], now_ms: i64) -> Markup {
                     @let subject = redact_in_text(&m.subject);
                     @let left = m.expires_at - now_ms;
                     tr {
-                        td.id { a href={ "/message/" (m.id) } { (m.id) } }
-                        td title=(utc(m.received_at)) { (span(now_ms - m.received_at)) }
-                        td { (redact(&m.sender)) }
-                        td.subject title=(subject) {
+                        td.id data-label="ID" { a href={ "/message/" (m.id) } { (m.id) } }
+                        td data-label="Age" title=(utc(m.received_at)) { (span(now_ms - m.received_at)) }
+                        td data-label="Sender" { (redact(&m.sender)) }
+                        td.subject data-label="Subject" {
                             @if subject.is_empty() { span.muted { "(no subject)" } } @else { (subject) }
                         }
-                        td.num { (thousands(m.recipients)) }
-                        td.num { (thousands(m.exposure)) }
-                        td { (m.rule.as_deref().unwrap_or("default")) }
-                        td.num.soon[left < EXPIRES_SOON_MS] title=(utc(m.expires_at)) { (span(left)) }
+                        td.num data-label="Recipients" { (thousands(m.recipients)) }
+                        td.num data-label="Exposure" { (thousands(m.exposure)) }
+                        td data-label="Rule" { (m.rule.as_deref().unwrap_or("default")) }
+                        td.num.soon[left < EXPIRES_SOON_MS] data-label="Expires in" title=(utc(m.expires_at)) {
+                            (span(left))
+                        }
                     }
                 }
             }

@@ -20,14 +20,14 @@ pub fn message(m: &HeldMessage, now_ms: i64, csrf: Option<&str>) -> Markup {
         (facts(m, now_ms))
         h2 { "Decision" }
         p { (m.decision) }
+        h2 { "Release or delete" }
+        (actions(m, csrf))
         h2 { "Signals" }
         @if m.signals.is_empty() {
             p.empty { "None seen." }
         } @else {
             ul.plain { @for signal in &m.signals { li { (signal) } } }
         }
-        h2 { "Release or delete" }
-        (actions(m, csrf))
         h2 { "Envelope recipients" }
         details {
             summary { (count(m.recipients.len(), "recipient", "recipients")) " (show)" }
