@@ -6,7 +6,8 @@ mod admin_support;
 use std::time::{Duration, Instant};
 
 use admin_support::{FakeQueue, TOKEN, TestPage, leak, login, post, qid, request};
-use bccguard::admin::Token;
+use bccguard::admin::{self, Token};
+use bccguard::config::AdminConfig;
 use bccguard::hold::ReleaseAs;
 
 const BEARER: &str = "Bearer test-token-0123456789abcdef";
@@ -256,4 +257,26 @@ async fn request_bodies_are_bounded_and_must_be_forms() {
     let reply = request(page.addr, "POST", &path, &json, "{\"as\":\"explode\"}").await;
     assert_eq!(reply.status, 415);
     assert!(page.queue.released().is_empty());
+}
+
+#[tokio::test]
+async fn the_page_starts_from_its_config_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut config = AdminConfig::default();
+    assert!(admin::start(&config, FakeQueue::default(), stop.clone()).unwrap().is_none(), "off unless listen is set");
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.token_file = Some(dir.path().join("missing"));
+    let error = admin::start(&config, FakeQueue::default(), stop.clone()).unwrap_err().to_string();
+    assert!(error.starts_with("admin.token_file: cannot read ") && error.contains("missing"), "{error}");
+    config.token_file = Some(token_file);
+    let started = admin::start(&config, FakeQueue::default(), stop.clone()).unwrap().unwrap();
+    assert_ne!(started.addr.port(), 0);
+    let (cookie, _) = login(started.addr).await;
+    assert_eq!(request(started.addr, "GET", "/", &[("Cookie", &cookie)], "").await.status, 200);
+    stop.cancel();
+    admin_support::eventually("the page to stop accepting", || std::net::TcpStream::connect(started.addr).is_err())
+        .await;
 }

@@ -22,6 +22,8 @@ pub mod session;
 
 pub use auth::{Auth, Caller, MIN_TOKEN_LEN, Token, TokenError};
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +32,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::config::AdminConfig;
 use crate::hold::HeldQueue;
 
 /// Largest request body read (a form is a few hundred bytes); larger gets 413.
@@ -59,6 +62,51 @@ impl<Q: HeldQueue> Admin<Q> {
     pub fn auth(&self) -> &Arc<Auth> {
         &self.auth
     }
+}
+
+/// Why the page could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `admin.listen` could not be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// `admin.token_file` could not be read, or holds no usable token.
+    #[error("admin.token_file: {0}")]
+    Token(#[from] TokenError),
+    /// `admin.listen` is set without `admin.token_file` (validation refuses this).
+    #[error("admin.token_file: required when admin.listen is set")]
+    NoToken,
+}
+
+/// A page that is serving.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Who may use it: [`Auth::set_token`] changes the token (SIGHUP).
+    pub auth: Arc<Auth>,
+}
+
+/// Start the page over `queue` as `config` says: `None` when `admin.listen` is unset. It stops
+/// accepting when `stop` is cancelled.
+pub fn start<Q: HeldQueue>(
+    config: &AdminConfig,
+    queue: Q,
+    stop: CancellationToken,
+) -> Result<Option<Started>, StartError> {
+    let Some(addr) = config.listen else { return Ok(None) };
+    let token = Token::read(config.token_file.as_deref().ok_or(StartError::NoToken)?)?;
+    let listener = crate::listen(addr, crate::MIN_BACKLOG).map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let auth = Arc::new(Auth::new(token));
+    tokio::spawn(serve(listener, Arc::new(Admin::new(queue, auth.clone())), stop));
+    info!(%addr, "review page on http://{addr}/");
+    Ok(Some(Started { addr, auth }))
 }
 
 /// Serve the page on `listener` until `stop` is cancelled; connections still open then finish

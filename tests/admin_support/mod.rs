@@ -194,6 +194,17 @@ fn parse(raw: &str) -> Reply {
     Reply { status, headers, body: body.to_string() }
 }
 
+/// Wait (up to 10 s) until `check` holds.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// A form POST with these extra headers.
 pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], form: &str) -> Reply {
     let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
