@@ -47,6 +47,7 @@ async fn a_person_logs_in_sees_the_held_mail_and_releases_one() {
 
     log_in(&browser, &base, "not-the-token-at-all").await;
     wait_text(&browser, ".notice.error", "That token is not right.").await;
+    screenshot(&browser, "login-refused.png").await;
     assert!(browser.get_all_cookies().await.unwrap().is_empty(), "no cookie for a wrong token");
 
     log_in(&browser, &base, TOKEN).await;
@@ -121,5 +122,8 @@ async fn the_list_reads_on_a_phone() {
     screenshot(&browser, "list-phone.png").await;
     let width = browser.execute("return document.documentElement.scrollWidth;", vec![]).await.unwrap();
     assert!(width.as_u64().unwrap() <= 390, "the page itself does not scroll sideways: {width}");
+    browser.find(Locator::LinkText(&ids[0])).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "h1", &ids[0]).await;
+    screenshot(&browser, "message-phone.png").await;
     browser.close().await.unwrap();
 }
