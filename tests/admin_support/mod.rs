@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 /// The token the test page accepts.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// The `Authorization` header that carries [`TOKEN`].
+pub const BEARER_HEADER: (&str, &str) = ("Authorization", "Bearer test-token-0123456789abcdef");
+
 /// A held queue in memory: what is held, and every release and delete it was asked for.
 #[derive(Clone, Default)]
 pub struct FakeQueue(Arc<Mutex<Inner>>);
@@ -201,6 +204,17 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Wait (up to 10 s) until `check` gives a value.
+pub async fn eventually_some<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    for _ in 0..200 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
 }
