@@ -12,13 +12,23 @@ use crate::message::address::{redact, redact_in_text};
 /// Held messages closer than this to their expiry are marked.
 const EXPIRES_SOON_MS: i64 = 24 * 3600 * 1000;
 
+/// Most rows shown: a tripped breaker can hold thousands of messages, and a page of them
+/// helps nobody (the command line lists them all).
+pub const MAX_ROWS: usize = 1000;
+
 /// The list page: `held` oldest first, as the queue gives them.
 pub fn list(held: &[HeldSummary], now_ms: i64, csrf: Option<&str>, notice: Option<&Notice>) -> Markup {
     let body = html! {
         h1 { "Held messages" }
         p.summary { (summary(held, now_ms)) }
         @if !held.is_empty() {
-            div.scroll { (table(held, now_ms)) }
+            div.scroll { (table(&held[..held.len().min(MAX_ROWS)], now_ms)) }
+        }
+        @if held.len() > MAX_ROWS {
+            p.summary {
+                "Showing the oldest " (thousands(MAX_ROWS)) " of " (thousands(held.len()))
+                ". " code { "bccguard queue list --held" } " lists them all."
+            }
         }
         h2 { "Tripped breakers" }
         (breakers())
@@ -116,6 +126,14 @@ mod tests {
         }
         assert!(html.contains("1 message held; the oldest came 3h 12m ago"), "{html}");
         assert!(html.contains("No breaker is tripped"));
+    }
+
+    #[test]
+    fn a_huge_queue_shows_its_oldest_rows() {
+        let many: Vec<HeldSummary> = (0..MAX_ROWS + 5).map(|_| held("s", "a@b.example", 1000)).collect();
+        let html = list(&many, NOW, None, None).into_string();
+        assert_eq!(html.matches("<tr>").count(), MAX_ROWS + 1, "the header row and MAX_ROWS rows");
+        assert!(html.contains("1,005 messages held") && html.contains("Showing the oldest 1,000 of 1,005."));
     }
 
     #[test]
