@@ -6,6 +6,8 @@
 //! retry ID       -> ok 1
 //! delete ID      -> ok 1 | ok 0
 //! unwritten      -> ok [["ID", [record, ...]], ...]   (journal records held in memory)
+//! held           -> ok [summary, ...]                 (held messages, oldest first)
+//! release ID AS  -> ok done | ok not_held | ok not_found   (AS: explode|undisclose|pass)
 //! anything else  -> error: ...
 //! ```
 
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::delivery::Deliverer;
+use crate::hold::{HeldQueue, HoldOutcome, ReleaseAs};
 use crate::queue_id::QueueId;
 
 /// Longest request line read.
@@ -56,6 +59,16 @@ async fn answer(stream: UnixStream, deliverer: Deliverer) -> io::Result<()> {
             Ok(held) => format!("ok {}\n", serde_json::to_string(&held).map_err(io::Error::other)?),
             Err(e) => format!("error: {e}\n"),
         }
+    } else if line.trim() == "held" {
+        match deliverer.held().await {
+            Ok(held) => format!("ok {}\n", serde_json::to_string(&held).map_err(io::Error::other)?),
+            Err(e) => format!("error: {e}\n"),
+        }
+    } else if let Some(args) = line.trim().strip_prefix("release ") {
+        match release(args, &deliverer).await {
+            Ok(outcome) => format!("ok {}\n", outcome_word(outcome)),
+            Err(e) => format!("error: {e}\n"),
+        }
     } else {
         match execute(line.trim(), &deliverer).await {
             Ok(n) => format!("ok {n}\n"),
@@ -76,6 +89,26 @@ async fn execute(request: &str, deliverer: &Deliverer) -> Result<usize, String> 
             deliverer.delete(id).await.map(usize::from).map_err(|e| e.to_string())
         }
         _ => Err(format!("unknown request {request:?}")),
+    }
+}
+
+/// `release ID AS`.
+async fn release(args: &str, deliverer: &Deliverer) -> Result<HoldOutcome, String> {
+    let mut words = args.split_whitespace();
+    let (Some(id), how, None) = (words.next(), words.next(), words.next()) else {
+        return Err(format!("unknown request \"release {args}\""));
+    };
+    let id = QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
+    let how = how.map(str::parse::<ReleaseAs>).transpose()?.unwrap_or_default();
+    deliverer.release(&id, how).await.map_err(|e| e.to_string())
+}
+
+/// The word for a held-queue outcome on the control socket.
+pub fn outcome_word(outcome: HoldOutcome) -> &'static str {
+    match outcome {
+        HoldOutcome::Done => "done",
+        HoldOutcome::NotHeld => "not_held",
+        HoldOutcome::NotFound => "not_found",
     }
 }
 

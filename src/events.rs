@@ -32,7 +32,8 @@ impl Redaction {
     }
 }
 
-/// A message was decided: accepted (the client got 250) or rejected as a leak.
+/// A message was decided: accepted (the client got 250), held (250 too), or rejected as a
+/// leak.
 #[derive(Debug)]
 pub struct MessageDecided<'a> {
     /// Queue id.
@@ -62,7 +63,11 @@ impl MessageDecided<'_> {
         m.messages.get_or_create(&labels).inc();
         m.exposure.observe(d.exposure as f64);
         m.copies.inc_by(self.copies as u64);
-        let outcome = if self.transactions == 0 { "message rejected" } else { "message accepted" };
+        let outcome = match (d.action, self.transactions) {
+            (crate::config::Action::Hold, _) => "message held for review (bccguard queue list --held)",
+            (_, 0) => "message rejected",
+            _ => "message accepted",
+        };
         info!(
             queue_id = %self.id,
             client = %self.client.ip().to_canonical(),
@@ -226,5 +231,67 @@ impl BounceFailed<'_> {
             reply = %redaction.text(self.reply),
             "a bounce cannot be delivered; it stays in the queue until an operator retries or deletes it"
         );
+    }
+}
+
+/// What a person (or the clock) did to a held message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldChange {
+    /// Released, to be delivered as this plan's action.
+    Released {
+        /// What the person asked for.
+        how: crate::hold::ReleaseAs,
+        /// The action of the plan made (`pass` when the message no longer leaks).
+        action: crate::config::Action,
+        /// Transactions planned.
+        transactions: usize,
+    },
+    /// Deleted by a person, without a DSN.
+    Deleted,
+    /// Deleted after `hold.max_age`; `dsn` tells whether the sender got a DSN.
+    Expired {
+        /// Whether a DSN was queued (none for the null sender).
+        dsn: bool,
+    },
+}
+
+/// A held message was released, deleted, or expired.
+#[derive(Debug)]
+pub struct HeldChanged<'a> {
+    /// Queue id.
+    pub id: &'a QueueId,
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// Envelope recipients.
+    pub recipients: usize,
+    /// What happened.
+    pub change: HeldChange,
+}
+
+impl HeldChanged<'_> {
+    /// Write the log line and count it.
+    pub fn emit(&self, redaction: Redaction) {
+        let m = &metrics().hold;
+        let (id, sender, recipients) = (self.id, redaction.address(self.sender), self.recipients);
+        match self.change {
+            HeldChange::Released { how, action, transactions } => {
+                m.releases.get_or_create(&crate::metrics::ReleaseLabels { r#as: how.as_str().into() }).inc();
+                info!(
+                    queue_id = %id, sender = %sender, recipients, release_as = how.as_str(),
+                    action = action.as_str(), transactions, "held message released"
+                );
+            }
+            HeldChange::Deleted => {
+                m.deletes.inc();
+                info!(queue_id = %id, sender = %sender, recipients, "held message deleted");
+            }
+            HeldChange::Expired { dsn } => {
+                m.expiries.inc();
+                info!(
+                    queue_id = %id, sender = %sender, recipients, dsn,
+                    "held message expired (hold.max_age) and deleted"
+                );
+            }
+        }
     }
 }

@@ -175,15 +175,16 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let phases = Shutdown::default();
     let background = CancellationToken::new();
     let deliveries = TaskTracker::new();
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(message::decide::Policy::from_config(&config.policy)));
     let deliverer = delivery::start(
         spool.clone(),
         upstream.clone(),
         DeliveryConfig::from_config(&config),
+        policy.clone(),
         phases.clone(),
         deliveries.clone(),
     );
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
-    let policy = message::decide::Policy::from_config(&config.policy);
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Arc::new(Relay::new(
@@ -263,6 +264,7 @@ impl Running {
             ("server", old.server != new.server),
             ("upstream", old.upstream != new.upstream),
             ("spool", old.spool != new.spool),
+            ("hold", old.hold != new.hold),
             ("log", old.log != new.log),
             ("metrics", old.metrics != new.metrics),
         ]
@@ -279,7 +281,7 @@ impl Running {
         }
         let (server, upstream, spool, log, metrics) =
             (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
-        self.config = Config { server, upstream, spool, log, metrics, ..new };
+        self.config = Config { server, upstream, spool, log, metrics, hold: old.hold.clone(), ..new };
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and

@@ -17,7 +17,7 @@ use crate::message::address::redact_in_text;
 /// Labels of `bccguard_messages_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MessageLabels {
-    /// explode, undisclose, reject or pass.
+    /// explode, undisclose, reject, pass or hold.
     pub action: String,
     /// "true" when the message leaked.
     pub leak: String,
@@ -35,6 +35,46 @@ pub struct OutcomeLabels {
 pub struct StageLabels {
     /// greeting, ehlo, tls, auth, mail, rcpt or data.
     pub stage: String,
+}
+
+/// Labels of `bccguard_held_releases_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReleaseLabels {
+    /// explode, undisclose or pass: what the person asked for.
+    pub r#as: String,
+}
+
+/// Metrics of held messages (SPEC §10).
+pub struct HoldMetrics {
+    /// Messages held now.
+    pub held: Gauge,
+    /// Held messages released, by how they were released.
+    pub releases: Family<ReleaseLabels, Counter>,
+    /// Held messages deleted by a person.
+    pub deletes: Counter,
+    /// Held messages deleted because `hold.max_age` passed (their senders got a DSN).
+    pub expiries: Counter,
+}
+
+impl HoldMetrics {
+    fn register(registry: &mut Registry) -> HoldMetrics {
+        let held = Gauge::default();
+        registry.register("held_messages", "Messages held for a person to release or delete", held.clone());
+        let releases = Family::<ReleaseLabels, Counter>::default();
+        registry.register("held_releases", "Held messages released, by how (as)", releases.clone());
+        for how in ["explode", "undisclose", "pass"] {
+            let _ = releases.get_or_create(&ReleaseLabels { r#as: how.into() });
+        }
+        let deletes = Counter::default();
+        registry.register("held_deletes", "Held messages deleted by a person", deletes.clone());
+        let expiries = Counter::default();
+        registry.register(
+            "held_expiries",
+            "Held messages deleted after hold.max_age, their senders told by a DSN",
+            expiries.clone(),
+        );
+        HoldMetrics { held, releases, deletes, expiries }
+    }
 }
 
 /// Every metric bccguard exports.
@@ -64,6 +104,8 @@ pub struct Metrics {
     pub failed_bounces: Counter,
     /// Journal writes that failed (the outcomes are kept in memory and written later).
     pub journal_failures: Counter,
+    /// Held messages.
+    pub hold: HoldMetrics,
 }
 
 impl Metrics {
@@ -112,7 +154,8 @@ impl Metrics {
             journal_failures.clone(),
         );
         // Every known series exists from the start, at 0.
-        for action in ["explode", "undisclose", "reject", "pass"] {
+        let hold = HoldMetrics::register(&mut registry);
+        for action in ["explode", "undisclose", "reject", "pass", "hold"] {
             for leak in ["true", "false"] {
                 let _ = messages.get_or_create(&MessageLabels { action: action.into(), leak: leak.into() });
             }
@@ -143,6 +186,7 @@ impl Metrics {
             upstream_refusing,
             failed_bounces,
             journal_failures,
+            hold,
         }
     }
 
@@ -253,6 +297,10 @@ mod tests {
             ("bccguard_upstream_refusing", "gauge"),
             ("bccguard_failed_bounces", "counter"),
             ("bccguard_journal_write_failures", "counter"),
+            ("bccguard_held_messages", "gauge"),
+            ("bccguard_held_releases", "counter"),
+            ("bccguard_held_deletes", "counter"),
+            ("bccguard_held_expiries", "counter"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} in {text}");
         }

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::config::Action;
+use crate::hold::ReleaseAs;
 use crate::message::address;
-use crate::message::decide::{Decision, Policy};
+use crate::message::decide::{Decision, Policy, decide};
 use crate::message::parse::{FieldKind, Headers, Mailbox};
 
 /// Addresses longer than this are left out of a rewritten `Cc:` (no header line may exceed
@@ -61,6 +62,8 @@ impl Plan {
         let everyone = (0..recipients.len()).collect();
         match decision.action {
             Action::Reject => None,
+            // Nothing is delivered until a person releases it; the plan is made then.
+            Action::Hold => Some(Plan::default()),
             Action::Explode => Some(explode(headers, recipients, policy)),
             Action::Pass => Some(Plan::single(everyone, Rewrite::Original)),
             Action::Undisclose => {
@@ -82,6 +85,22 @@ impl Plan {
             self.resent_cc = internal_visible(headers, policy, [FieldKind::ResentTo, FieldKind::ResentCc]);
         }
     }
+}
+
+/// The decision and plan for releasing a held message as `how`: decided again under
+/// `policy` (the one in force at release) with its action set to `how` and monitor mode off
+/// (a person chose), as if the message had just arrived with that action. A message that no
+/// longer leaks is passed, as it would be on arrival.
+pub fn for_release(headers: &Headers, recipients: &[String], policy: &Policy, how: ReleaseAs) -> (Decision, Plan) {
+    let action = match how {
+        ReleaseAs::Explode => Action::Explode,
+        ReleaseAs::Undisclose => Action::Undisclose,
+        ReleaseAs::Pass => Action::Pass,
+    };
+    let policy = Policy { action, monitor: false, ..policy.clone() };
+    let decision = decide(headers, &policy);
+    let plan = Plan::build(&decision, headers, recipients, &policy).unwrap_or_default();
+    (decision, plan)
 }
 
 /// Internal recipients together with the original; each external one alone, addressed to
@@ -127,4 +146,35 @@ fn internal_visible<const N: usize>(headers: &Headers, policy: &Policy, kinds: [
         .filter(|m| seen.insert(address::key(&m.address)))
         .map(Mailbox::without_foreign_name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    #[test]
+    fn a_release_is_planned_as_if_the_message_had_just_arrived_with_that_action() {
+        let config = PolicyConfig {
+            internal_domains: vec!["example.com".into()],
+            action: Action::Hold,
+            monitor: true,
+            ..PolicyConfig::default()
+        };
+        let policy = Policy::from_config(&config);
+        let rcpts: Vec<String> = ["a@x.test", "b@y.test", "ops@example.com"].map(String::from).to_vec();
+        let leak = Headers::parse(b"To: a@x.test, B <b@y.test>\r\nCc: ops@example.com\r\n\r\n").unwrap();
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Explode);
+        assert_eq!((d.leak, d.action, d.monitor), (true, Action::Explode, false), "a person chose: no monitor");
+        let rewrites: Vec<&Rewrite> = plan.transactions.iter().map(|t| &t.rewrite).collect();
+        let b = Rewrite::Explode { name: Some("B".into()) };
+        assert_eq!(rewrites, [&Rewrite::Original, &Rewrite::Explode { name: None }, &b]);
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Undisclose);
+        assert_eq!((d.action, plan.transactions.len(), plan.cc.len()), (Action::Undisclose, 1, 1));
+        let (d, plan) = for_release(&leak, &rcpts, &policy, ReleaseAs::Pass);
+        assert_eq!((d.action, plan), (Action::Pass, Plan::single(vec![0, 1, 2], Rewrite::Original)));
+        let fine = Headers::parse(b"To: a@x.test\r\n\r\n").unwrap();
+        let (d, plan) = for_release(&fine, &rcpts, &policy, ReleaseAs::Explode);
+        assert_eq!((d.leak, d.action, plan.transactions.len()), (false, Action::Pass, 1), "no longer a leak: pass");
+    }
 }

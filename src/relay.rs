@@ -3,7 +3,8 @@
 //! The `Received:` field is prepended, the header block parsed, the leak decided and the
 //! delivery planned; a leak under `reject` gets 550 and nothing is kept. Otherwise the
 //! message and its plan are written to the spool, file and directory fsync'd, and only then
-//! does the client hear `250`; delivery takes over from there.
+//! does the client hear `250`; delivery takes over from there (or, for a leak under `hold`,
+//! nothing is delivered until a person releases it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +32,8 @@ use crate::spool::{Spill, Spool};
 /// The message pipeline behind the SMTP front door.
 pub struct Relay {
     hostname: String,
-    policy: ArcSwap<Policy>,
+    /// Shared with the delivery manager, which releases held messages by the policy in force.
+    policy: Arc<ArcSwap<Policy>>,
     spool: Arc<Spool>,
     deliverer: Deliverer,
     redaction: Redaction,
@@ -43,13 +45,13 @@ impl Relay {
     /// A relay deciding by `policy`, storing into `spool` and handing messages to `deliverer`.
     pub fn new(
         hostname: String,
-        policy: Policy,
+        policy: Arc<ArcSwap<Policy>>,
         spool: Arc<Spool>,
         deliverer: Deliverer,
         redaction: Redaction,
         budget: Arc<Semaphore>,
     ) -> Relay {
-        Relay { hostname, policy: ArcSwap::from_pointee(policy), spool, deliverer, redaction, budget }
+        Relay { hostname, policy, spool, deliverer, redaction, budget }
     }
 
     /// Decide messages by `policy` from now on.
@@ -131,7 +133,11 @@ impl Relay {
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
         accepted.emit(self.redaction);
-        self.deliverer.submit(meta.id.clone());
+        if meta.is_held() {
+            self.deliverer.hold(meta.id.clone(), meta.received_at);
+        } else {
+            self.deliverer.submit(meta.id.clone());
+        }
         reply::queued(id.as_str())
     }
 }

@@ -21,6 +21,7 @@ fn the_shipped_config_file_is_valid() {
     let config = bccguard::config::load_str(Some(&std::fs::read_to_string(path).unwrap()), &[]).unwrap();
     assert_eq!(config.server.listen[0].to_string(), "127.0.0.1:2525");
     assert_eq!(config.policy.internal_domains, ["example.com"]);
+    assert_eq!(config.hold.max_age, bccguard::config::Duration::secs(10 * 24 * 3600));
     let out = bccguard(&["check-config", "--config", path], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("configuration is valid"));
@@ -151,4 +152,29 @@ fn check_reads_lf_files_and_reports_errors_with_exit_2() {
     let out = bccguard(&["check", "--rcpt", "not an address", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--rcpt \"not an address\" is not an address"));
+}
+
+#[test]
+fn check_shows_hold_for_a_leak_under_hold() {
+    let hold = ("BCCGUARD__POLICY__ACTION", "hold");
+    let out = bccguard(&["check", &fixture_path("bulk-50.eml")], &[INTERNAL, hold]);
+    assert_eq!(out.status.code(), Some(1), "a leak");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("decision      leak: hold\n"), "{stdout}");
+    assert!(stdout.contains("reply         250 (held: nothing is delivered until a person releases it)\n"));
+    let out = bccguard(&["check", "--json", &fixture_path("bulk-50.eml")], &[INTERNAL, hold]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["action"].as_str(), v["transactions"].as_array().map(Vec::len)), (Some("hold"), Some(0)));
+    let out = bccguard(&["check", &fixture_path("conversation.eml")], &[INTERNAL, hold]);
+    assert!(text(&out.stdout).contains("decision      no leak: pass"), "only leaks are held");
+}
+
+#[test]
+fn hold_max_age_is_checked() {
+    let out = bccguard(&["check-config"], &[("BCCGUARD__HOLD__MAX_AGE", "0s"), ("BCCGUARD__HOLD__COLOUR", "red")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("hold.colour") || err.contains("HOLD__COLOUR"), "{err}");
+    let out = bccguard(&["check-config"], &[("BCCGUARD__HOLD__MAX_AGE", "0s")]);
+    assert!(text(&out.stderr).contains("hold.max_age: must be greater than 0"), "{}", text(&out.stderr));
 }

@@ -212,6 +212,12 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "  reply         {reply}")?;
         return Ok(());
     }
+    if d.action == Action::Hold {
+        writeln!(out, "  reply         250 (held: nothing is delivered until a person releases it)")?;
+        writeln!(out, "  release       bccguard queue release ID [--as explode|undisclose|pass]; after hold.max_age")?;
+        writeln!(out, "                it is deleted and the sender gets a delivery status notification")?;
+        return Ok(());
+    }
     writeln!(out, "  transactions  {}", r.transactions.len())?;
     writeln!(out)?;
     let rows: Vec<[String; 5]> = r

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 
 pub mod check;
+pub mod held;
 pub mod queue;
 mod table;
 
@@ -36,7 +37,7 @@ pub enum Command {
     /// Print the leak decision for a message file, and the copies it would make, without
     /// sending anything. Exit 0: no leak; 1: leak; 2: error.
     Check(check::CheckArgs),
-    /// Inspect and act on the queue: list, retry [ID], delete ID.
+    /// Inspect and act on the queue: list [--held], retry [ID], delete ID, release ID.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
     /// Print an argon2 hash for a password read from standard input, for [[access.users]].

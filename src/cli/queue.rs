@@ -1,5 +1,5 @@
-//! `bccguard queue list | retry [ID] | delete ID`: inspect and act on the spool, whether the
-//! relay runs or not. Listing reads the spool files (they are never rewritten in place);
+//! `bccguard queue list [--held] | retry [ID] | delete ID | release ID`: inspect and act on
+//! the spool, whether the relay runs or not (held messages: see [`super::held`]). Listing reads the spool files (they are never rewritten in place);
 //! retry and delete go through the running relay's control socket, or, when no relay holds
 //! the spool, act on the files directly.
 
@@ -20,6 +20,8 @@ use crate::spool::record::{Record, TxnStatus};
 const MAX_REPLY_SHOWN: usize = 60;
 /// The listed state of a bounce that cannot be delivered.
 const FAILED_BOUNCE: &str = "failed bounce";
+/// The listed state of a message held for a person.
+const HELD: &str = "held";
 
 /// `bccguard queue ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -31,6 +33,20 @@ pub enum QueueCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only the held messages (id, age, sender, subject, exposure, rule).
+        #[arg(long)]
+        held: bool,
+    },
+    /// Deliver a held message (exit 1 when it is not held: nothing done).
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue id.
+        id: String,
+        /// How: explode (a copy to each external recipient alone), undisclose, or pass (as it
+        /// is). The plan is made now, with the policy in force.
+        #[arg(long = "as", value_name = "HOW", default_value = "explode")]
+        how: crate::hold::ReleaseAs,
     },
     /// Try one message (or every message) now, whatever its schedule.
     Retry {
@@ -81,7 +97,9 @@ struct Counts {
 /// Run a queue subcommand; returns the exit code.
 pub fn run(command: &QueueCommand, out: &mut impl Write, err: &mut impl Write) -> u8 {
     let result = match command {
-        QueueCommand::List { config, json } => list(config, *json, out),
+        QueueCommand::List { config, json, held: true } => super::held::list(config, *json, out),
+        QueueCommand::List { config, json, held: false } => list(config, *json, out),
+        QueueCommand::Release { config, id, how } => return super::held::release(config, id, *how, out, err),
         QueueCommand::Retry { config, id } => retry(config, id.as_deref(), out),
         QueueCommand::Delete { config, id } => delete(config, id, out),
     };
@@ -157,10 +175,17 @@ fn entry(paths: &SpoolPaths, id: &QueueId, held: &[Record], redaction: Redaction
     }
     let next_ms = state.next_attempt(&meta.plan);
     let failed_bounce = (meta.dsn || meta.sender.is_empty()) && state.is_failed_bounce();
+    let state_word = if meta.is_held() {
+        HELD
+    } else if failed_bounce {
+        FAILED_BOUNCE
+    } else {
+        "pending"
+    };
     let rfc3339 = |ms: i64| Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339());
     Some(Entry {
         id: id.to_string(),
-        state: if failed_bounce { FAILED_BOUNCE } else { "pending" },
+        state: state_word,
         problem: None,
         received_at: rfc3339(meta.received_at).unwrap_or_default(),
         age_seconds: (now - meta.received_at) / 1000,
@@ -243,6 +268,10 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
         0 => {}
         f => write!(out, ", {f} failed bounce{} (queue retry or queue delete)", plural(f))?,
     }
+    match entries.iter().filter(|e| e.state == HELD).count() {
+        0 => {}
+        h => write!(out, ", {h} held (queue list --held)")?,
+    }
     match entries.iter().filter(|e| matches!(e.state, "damaged" | "unreadable")).count() {
         0 => writeln!(out),
         d => writeln!(out, "; {d} damaged or unreadable, never delivered (see spool/damaged/)"),
@@ -251,7 +280,7 @@ fn table(entries: &[Entry], now: i64, out: &mut impl Write) -> io::Result<()> {
 
 /// Text from an upstream made safe for a terminal: C0 and C1 control characters and DEL
 /// shown as `\x1b`, `\u{9b}` (and a backslash doubled, so the escapes are unambiguous).
-fn escape_controls(text: &str) -> String {
+pub(super) fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -278,7 +307,7 @@ fn shorten(reply: &str) -> String {
 }
 
 /// `45s`, `12m`, `3h`, `2d`.
-fn short_duration(secs: i64) -> String {
+pub(super) fn short_duration(secs: i64) -> String {
     let secs = secs.max(0);
     match secs {
         0..60 => format!("{secs}s"),
@@ -300,12 +329,12 @@ fn ask_relay(paths: &SpoolPaths, request: &str) -> Result<Option<usize>, String>
     }
 }
 
-fn parse_id(id: &str) -> Result<QueueId, String> {
+pub(super) fn parse_id(id: &str) -> Result<QueueId, String> {
     QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits, as `queue list` shows)"))
 }
 
 /// Take the spool's lock for direct changes; fails if a relay holds it.
-fn lock(paths: &SpoolPaths) -> Result<std::fs::File, String> {
+pub(super) fn lock(paths: &SpoolPaths) -> Result<std::fs::File, String> {
     paths
         .try_lock()
         .map_err(|e| e.to_string())?

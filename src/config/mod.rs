@@ -31,6 +31,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// The leak decision and what to do about a leak.
     pub policy: PolicyConfig,
+    /// Held messages (`action = "hold"`): how long they wait for a person.
+    pub hold: HoldConfig,
     /// Log output.
     pub log: LogConfig,
     /// Prometheus metrics and health endpoints.
@@ -304,6 +306,9 @@ pub enum Action {
     Reject,
     /// Deliver unchanged.
     Pass,
+    /// Keep it in the spool, answered 250, until a person releases or deletes it (or
+    /// `hold.max_age` passes).
+    Hold,
 }
 
 impl Action {
@@ -314,7 +319,23 @@ impl Action {
             Action::Undisclose => "undisclose",
             Action::Reject => "reject",
             Action::Pass => "pass",
+            Action::Hold => "hold",
         }
+    }
+}
+
+/// `[hold]`: messages held for a person (`policy.action = "hold"`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldConfig {
+    /// A held message not released or deleted within this time (from its arrival) is deleted,
+    /// and its sender gets a delivery status notification saying it was not delivered.
+    pub max_age: Duration,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig { max_age: Duration::secs(10 * 24 * 3600) }
     }
 }
 

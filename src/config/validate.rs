@@ -16,6 +16,9 @@ impl Config {
         upstream(&self.upstream, &mut errors);
         spool(&self.spool, &mut errors);
         admin(&self.admin, &mut errors);
+        if self.hold.max_age.0.is_zero() {
+            errors.push(ConfigError::new("hold.max_age", "must be greater than 0"));
+        }
         for (i, domain) in self.policy.internal_domains.iter().enumerate() {
             if normalize_domain(domain).is_none() {
                 let path = format!("policy.internal_domains[{i}]");

@@ -20,6 +20,8 @@ pub struct DeliveryConfig {
     pub retry: Vec<Duration>,
     /// `spool.max_age`.
     pub max_age: Duration,
+    /// `hold.max_age`: a held message not released by then is deleted, with a DSN.
+    pub hold_max_age: Duration,
     /// `log.redact_addresses`.
     pub redaction: Redaction,
     /// Delivery passes running at once.
@@ -37,9 +39,15 @@ impl DeliveryConfig {
             hostname: config.server.hostname.clone(),
             retry: config.spool.retry.iter().map(|d| d.0).collect(),
             max_age: config.spool.max_age.0,
+            hold_max_age: config.hold.max_age.0,
             redaction: Redaction(config.log.redact_addresses),
             max_passes: config.upstream.max_connections.max(1) * PASSES_PER_CONNECTION,
             sends_per_pass: config.upstream.max_connections.max(1),
         }
+    }
+
+    /// When a held message that arrived at `received_at` (Unix ms) expires.
+    pub fn hold_expires(&self, received_at: i64) -> i64 {
+        received_at.saturating_add(self.hold_max_age.as_millis() as i64)
     }
 }

@@ -52,6 +52,9 @@ pub struct Report<'a> {
     pub sender: &'a str,
     /// The failed recipients.
     pub failures: &'a [Failure],
+    /// Set when the message was held for review and not released within this time
+    /// (`hold.max_age`, e.g. `10d`): the failures are bccguard's own, not the upstream's.
+    pub held_for: Option<&'a str>,
 }
 
 /// The notification message, CRLF line ends. `message` is the original as spooled.
@@ -69,12 +72,17 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
         date = now.to_rfc2822(),
     ));
     out.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+    let s = if report.failures.len() == 1 { "" } else { "s" };
+    let what = match report.held_for {
+        Some(age) => format!(
+            "was held for review and not released within {age}, so it was deleted without being delivered \
+             to the following recipient{s}"
+        ),
+        None => format!("could not be delivered to the following recipient{s}"),
+    };
     out.push_str(&format!(
-        "This is the mail system at host {}.\r\n\r\nYour message (queue id {}) could not be delivered \
-         to the following recipient{}:\r\n\r\n",
-        report.hostname,
-        report.original_id,
-        if report.failures.len() == 1 { "" } else { "s" }
+        "This is the mail system at host {}.\r\n\r\nYour message (queue id {}) {what}:\r\n\r\n",
+        report.hostname, report.original_id,
     ));
     for f in report.failures {
         let why = if f.expired { "the message was undeliverable for too long; last reply: " } else { "" };
@@ -93,10 +101,11 @@ pub fn build(report: &Report<'_>, dsn_id: &QueueId, message: &[u8], now: DateTim
             f.recipient,
             status_of(f)
         ));
-        if !report.remote.is_empty() {
+        if !report.remote.is_empty() && report.held_for.is_none() {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", report.remote));
         }
-        out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reply.to_string())));
+        let kind = if report.held_for.is_some() { "X-Bccguard" } else { "smtp" };
+        out.push_str(&format!("Diagnostic-Code: {kind}; {}\r\n", one_line(&f.reply.to_string())));
     }
     out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
     let mut bytes = out.into_bytes();
@@ -157,6 +166,7 @@ mod tests {
             arrival: 1_700_000_000,
             sender: "shop@example.com",
             failures: &failures,
+            held_for: None,
         };
         let text = String::from_utf8(build(&report, &QueueId::generate(), message, Utc::now())).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));

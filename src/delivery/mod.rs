@@ -13,6 +13,7 @@ pub mod client;
 mod config;
 pub mod directory;
 pub mod dsn;
+mod held;
 mod journal;
 mod manager;
 pub mod outcome;

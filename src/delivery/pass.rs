@@ -92,6 +92,10 @@ async fn deliver(
         Err(end) => return end,
     };
     let Loaded { meta, head, content, mut state, headers, eight_bit, journaled } = loaded;
+    if meta.is_held() {
+        // Only a release delivers it (see `super::held`).
+        return PassEnd::Held(ctx.config.hold_expires(meta.received_at));
+    }
     let mut journal = Journal::new(&ctx.spool, id, unwritten);
     for r in journal.unwritten() {
         state.apply(r);
@@ -309,16 +313,25 @@ async fn queue_dsn(
         arrival: meta.received_at,
         sender: &meta.sender,
         failures: &failures,
+        held_for: None,
     };
     let id = QueueId::generate();
     let bytes = Bytes::from(dsn::build(&report, &id, message, Utc::now()));
-    let dsn_meta = Meta {
+    ctx.spool.store(dsn_meta(id.clone(), &meta.sender), vec![bytes]).await?;
+    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
+        .emit(ctx.config.redaction);
+    Ok(id)
+}
+
+/// The envelope of a delivery status notification to `to`, with the null sender.
+pub(super) fn dsn_meta(id: QueueId, to: &str) -> Meta {
+    Meta {
         version: FORMAT_VERSION,
-        id: id.clone(),
+        id,
         received_at: now_ms(),
         client: "local".into(),
         sender: String::new(),
-        recipients: vec![meta.sender.clone()],
+        recipients: vec![to.to_string()],
         decision: DecisionSummary::default(),
         plan: Plan {
             transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],
@@ -327,9 +340,5 @@ async fn queue_dsn(
         dsn: true,
         size: None,
         crc32: None,
-    };
-    ctx.spool.store(dsn_meta, vec![bytes]).await?;
-    crate::events::BounceQueued { id: &meta.id, dsn: &id, failed: failures.len(), sender: &meta.sender }
-        .emit(ctx.config.redaction);
-    Ok(id)
+    }
 }

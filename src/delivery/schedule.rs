@@ -27,6 +27,8 @@ pub(super) enum PassEnd {
     Parked,
     /// The message is no longer in the spool (deleted, or set aside as damaged).
     Gone,
+    /// The message is held for a person; unless released, it expires at this time (Unix ms).
+    Held(i64),
 }
 
 /// The outcome of one transaction's attempt: (transaction, recipients tried, outcomes).
@@ -48,7 +50,9 @@ pub(super) fn records_for(
     now: i64,
 ) -> Vec<Record> {
     let mut records = Vec::new();
-    let expired = now - meta.received_at >= config.max_age.as_millis() as i64;
+    // A released message has its whole `spool.max_age` from its release.
+    let since = state.released_at.unwrap_or(meta.received_at).max(meta.received_at);
+    let expired = now - since >= config.max_age.as_millis() as i64;
     for (txn, rcpts, outcomes) in results {
         let attempts = state.txns[txn].attempts + 1;
         let mut groups: Vec<(Outcome, Vec<usize>)> = Vec::new();
@@ -103,6 +107,9 @@ pub(super) enum Next {
     Sleep(i64),
     /// Nothing to start until a command or a pass's end comes.
     Idle,
+    /// This held message's `hold.max_age` has passed: delete it and tell the sender. It is
+    /// off the schedule now; put it back with [`Schedule::hold`] if that fails.
+    Expire(QueueId),
 }
 
 /// What became of a `delete`.
@@ -122,6 +129,8 @@ enum Entry {
     Waiting(i64),
     /// A failed bounce: only a retry or a delete moves it.
     Parked,
+    /// Held for a person until released or deleted, or until it expires at this time.
+    Held(i64),
     /// In the ready queue.
     Ready,
     /// A pass is running; afterwards run again at once (`rerun`) or delete.
@@ -132,6 +141,8 @@ enum Entry {
 #[derive(Debug)]
 pub(super) struct Schedule {
     entries: HashMap<QueueId, Entry>,
+    /// Entries that are `Held`.
+    held: usize,
     timers: BinaryHeap<Reverse<(i64, QueueId)>>,
     ready: VecDeque<(QueueId, bool)>,
     running: usize,
@@ -143,6 +154,7 @@ impl Schedule {
     pub fn new(max_running: usize) -> Schedule {
         Schedule {
             entries: HashMap::new(),
+            held: 0,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             running: 0,
@@ -162,8 +174,47 @@ impl Schedule {
 
     /// Try `id` at `at` (a message found in the spool at start).
     pub fn add(&mut self, id: QueueId, at: i64) {
-        self.entries.insert(id.clone(), Entry::Waiting(at));
+        self.put(id.clone(), Entry::Waiting(at));
         self.timers.push(Reverse((at, id)));
+    }
+
+    /// How many held messages are on the schedule.
+    pub fn held_count(&self) -> usize {
+        self.held
+    }
+
+    /// Held messages on the schedule.
+    pub fn held(&self) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> =
+            self.entries.iter().filter(|(_, e)| matches!(e, Entry::Held(_))).map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether `id` is held.
+    pub fn is_held(&self, id: &QueueId) -> bool {
+        matches!(self.entries.get(id), Some(Entry::Held(_)))
+    }
+
+    /// Whether `id` is on the schedule at all.
+    pub fn contains(&self, id: &QueueId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Hold `id` for a person; it expires at `expires` (Unix ms) unless released.
+    pub fn hold(&mut self, id: QueueId, expires: i64) {
+        self.put(id.clone(), Entry::Held(expires));
+        self.timers.push(Reverse((expires, id)));
+    }
+
+    /// A held message was released: deliver it as soon as a pass is free. False (and
+    /// nothing changes) when it is not held.
+    pub fn release(&mut self, id: &QueueId) -> bool {
+        if !self.is_held(id) {
+            return false;
+        }
+        self.make_ready(id.clone(), false);
+        true
     }
 
     /// Try `id` as soon as a pass is free (a message just accepted, or a bounce just queued).
@@ -183,7 +234,8 @@ impl Schedule {
                 Some(Entry::Waiting(_) | Entry::Parked) => self.make_ready(id, true),
                 Some(Entry::Running { rerun, .. }) => *rerun = true,
                 Some(Entry::Ready) => {}
-                None => continue,
+                // Only a release delivers a held message.
+                Some(Entry::Held(_)) | None => continue,
             }
             n += 1;
         }
@@ -198,7 +250,7 @@ impl Schedule {
                 Deleted::AfterPass
             }
             Some(_) => {
-                self.entries.remove(id);
+                self.take(id);
                 Deleted::Now
             }
             None => Deleted::Unknown,
@@ -209,7 +261,7 @@ impl Schedule {
     /// delete came while the pass ran).
     pub fn finished(&mut self, id: QueueId, end: &PassEnd) -> bool {
         self.running = self.running.saturating_sub(1);
-        let entry = self.entries.remove(&id);
+        let entry = self.take(&id);
         match (entry, end) {
             (Some(Entry::Running { delete: true, .. }), _) => return true,
             (_, PassEnd::Done | PassEnd::Gone) => {}
@@ -217,9 +269,8 @@ impl Schedule {
                 self.make_ready(id, true)
             }
             (_, PassEnd::Later(at)) => self.add(id, *at),
-            (_, PassEnd::Parked) => {
-                self.entries.insert(id, Entry::Parked);
-            }
+            (_, PassEnd::Parked) => self.put(id, Entry::Parked),
+            (_, PassEnd::Held(expires)) => self.hold(id, *expires),
         }
         false
     }
@@ -232,8 +283,13 @@ impl Schedule {
             }
             let Reverse((at, id)) = self.timers.pop().expect("peeked");
             // A timer outlived by a newer schedule of the same message is ignored.
-            if self.entries.get(&id) == Some(&Entry::Waiting(at)) {
-                self.make_ready(id, false);
+            match self.entries.get(&id) {
+                Some(Entry::Waiting(t)) if *t == at => self.make_ready(id, false),
+                Some(Entry::Held(t)) if *t == at => {
+                    self.take(&id);
+                    return Next::Expire(id);
+                }
+                _ => {}
             }
         }
         while self.running < self.max_running {
@@ -243,7 +299,7 @@ impl Schedule {
             if self.entries.get(&id) != Some(&Entry::Ready) {
                 continue;
             }
-            self.entries.insert(id.clone(), Entry::Running { rerun: false, delete: false });
+            self.put(id.clone(), Entry::Running { rerun: false, delete: false });
             self.running += 1;
             return Next::Run(id, force);
         }
@@ -254,10 +310,29 @@ impl Schedule {
     }
 
     fn make_ready(&mut self, id: QueueId, force: bool) {
-        self.entries.insert(id.clone(), Entry::Ready);
+        self.put(id.clone(), Entry::Ready);
         self.ready.push_back((id, force));
+    }
+
+    /// Set `id`'s entry, keeping the count of held ones.
+    fn put(&mut self, id: QueueId, entry: Entry) {
+        self.held += usize::from(matches!(entry, Entry::Held(_)));
+        if let Some(Entry::Held(_)) = self.entries.insert(id, entry) {
+            self.held -= 1;
+        }
+    }
+
+    /// Remove `id`'s entry, keeping the count of held ones.
+    fn take(&mut self, id: &QueueId) -> Option<Entry> {
+        let entry = self.entries.remove(id);
+        if let Some(Entry::Held(_)) = entry {
+            self.held -= 1;
+        }
+        entry
     }
 }
 
+#[cfg(test)]
+mod held_tests;
 #[cfg(test)]
 mod tests;

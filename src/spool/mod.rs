@@ -19,6 +19,7 @@
 //! record.
 
 pub mod content;
+pub mod held;
 pub mod record;
 mod spill;
 
@@ -121,8 +122,9 @@ impl SpoolPaths {
     /// A message's envelope and state, without reading its body.
     pub fn load_meta(&self, id: &QueueId) -> io::Result<(Meta, State)> {
         let mut reader = BufReader::new(File::open(self.message_file(id))?);
-        let meta = read_envelope(&mut reader)?.0;
-        let state = State::replay(&meta, &self.journal(id)?);
+        let mut meta = read_envelope(&mut reader)?.0;
+        let records = record::resolve_release(&mut meta, self.journal(id)?);
+        let state = State::replay(&meta, &records);
         Ok((meta, state))
     }
 
@@ -136,7 +138,7 @@ impl SpoolPaths {
             Err(e) => return Err(OpenError::Io(e)),
         };
         let total = file.metadata().map_err(OpenError::Io)?.len();
-        let (meta, line_len) = read_envelope(&mut BufReader::new(&file)).map_err(OpenError::from_read)?;
+        let (mut meta, line_len) = read_envelope(&mut BufReader::new(&file)).map_err(OpenError::from_read)?;
         let len = total - line_len;
         if let Some(size) = meta.size
             && size != len
@@ -168,6 +170,7 @@ impl SpoolPaths {
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), false, 0),
             Err(e) => return Err(OpenError::Io(e)),
         };
+        let records = record::resolve_release(&mut meta, records);
         let state = State::replay(&meta, &records);
         Ok(Opened { meta, state, head, content, eight_bit: !ascii, journaled, journal_cut })
     }

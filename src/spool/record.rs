@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Action;
+use crate::hold::ReleaseAs;
 use crate::plan::Plan;
 use crate::queue_id::QueueId;
 
@@ -118,6 +119,46 @@ pub enum Record {
         /// Unix milliseconds.
         at: i64,
     },
+    /// A person released a held message: from here on it is delivered by `plan`, made at
+    /// release with the policy then in force. Written once, before any delivery event; the
+    /// message's envelope line (which never changes) still says `hold` with an empty plan.
+    Released {
+        /// Unix milliseconds.
+        at: i64,
+        /// What the person asked for.
+        how: ReleaseAs,
+        /// The action the plan carries out (`pass` when the message no longer leaks).
+        action: Action,
+        /// The delivery plan.
+        plan: Plan,
+    },
+}
+
+impl Meta {
+    /// Whether the message is held: its action is `hold` and it has not been released (a
+    /// meta read through [`resolve_release`] carries the released plan and action).
+    pub fn is_held(&self) -> bool {
+        self.decision.action == Action::Hold
+    }
+}
+
+/// Apply a release recorded in a held message's journal to its envelope: the released plan
+/// and action become the message's. Returns the records that count for its delivery state:
+/// from the release on (before it, the message had no transactions). Without a release,
+/// `records` as they are.
+pub fn resolve_release(meta: &mut Meta, mut records: Vec<Record>) -> Vec<Record> {
+    if meta.decision.action != Action::Hold {
+        return records;
+    }
+    let Some(at) = records.iter().position(|r| matches!(r, Record::Released { .. })) else {
+        return records;
+    };
+    records.drain(..at);
+    if let Record::Released { action, plan, .. } = &records[0] {
+        meta.plan = plan.clone();
+        meta.decision.action = *action;
+    }
+    records
 }
 
 /// Where one recipient stands.
@@ -165,6 +206,8 @@ pub struct State {
     pub txns: Vec<TxnState>,
     /// The most recent reply or error of any attempt.
     pub last_reply: Option<String>,
+    /// When a held message was released (its `spool.max_age` counts from then).
+    pub released_at: Option<i64>,
 }
 
 /// How a transaction stands, for listings.
@@ -185,6 +228,7 @@ impl State {
             rcpts: vec![RcptState::Pending; meta.recipients.len()],
             txns: vec![TxnState::default(); meta.plan.transactions.len()],
             last_reply: None,
+            released_at: None,
         }
     }
 
@@ -233,6 +277,8 @@ impl State {
                 }
                 self.txns.iter_mut().for_each(|t| t.next = t.next.min(*at));
             }
+            // Its plan is the message's (see [`resolve_release`]); the state starts here.
+            Record::Released { at, .. } => self.released_at = Some(*at),
         }
         if let Record::Delivered { txn, reply, .. }
         | Record::Failed { txn, reply, .. }

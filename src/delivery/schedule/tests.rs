@@ -10,11 +10,12 @@ use crate::spool::record::{DecisionSummary, FORMAT_VERSION, RcptState};
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_700_000_000_000;
 
-fn config() -> DeliveryConfig {
+pub(super) fn config() -> DeliveryConfig {
     DeliveryConfig {
         hostname: "relay.test".into(),
         retry: [60, 300, 900].map(Duration::from_secs).to_vec(),
         max_age: Duration::from_secs(3600),
+        hold_max_age: Duration::from_secs(2 * 3600),
         redaction: Redaction(false),
         max_passes: 2,
         sends_per_pass: 4,
@@ -118,6 +119,7 @@ fn the_dsn_reads_the_typed_outcome() {
         arrival: meta.received_at,
         sender: &meta.sender,
         failures: &failures,
+        held_for: None,
     };
     let text = String::from_utf8(dsn::build(&report, &QueueId::generate(), b"Subject: x\r\n\r\n", chrono::Utc::now()))
         .expect("utf-8");
