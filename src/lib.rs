@@ -102,6 +102,9 @@ pub enum RunError {
     /// TLS certificate or key problem.
     #[error(transparent)]
     Tls(#[from] smtp::tls::TlsConfigError),
+    /// The review page could not start (`[admin]`).
+    #[error(transparent)]
+    Admin(#[from] admin::StartError),
 }
 
 /// Bind every `server.listen` address, with a listen backlog of `server.max_connections`
@@ -141,6 +144,7 @@ pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: Cancella
 pub struct Running {
     config: Config,
     metrics_addr: Option<SocketAddr>,
+    admin: Option<admin::Started>,
     phases: Shutdown,
     background: CancellationToken,
     sessions: TaskTracker,
@@ -154,7 +158,8 @@ pub struct Running {
 }
 
 /// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
-/// start delivery, the control socket, the metrics endpoint and the SMTP front door.
+/// start delivery, the control socket, the metrics endpoint, the review page and the SMTP
+/// front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let journal_fault = spool.journal_fault();
@@ -172,6 +177,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         Some(addr) => Some(listen(addr, MIN_BACKLOG).map_err(|source| RunError::Bind { addr, source })?),
         None => None,
     };
+    let admin_bound = admin::bind(&config.admin)?;
     let phases = Shutdown::default();
     let background = CancellationToken::new();
     let deliveries = TaskTracker::new();
@@ -185,6 +191,8 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         deliveries.clone(),
     );
     tokio::spawn(control::serve(control, deliverer.clone(), background.clone()));
+    // The page stops with the front door, at the start of shutdown.
+    let admin = admin_bound.map(|bound| bound.serve(deliverer.clone(), phases.soft.clone()));
     let redaction = Redaction(config.log.redact_addresses);
     let budget = smtp::data_budget(&config);
     let relay = Arc::new(Relay::new(
@@ -217,6 +225,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     Ok(Running {
         config,
         metrics_addr,
+        admin,
         phases,
         background,
         sessions,
@@ -255,9 +264,15 @@ impl Running {
         self.metrics_addr
     }
 
+    /// The review page's address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// Apply a new, validated configuration's `[policy]` and `[access]` to the messages and
-    /// sessions that start from now on; sessions already open go on undisturbed. Changes to
-    /// other sections need a restart, and are named in the log.
+    /// sessions that start from now on; sessions already open go on undisturbed. The review
+    /// page's token is read again (a new one ends its sessions). Changes to other sections
+    /// need a restart, and are named in the log.
     pub fn reload(&mut self, new: Config) {
         let old = &self.config;
         let restart: Vec<&str> = [
@@ -267,12 +282,14 @@ impl Running {
             ("hold", old.hold != new.hold),
             ("log", old.log != new.log),
             ("metrics", old.metrics != new.metrics),
+            ("admin.listen", old.admin.listen != new.admin.listen),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
         .collect();
         self.relay.set_policy(message::decide::Policy::from_config(&new.policy));
         self.front.reload_access(&new.access);
+        self.reload_admin_token(&new.admin);
         let policy_changed = old.policy != new.policy;
         let access_changed = old.access != new.access;
         info!(policy_changed, access_changed, "configuration reloaded");
@@ -281,7 +298,21 @@ impl Running {
         }
         let (server, upstream, spool, log, metrics) =
             (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
-        self.config = Config { server, upstream, spool, log, metrics, hold: old.hold.clone(), ..new };
+        let admin = config::AdminConfig { listen: old.admin.listen, token_file: new.admin.token_file.clone() };
+        self.config = Config { server, upstream, spool, log, metrics, hold: old.hold.clone(), admin, ..new };
+    }
+
+    /// Read the review page's token again, if the page runs.
+    fn reload_admin_token(&self, new: &config::AdminConfig) {
+        let (Some(page), Some(path)) = (&self.admin, &new.token_file) else { return };
+        match admin::Token::read(path) {
+            Ok(token) => {
+                if page.auth.set_token(token) {
+                    info!("review page: new token, every session ended");
+                }
+            }
+            Err(e) => warn!(error = %e, "review page: token not reloaded, the previous one stays"),
+        }
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and

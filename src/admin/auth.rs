@@ -119,12 +119,15 @@ impl Auth {
         Auth { token: ArcSwap::from_pointee(token), sessions: Sessions::default(), failures: Default::default() }
     }
 
-    /// Accept `token` from now on. A different token ends every session.
-    pub fn set_token(&self, token: Token) {
-        if **self.token.load() != token {
+    /// Accept `token` from now on. A different token ends every session; whether it was
+    /// different.
+    pub fn set_token(&self, token: Token) -> bool {
+        let changed = **self.token.load() != token;
+        if changed {
             self.token.store(Arc::new(token));
             self.sessions.clear();
         }
+        changed
     }
 
     /// Whether `given` is the token in force.
@@ -199,9 +202,9 @@ mod tests {
         let auth = Auth::new(Token::checked("0123456789abcdef", "t").unwrap());
         let now = Instant::now();
         let session = auth.sessions().open(now);
-        auth.set_token(Token::checked("0123456789abcdef", "t").unwrap());
+        assert!(!auth.set_token(Token::checked("0123456789abcdef", "t").unwrap()));
         assert!(auth.sessions().find(&session.id, now).is_some(), "the same token keeps sessions");
-        auth.set_token(Token::checked("fedcba9876543210", "t").unwrap());
+        assert!(auth.set_token(Token::checked("fedcba9876543210", "t").unwrap()));
         assert!(auth.sessions().find(&session.id, now).is_none());
         assert!(auth.check("fedcba9876543210") && !auth.check("0123456789abcdef"));
     }

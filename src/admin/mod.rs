@@ -92,21 +92,40 @@ pub struct Started {
     pub auth: Arc<Auth>,
 }
 
-/// Start the page over `queue` as `config` says: `None` when `admin.listen` is unset. It stops
-/// accepting when `stop` is cancelled.
+/// The page's listener, bound, and its token, read: what can fail is done before anything
+/// else of the relay starts.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    auth: Arc<Auth>,
+}
+
+/// Read `admin.token_file` and bind `admin.listen`: `None` when `admin.listen` is unset.
+pub fn bind(config: &AdminConfig) -> Result<Option<Bound>, StartError> {
+    let Some(addr) = config.listen else { return Ok(None) };
+    let token = Token::read(config.token_file.as_deref().ok_or(StartError::NoToken)?)?;
+    let listener = crate::listen(addr, crate::MIN_BACKLOG).map_err(|source| StartError::Bind { addr, source })?;
+    Ok(Some(Bound { listener, auth: Arc::new(Auth::new(token)) }))
+}
+
+impl Bound {
+    /// Serve the page over `queue` until `stop` is cancelled.
+    pub fn serve<Q: HeldQueue>(self, queue: Q, stop: CancellationToken) -> Started {
+        let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+        let addr = self.listener.local_addr().unwrap_or(fallback);
+        tokio::spawn(serve(self.listener, Arc::new(Admin::new(queue, self.auth.clone())), stop));
+        info!(%addr, "review page on http://{addr}/");
+        Started { addr, auth: self.auth }
+    }
+}
+
+/// [`bind`] and [`Bound::serve`] at once.
 pub fn start<Q: HeldQueue>(
     config: &AdminConfig,
     queue: Q,
     stop: CancellationToken,
 ) -> Result<Option<Started>, StartError> {
-    let Some(addr) = config.listen else { return Ok(None) };
-    let token = Token::read(config.token_file.as_deref().ok_or(StartError::NoToken)?)?;
-    let listener = crate::listen(addr, crate::MIN_BACKLOG).map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-    let auth = Arc::new(Auth::new(token));
-    tokio::spawn(serve(listener, Arc::new(Admin::new(queue, auth.clone())), stop));
-    info!(%addr, "review page on http://{addr}/");
-    Ok(Some(Started { addr, auth }))
+    Ok(bind(config)?.map(|bound| bound.serve(queue, stop)))
 }
 
 /// Serve the page on `listener` until `stop` is cancelled; connections still open then finish
