@@ -14,6 +14,7 @@
 //!   page share.
 //! - [`notify`]: notices by mail (spooled and delivered like any message) and the webhook,
 //!   fed events by the relay without ever waiting.
+//! - [`admin`]: the review page (SPEC §10): held messages in a browser, behind a token.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoint.
 //! - [`message`]: the header block as the leak decision sees it, and the decision (pure).
@@ -31,6 +32,7 @@
 
 pub mod accept;
 pub mod addresses;
+pub mod admin;
 pub mod breaker;
 pub mod cli;
 pub mod config;
@@ -112,6 +114,9 @@ pub enum RunError {
     /// A DKIM key could not be loaded.
     #[error("dkim: {0}")]
     Dkim(#[from] dkim::KeyError),
+    /// The review page could not start (`[admin]`).
+    #[error(transparent)]
+    Admin(#[from] admin::StartError),
 }
 
 /// Bind every `server.listen` address, with a listen backlog of `server.max_connections`
@@ -151,6 +156,7 @@ pub async fn run(config: Config, listeners: Vec<TcpListener>, shutdown: Cancella
 pub struct Running {
     config: Config,
     metrics_addr: Option<SocketAddr>,
+    admin: Option<admin::Started>,
     phases: Shutdown,
     background: CancellationToken,
     /// The control socket, the probes and the metrics endpoint: all are over (and hold no
@@ -169,7 +175,8 @@ pub struct Running {
 }
 
 /// Start the relay on listeners the caller bound: open the spool (recovering what it holds),
-/// start delivery, the control socket, the metrics endpoint and the SMTP front door.
+/// start delivery, the control socket, the metrics endpoint, the review page and the SMTP
+/// front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let journal_fault = spool.journal_fault();
@@ -187,6 +194,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
         Some(addr) => Some(listen(addr, MIN_BACKLOG).map_err(|source| RunError::Bind { addr, source })?),
         None => None,
     };
+    let admin_bound = admin::bind(&config.admin)?;
     let phases = Shutdown::default();
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
@@ -205,6 +213,8 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let breaker_control = breaker::Control { breaker: breaker.clone(), policy: policy.clone() };
     background_tasks.spawn(breaker_control.clone().watch_tripped(background.clone()));
     background_tasks.spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
+    // The page stops with the front door, at the start of shutdown.
+    let admin = admin_bound.map(|bound| bound.serve(deliverer.clone(), phases.soft.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     // A person deleting a held message is a rejection after the 250: its sender (and the
     // admins) are told it will not be delivered.
@@ -240,6 +250,7 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     Ok(Running {
         config,
         metrics_addr,
+        admin,
         phases,
         background,
         background_tasks,
@@ -292,10 +303,15 @@ impl Running {
         self.metrics_addr
     }
 
+    /// The review page's address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// Apply a new, validated configuration's `[policy]`, `[access]` and `[dkim]` (keys read
-    /// again) to the messages and
-    /// sessions that start from now on; sessions already open go on undisturbed. Changes to
-    /// other sections need a restart, and are named in the log.
+    /// again) to the messages and sessions that start from now on; sessions already open go on
+    /// undisturbed. The review page's token is read again (a new one ends its sessions).
+    /// Changes to other sections need a restart, and are named in the log.
     pub fn reload(&mut self, new: Config) {
         let old = &self.config;
         let restart: Vec<&str> = [
@@ -306,6 +322,7 @@ impl Running {
             ("log", old.log != new.log),
             ("metrics", old.metrics != new.metrics),
             ("notify", old.notify != new.notify),
+            ("admin.listen", old.admin.listen != new.admin.listen),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -319,6 +336,7 @@ impl Running {
         if old.policy.breaker.redis_url != new.policy.breaker.redis_url {
             warn!("policy.breaker.redis_url changed and takes effect only at restart");
         }
+        self.reload_admin_token(&new.admin);
         let policy_changed = old.policy != new.policy;
         let access_changed = old.access != new.access;
         info!(policy_changed, access_changed, "configuration reloaded");
@@ -328,7 +346,21 @@ impl Running {
         let (server, upstream, spool, log, metrics) =
             (old.server.clone(), old.upstream.clone(), old.spool.clone(), old.log.clone(), old.metrics.clone());
         let (hold, notify) = (old.hold.clone(), old.notify.clone());
-        self.config = Config { server, upstream, spool, log, metrics, hold, notify, ..new };
+        let admin = config::AdminConfig { listen: old.admin.listen, token_file: new.admin.token_file.clone() };
+        self.config = Config { server, upstream, spool, log, metrics, hold, notify, admin, ..new };
+    }
+
+    /// Read the review page's token again, if the page runs.
+    fn reload_admin_token(&self, new: &config::AdminConfig) {
+        let (Some(page), Some(path)) = (&self.admin, &new.token_file) else { return };
+        match admin::Token::read(path) {
+            Ok(token) => {
+                if page.auth.set_token(token) {
+                    info!("review page: new token, every session ended");
+                }
+            }
+            Err(e) => warn!(error = %e, "review page: token not reloaded, the previous one stays"),
+        }
     }
 
     /// Shut down in two phases: stop accepting and close idle sessions; let transactions and

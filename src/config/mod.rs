@@ -49,6 +49,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// DKIM re-signing of rewritten copies.
     pub dkim: DkimConfig,
+    /// The review page for held messages.
+    pub admin: AdminConfig,
 }
 
 /// `[server]`: the SMTP listener and its limits.
@@ -390,4 +392,16 @@ pub enum LogFormat {
 pub struct MetricsConfig {
     /// Address to serve on, e.g. `"127.0.0.1:9325"`; no endpoint when unset.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[admin]`: the review page (SPEC §10), a small web page listing held messages.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to serve the page on, e.g. `"127.0.0.1:9326"`; no page when unset.
+    pub listen: Option<SocketAddr>,
+    /// File holding the login token (surrounding whitespace ignored; at least
+    /// [`crate::admin::MIN_TOKEN_LEN`] characters). Required when `listen` is set; read at
+    /// start and again on SIGHUP.
+    pub token_file: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::load::ConfigError;
-use super::{AccessConfig, Config, ServerConfig, SpoolConfig, UpstreamConfig};
+use super::{AccessConfig, AdminConfig, Config, ServerConfig, SpoolConfig, UpstreamConfig};
 use crate::message::domain::normalize_domain;
 use crate::smtp::{auth, tls};
 
@@ -17,6 +17,7 @@ impl Config {
         spool(&self.spool, &mut errors);
         super::notify::validate(&self.notify, &mut errors);
         super::dkim::validate(&self.dkim, &mut errors);
+        admin(&self.admin, &mut errors);
         if self.hold.max_age.0.is_zero() {
             errors.push(ConfigError::new("hold.max_age", "must be greater than 0"));
         }
@@ -147,6 +148,18 @@ fn spool(s: &SpoolConfig, errors: &mut Vec<ConfigError>) {
     }
 }
 
+fn admin(a: &AdminConfig, errors: &mut Vec<ConfigError>) {
+    match (&a.listen, &a.token_file) {
+        (Some(_), None) => errors.push(ConfigError::new("admin.token_file", "required when admin.listen is set")),
+        (_, Some(path)) => {
+            if let Err(e) = crate::admin::Token::read(path) {
+                errors.push(ConfigError::new("admin.token_file", e.to_string()));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::load_str;
@@ -193,5 +206,28 @@ mod tests {
     fn missing_tls_files_are_named() {
         let errs = errors("[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
         assert!(errs.iter().any(|e| e.starts_with("server.tls.cert:")), "{errs:?}");
+    }
+
+    #[test]
+    fn the_admin_page_needs_a_readable_long_enough_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let listen = "[admin]\nlisten = \"127.0.0.1:9326\"\n";
+        assert_eq!(errors(listen), ["admin.token_file: required when admin.listen is set"]);
+        let cases = [
+            (file("empty", " \n"), "admin.token_file: the token in"),
+            (file("short", "0123456789abcde\n"), "is 15 characters long; at least 16 are needed"),
+            ("/nonexistent/token".to_string(), "admin.token_file: cannot read /nonexistent/token:"),
+        ];
+        for (path, needle) in cases {
+            let errs = errors(&format!("{listen}token_file = \"{path}\"\n"));
+            assert!(errs.len() == 1 && errs[0].contains(needle), "{path}: {errs:?}");
+        }
+        let good = file("good", "  0123456789abcdef\n");
+        assert_eq!(errors(&format!("{listen}token_file = \"{good}\"\n")), Vec::<String>::new());
     }
 }

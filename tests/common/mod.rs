@@ -25,6 +25,8 @@ pub struct TestRelay {
     handle: JoinHandle<Result<(), RunError>>,
     /// The metrics endpoint, when `[metrics] listen` is set (use port 0).
     pub metrics: Option<SocketAddr>,
+    /// The review page, when `[admin] listen` is set (use port 0).
+    pub admin: Option<SocketAddr>,
     /// Makes the spool's journal appends fail as on a full disk.
     pub journal_fault: bccguard::spool::JournalFault,
     /// The relay's notifier (notices and the webhook).
@@ -50,6 +52,7 @@ impl TestRelay {
         let shutdown = CancellationToken::new();
         let running = bccguard::start(config.clone(), vec![listener]).await.expect("the relay starts");
         let metrics = running.metrics_addr();
+        let admin = running.admin_addr();
         let journal_fault = running.journal_fault();
         let notifier = running.notifier();
         let stop = shutdown.clone();
@@ -58,7 +61,7 @@ impl TestRelay {
             running.stop().await;
             Ok(())
         });
-        let relay = TestRelay { addr, dir, config, shutdown, handle, metrics, journal_fault, notifier };
+        let relay = TestRelay { addr, dir, config, shutdown, handle, metrics, admin, journal_fault, notifier };
         relay.wait_ready().await;
         relay
     }
