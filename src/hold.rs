@@ -99,6 +99,21 @@ pub enum HoldOutcome {
     NotFound,
 }
 
+/// The campaign breaker tripped for one key (SPEC §9), as the review page lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrippedBreaker {
+    /// What it counts by: a sender, an AUTH user or a client address.
+    pub key: String,
+    /// Leaking messages counted when it tripped.
+    pub count: u64,
+    /// When it tripped, Unix milliseconds.
+    pub at: i64,
+    /// When it closes by itself, Unix milliseconds.
+    pub until: i64,
+    /// What it does meanwhile: `hold` or `tempfail`.
+    pub action: String,
+}
+
 /// Why a held-queue request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -122,4 +137,8 @@ pub trait HeldQueue: Send + Sync + 'static {
     fn release(&self, id: &QueueId, how: ReleaseAs) -> impl Future<Output = Result<HoldOutcome, HoldError>> + Send;
     /// Drop a held message without delivering it and without a DSN.
     fn delete_held(&self, id: &QueueId) -> impl Future<Output = Result<HoldOutcome, HoldError>> + Send;
+    /// The campaign breakers tripped now, the latest first (none where there is no breaker).
+    fn tripped_breakers(&self) -> impl Future<Output = Vec<TrippedBreaker>> + Send {
+        std::future::ready(Vec::new())
+    }
 }

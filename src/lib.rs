@@ -212,9 +212,10 @@ pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Runnin
     let breaker = breaker::Breaker::new(config.policy.breaker.redis_url.as_deref());
     let breaker_control = breaker::Control { breaker: breaker.clone(), policy: policy.clone() };
     background_tasks.spawn(breaker_control.clone().watch_tripped(background.clone()));
-    background_tasks.spawn(control::serve(control, deliverer.clone(), breaker_control, background.clone()));
+    background_tasks.spawn(control::serve(control, deliverer.clone(), breaker_control.clone(), background.clone()));
     // The page stops with the front door, at the start of shutdown.
-    let admin = admin_bound.map(|bound| bound.serve(deliverer.clone(), phases.soft.clone()));
+    let review = admin::Live::new(deliverer.clone(), breaker_control.clone());
+    let admin = admin_bound.map(|bound| bound.serve(review, phases.soft.clone()));
     let notifier = notify::Notifier::start(&config, spool.clone(), deliverer.clone());
     // A person deleting a held message is a rejection after the 250: its sender (and the
     // admins) are told it will not be delivered.

@@ -145,3 +145,31 @@ async fn a_reload_reads_the_token_again_and_a_new_token_ends_every_session() {
     running.stop().await;
     eventually("the page to close", || std::net::TcpStream::connect(page).is_err()).await;
 }
+
+#[tokio::test]
+async fn a_tripped_breaker_is_listed_on_the_page_with_its_key_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let toml = format!(
+        "[policy]\ninternal_domains = [\"example.com\"]\n[policy.breaker]\nleaks = 2\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    );
+    let relay = TestRelay::start_with(test_config(&toml, dir.path()), dir).await;
+    let page = relay.admin.expect("the review page");
+    let before = request(page, "GET", "/", &[BEARER_HEADER], "").await;
+    assert!(before.body.contains("No breaker is tripped."), "{}", before.body);
+    let message = format!("From: news@example.com\r\nTo: {}\r\nSubject: Offer\r\n\r\nHi\r\n", CUSTOMERS.join(", "));
+    for _ in 0..2 {
+        let reply = relay.send("news@example.com", &CUSTOMERS, message.as_bytes()).await;
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    let list = eventually_some("the tripped breaker on the page", || async move {
+        let list = request(page, "GET", "/", &[BEARER_HEADER], "").await;
+        list.body.contains("n***@example.com").then_some(list.body)
+    })
+    .await;
+    assert!(!list.contains("news@example.com"), "{list}");
+    assert!(list.contains("bccguard breaker reset KEY") && list.contains(">hold<"), "{list}");
+}

@@ -16,9 +16,12 @@ pub mod csrf;
 pub mod form;
 mod format;
 mod layout;
+mod live;
 mod pages;
 mod routes;
 pub mod session;
+
+pub use live::Live;
 
 pub use auth::{Auth, Caller, MIN_TOKEN_LEN, Token, TokenError};
 

@@ -127,7 +127,10 @@ async fn get<Q: HeldQueue>(req: &Request<Incoming>, admin: &Admin<Q>, caller: &C
     if path == "/" {
         let notice = req.uri().query().and_then(|q| notice(&Form::parse(q.as_bytes())));
         return match admin.queue.held().await {
-            Ok(held) => html(StatusCode::OK, pages::list(&held, now_ms, csrf, notice.as_ref())),
+            Ok(held) => {
+                let breakers = admin.queue.tripped_breakers().await;
+                html(StatusCode::OK, pages::list(&held, &breakers, now_ms, csrf, notice.as_ref()))
+            }
             Err(e) => unavailable(&e, csrf),
         };
     }

@@ -6,7 +6,7 @@ use maud::{Markup, html};
 
 use crate::admin::format::{count, span, thousands, utc};
 use crate::admin::layout::{Frame, Notice, page};
-use crate::hold::HeldSummary;
+use crate::hold::{HeldSummary, TrippedBreaker};
 use crate::message::address::{redact, redact_in_text};
 
 /// Held messages closer than this to their expiry are marked.
@@ -17,7 +17,13 @@ const EXPIRES_SOON_MS: i64 = 24 * 3600 * 1000;
 pub const MAX_ROWS: usize = 1000;
 
 /// The list page: `held` oldest first, as the queue gives them.
-pub fn list(held: &[HeldSummary], now_ms: i64, csrf: Option<&str>, notice: Option<&Notice>) -> Markup {
+pub fn list(
+    held: &[HeldSummary],
+    breakers: &[TrippedBreaker],
+    now_ms: i64,
+    csrf: Option<&str>,
+    notice: Option<&Notice>,
+) -> Markup {
     let body = html! {
         h1 { "Held messages" }
         p.summary { (summary(held, now_ms)) }
@@ -31,7 +37,7 @@ pub fn list(held: &[HeldSummary], now_ms: i64, csrf: Option<&str>, notice: Optio
             }
         }
         h2 { "Tripped breakers" }
-        (breakers())
+        (tripped(breakers, now_ms))
     };
     page(Frame { title: "held messages", csrf, notice }, body)
 }
@@ -85,11 +91,35 @@ fn table(held: &[HeldSummary], now_ms: i64) -> Markup {
     }
 }
 
-/// The tripped breakers. The campaign breaker (SPEC §9) comes in a later issue: its tripped
-/// keys, their counts and when each closes belong in a table here, fed like the held list.
-fn breakers() -> Markup {
+/// The tripped breakers: key (redacted like a sender), leaks counted, since when, what it does,
+/// and when it closes by itself. `bccguard breaker reset KEY` closes one now.
+fn tripped(breakers: &[TrippedBreaker], now_ms: i64) -> Markup {
     html! {
-        p.empty { "No breaker is tripped. (The campaign breaker is not part of this version.)" }
+        @if breakers.is_empty() {
+            p.empty { "No breaker is tripped." }
+        } @else {
+            div.scroll {
+                table.held {
+                    thead {
+                        tr {
+                            th { "Key" } th.num { "Leaks" } th { "Tripped" } th { "Action" } th.num { "Closes in" }
+                        }
+                    }
+                    tbody {
+                        @for b in breakers {
+                            tr {
+                                td data-label="Key" { (redact(&b.key)) }
+                                td.num data-label="Leaks" { (thousands(b.count as usize)) }
+                                td data-label="Tripped" title=(utc(b.at)) { (span(now_ms - b.at)) " ago" }
+                                td data-label="Action" { (b.action) }
+                                td.num data-label="Closes in" title=(utc(b.until)) { (span(b.until - now_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+            p.summary { code { "bccguard breaker reset KEY" } " closes one now." }
+        }
     }
 }
 
@@ -116,7 +146,7 @@ mod tests {
     #[test]
     fn the_list_shows_no_address_and_escapes_every_value() {
         let m = held("<script>alert(1)</script> for bob@customer.example", "jane@shop.example", 11_520_000);
-        let html = list(&[m], NOW, Some("tok"), None).into_string();
+        let html = list(&[m], &[], NOW, Some("tok"), None).into_string();
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("jane@shop.example") && !html.contains("bob@customer.example"), "{html}");
@@ -131,18 +161,36 @@ mod tests {
     #[test]
     fn a_huge_queue_shows_its_oldest_rows() {
         let many: Vec<HeldSummary> = (0..MAX_ROWS + 5).map(|_| held("s", "a@b.example", 1000)).collect();
-        let html = list(&many, NOW, None, None).into_string();
+        let html = list(&many, &[], NOW, None, None).into_string();
         assert_eq!(html.matches("<tr>").count(), MAX_ROWS + 1, "the header row and MAX_ROWS rows");
         assert!(html.contains("1,005 messages held") && html.contains("Showing the oldest 1,000 of 1,005."));
     }
 
     #[test]
     fn an_empty_queue_says_so_and_soon_expiries_stand_out() {
-        let html = list(&[], NOW, None, None).into_string();
+        let html = list(&[], &[], NOW, None, None).into_string();
         assert!(html.contains("Nothing is held.") && !html.contains("<table"), "{html}");
         let old = held("", "", 9 * 86_400_000 + 3_600_000);
-        let html = list(&[old], NOW, None, None).into_string();
+        let html = list(&[old], &[], NOW, None, None).into_string();
         assert!(html.contains("class=\"num soon\""), "{html}");
         assert!(html.contains("(no subject)") && html.contains("&lt;&gt;"), "{html}");
+    }
+
+    #[test]
+    fn tripped_breakers_show_redacted_keys_and_when_they_close() {
+        let trip = TrippedBreaker {
+            key: "news<b>@shop.example.com".into(),
+            count: 1250,
+            at: NOW - 600_000,
+            until: NOW + 3_000_000,
+            action: "hold".into(),
+        };
+        let html = list(&[], &[trip], NOW, None, None).into_string();
+        assert!(!html.contains("news"), "the key is redacted like a sender: {html}");
+        assert!(html.contains("n***@shop.example.com"), "{html}");
+        assert!(html.contains("1,250") && html.contains("10m ago") && html.contains("50m"), "{html}");
+        assert!(html.contains("bccguard breaker reset KEY"), "{html}");
+        let none = list(&[], &[], NOW, None, None).into_string();
+        assert!(none.contains("No breaker is tripped."), "{none}");
     }
 }
