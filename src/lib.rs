@@ -54,6 +54,7 @@ pub mod rewrite;
 mod shutdown;
 pub mod smtp;
 pub mod spool;
+pub mod text;
 
 pub use shutdown::Shutdown;
 

@@ -15,15 +15,7 @@ pub fn span(ms: i64) -> String {
 
 /// `n` with a comma between each group of three digits: `1,234,567`.
 pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::text::thousands(n as u64)
 }
 
 /// `n` and the noun, singular or plural: `1 message`, `1,000 messages`.

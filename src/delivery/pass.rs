@@ -27,10 +27,9 @@ use super::events::DeliveryAttempt;
 use super::journal::{Gone, Journal};
 use super::schedule::{self, Attempted, PassEnd};
 use crate::message::parse::Headers;
-use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
 use crate::spool::content::Content;
-use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta, RcptState, Record, State};
+use crate::spool::record::{Meta, RcptState, Record, State};
 use crate::spool::{OpenError, Opened, Spool};
 
 /// Transactions sent before their outcomes are journaled together.
@@ -351,20 +350,5 @@ async fn queue_dsn(
 
 /// The envelope of a delivery status notification to `to`, with the null sender.
 pub(super) fn dsn_meta(id: QueueId, to: &str) -> Meta {
-    Meta {
-        version: FORMAT_VERSION,
-        id,
-        received_at: now_ms(),
-        client: "local".into(),
-        sender: String::new(),
-        recipients: [to].into_iter().collect(),
-        decision: DecisionSummary::default(),
-        plan: Plan {
-            transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],
-            ..Plan::default()
-        },
-        dsn: true,
-        size: None,
-        crc32: None,
-    }
+    Meta::generated(id, to, now_ms())
 }

@@ -18,10 +18,9 @@ use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::events::Redaction;
 use crate::message::address;
-use crate::plan::{Plan, Rewrite, Transaction};
 use crate::queue_id::QueueId;
 use crate::spool::Spool;
-use crate::spool::record::{DecisionSummary, FORMAT_VERSION, Meta};
+use crate::spool::record::Meta;
 
 /// Spools notices and hands them to delivery.
 pub(super) struct Mailer {
@@ -116,22 +115,7 @@ pub(super) fn recipients<'a>(event: &'a Event, sender: bool, admins: &'a [String
 /// The spool record of a notice to `to`: null sender, one unchanged transaction, flagged as
 /// generated (never bounced, never notified about).
 fn meta(id: &QueueId, to: &str) -> Meta {
-    Meta {
-        version: FORMAT_VERSION,
-        id: id.clone(),
-        received_at: Utc::now().timestamp_millis(),
-        client: "local".into(),
-        sender: String::new(),
-        recipients: [to].into_iter().collect(),
-        decision: DecisionSummary::default(),
-        plan: Plan {
-            transactions: vec![Transaction { recipients: smallvec::smallvec![0], rewrite: Rewrite::Original }],
-            ..Plan::default()
-        },
-        dsn: true,
-        size: None,
-        crc32: None,
-    }
+    Meta::generated(id.clone(), to, Utc::now().timestamp_millis())
 }
 
 #[cfg(test)]

@@ -205,18 +205,7 @@ fn advice(e: &Event, audience: Audience) -> String {
     }
 }
 
-/// `n` with commas between groups of three digits: `1,000`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::text::thousands;
 
 /// A duration in words: `10 days`, `1 hour`, `90 minutes`, `45 seconds`.
 fn words(d: Duration) -> String {

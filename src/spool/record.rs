@@ -43,6 +43,33 @@ pub struct Meta {
     pub crc32: Option<u32>,
 }
 
+impl Meta {
+    /// The envelope of a message bccguard generates (a bounce or a notice) to `to`: the null
+    /// sender, one unchanged transaction, flagged so that it is never bounced or notified
+    /// about.
+    pub fn generated(id: QueueId, to: &str, received_at: i64) -> Meta {
+        Meta {
+            version: FORMAT_VERSION,
+            id,
+            received_at,
+            client: "local".into(),
+            sender: String::new(),
+            recipients: [to].into_iter().collect(),
+            decision: DecisionSummary::default(),
+            plan: Plan {
+                transactions: vec![crate::plan::Transaction {
+                    recipients: smallvec::smallvec![0],
+                    rewrite: crate::plan::Rewrite::Original,
+                }],
+                ..Plan::default()
+            },
+            dsn: true,
+            size: None,
+            crc32: None,
+        }
+    }
+}
+
 /// The parts of the decision worth keeping with the message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionSummary {
