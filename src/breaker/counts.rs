@@ -58,10 +58,16 @@ struct KeyState {
     trip: Option<Trip>,
 }
 
+/// Keys counted at most: a flood of leaks from ever new senders is not counted beyond this
+/// (those keys are let through, as when the breaker is off) rather than growing the map.
+pub const MAX_KEYS: usize = 100_000;
+
 /// Every key's leaks and trip.
 #[derive(Debug, Default)]
 pub struct Counts {
     keys: HashMap<String, KeyState>,
+    /// When the map was last cleared of keys with nothing in the window (Unix ms).
+    pruned_at: i64,
 }
 
 impl Counts {
@@ -69,6 +75,15 @@ impl Counts {
     /// ends; otherwise a leaking message is counted, and the `limits.leaks`-th within the
     /// window trips it (the count then starts again from zero).
     pub fn judge(&mut self, key: &str, leak: bool, now: i64, limits: Limits) -> Verdict {
+        if !self.keys.contains_key(key) && self.keys.len() >= MAX_KEYS {
+            // At most one sweep a second, so a full map costs no sweep per message.
+            if now - self.pruned_at >= 1000 {
+                self.prune(now, limits);
+            }
+            if self.keys.len() >= MAX_KEYS {
+                return Verdict::Open { count: 0 };
+            }
+        }
         let state = self.keys.entry(key.to_string()).or_default();
         if let Some(trip) = state.trip.filter(|t| t.until > now) {
             return Verdict::Tripped(trip);
@@ -102,6 +117,16 @@ impl Counts {
         state.leaks.clear();
     }
 
+    /// Forget keys with no leak in the window and no trip in force.
+    fn prune(&mut self, now: i64, limits: Limits) {
+        self.keys.retain(|_, s| {
+            s.leaks.retain(|&t| t > now - limits.window_ms);
+            s.trip = s.trip.filter(|t| t.until > now);
+            !s.leaks.is_empty() || s.trip.is_some()
+        });
+        self.pruned_at = now;
+    }
+
     /// Close `key` and forget its count; whether it was tripped or counted at all.
     pub fn reset(&mut self, key: &str) -> bool {
         self.keys.remove(key).is_some()
@@ -109,11 +134,7 @@ impl Counts {
 
     /// Keys tripped now or with leaks in the window, tripped first, then by count.
     pub fn list(&mut self, now: i64, limits: Limits) -> Vec<KeyStatus> {
-        self.keys.retain(|_, s| {
-            s.leaks.retain(|&t| t > now - limits.window_ms);
-            s.trip = s.trip.filter(|t| t.until > now);
-            !s.leaks.is_empty() || s.trip.is_some()
-        });
+        self.prune(now, limits);
         let mut list: Vec<KeyStatus> = self
             .keys
             .iter()
@@ -175,5 +196,20 @@ mod tests {
         assert!(!c.reset("a"));
         assert_eq!(c.judge("a", true, 30, L), Verdict::Open { count: 1 });
         assert_eq!(c.list(100_000, L), [], "old leaks leave the list");
+    }
+
+    #[test]
+    fn the_keys_counted_are_bounded_and_expired_ones_make_room() {
+        let mut c = Counts::default();
+        for i in 0..MAX_KEYS {
+            c.judge(&format!("s{i}@x.test"), true, 1_000, L);
+        }
+        assert_eq!(c.keys.len(), MAX_KEYS);
+        // Full: a new key is let through uncounted, and the map does not grow.
+        assert_eq!(c.judge("new@x.test", true, 2_000, L), Verdict::Open { count: 0 });
+        assert_eq!(c.keys.len(), MAX_KEYS);
+        // Once the window has passed, the sweep makes room for it.
+        assert_eq!(c.judge("new@x.test", true, 70_000, L), Verdict::Open { count: 1 });
+        assert_eq!(c.keys.len(), 1);
     }
 }
