@@ -129,7 +129,12 @@ impl fmt::Display for Decision {
 
 /// Decide what happens to a message with these headers under `policy`.
 pub fn decide(headers: &Headers, policy: &Policy) -> Decision {
-    let exposure = exposure(headers, policy);
+    decide_exposed(headers, policy, exposure(headers, policy))
+}
+
+/// [`decide`] for a message whose [`exposure`] under `policy` (or a policy with the same
+/// internal domains) is already known.
+pub fn decide_exposed(headers: &Headers, policy: &Policy, exposure: usize) -> Decision {
     let mut unparseable: Vec<&'static str> = Vec::new();
     for field in headers.fields.iter().filter(|f| f.unparseable) {
         if !unparseable.contains(&field.kind.name()) {

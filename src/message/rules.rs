@@ -26,7 +26,8 @@ pub struct Facts<'a> {
     pub fields: &'a HeaderFields<'a>,
     /// The `From:` domain, ASCII lowercase.
     pub from_domain: Option<&'a str>,
-    /// Distinct external visible addresses.
+    /// Distinct external visible addresses ([`decide::exposure`] under the policy in force; the
+    /// decision takes it from here rather than counting again).
     pub exposure: usize,
     /// Envelope recipients.
     pub recipients: usize,
@@ -174,7 +175,8 @@ pub fn decide(headers: &Headers, facts: &Facts<'_>, policy: &Policy) -> (Decisio
         Some(rule) => (rule.name.as_str(), policy.with(&rule.then)),
         None => (DEFAULT_RULE, policy.clone()),
     };
-    let mut decision = decide::decide(headers, &effective);
+    // A rule changes what is allowed, never what is internal: the exposure stays the facts'.
+    let mut decision = decide::decide_exposed(headers, &effective, facts.exposure);
     decision.rule = name.to_string();
     (decision, effective)
 }

@@ -184,6 +184,7 @@ fn an_empty_policy_decides_as_before() {
     let headers = Headers::parse(b"To: a@x.test, b@y.test\r\n\r\n").unwrap();
     let fields = HeaderFields::default();
     let signals = Signals::default();
-    let (d, _) = decide(&headers, &facts(&fields, &signals), &p);
+    let exposure = crate::message::decide::exposure(&headers, &p);
+    let (d, _) = decide(&headers, &Facts { exposure, ..facts(&fields, &signals) }, &p);
     assert_eq!(d, crate::message::decide::decide(&headers, &p));
 }
