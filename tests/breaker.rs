@@ -23,17 +23,7 @@ fn config(breaker: &str) -> String {
 
 /// `bccguard breaker ARGS` against the relay's spool: (exit code, stdout, stderr).
 pub fn breaker_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let config = dir.join("breaker-cli.toml");
-    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("breaker")
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    common::cli_in(dir, "breaker", args)
 }
 
 async fn send(relay: &TestRelay, from: &str, data: &[u8]) -> String {

@@ -317,10 +317,16 @@ pub fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
 /// `bccguard queue ARGS` on the spool under `dir` (a relay's temporary directory): (exit
 /// code, stdout, stderr).
 pub fn queue_cli_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    cli_in(dir, "queue", args)
+}
+
+/// `bccguard COMMAND ARGS` with a configuration naming only the spool under `dir`: (exit
+/// code, stdout, stderr).
+pub fn cli_in(dir: &Path, command: &str, args: &[&str]) -> (i32, String, String) {
     let config = dir.join("cli.toml");
     std::fs::write(&config, format!("[spool]\ndir = {:?}\n", dir.join("spool"))).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
-        .arg("queue")
+        .arg(command)
         .args(args)
         .arg("--config")
         .arg(&config)
