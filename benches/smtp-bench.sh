@@ -36,7 +36,7 @@ bin=$root/target/release/bccguard
 now() { date +%s.%N; }
 rate() { echo "$1 / ($3 - $2)" | bc -l | xargs printf '%.0f'; }
 wait_empty() { # directory glob to poll
-    while [ -n "$(find "$@" -type f 2>/dev/null | head -n 1)" ]; do sleep 0.02; done
+    while [ -n "$(find "$@" -type f ! -name '.*' 2>/dev/null | head -n 1)" ]; do sleep 0.02; done
 }
 
 smtp-sink -u nobody "127.0.0.1:$sink_port" 1000 &

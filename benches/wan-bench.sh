@@ -81,7 +81,7 @@ wait_port() { # port: wait up to 10 s for something to listen there
 }
 wait_empty() { # deadline, directories: poll until no file is left in them, or the deadline
     local deadline=$1; shift
-    while [ -n "$(find "$@" -type f 2>/dev/null | head -n 1)" ]; do
+    while [ -n "$(find "$@" -type f ! -name '.*' 2>/dev/null | head -n 1)" ]; do
         if [ "$(echo "$(now) > $deadline" | bc)" = 1 ]; then return 1; fi
         sleep 0.02
     done

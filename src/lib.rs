@@ -179,7 +179,7 @@ pub struct Running {
 /// start delivery, the control socket, the metrics endpoint, the review page and the SMTP
 /// front door.
 pub async fn start(config: Config, listeners: Vec<TcpListener>) -> Result<Running, RunError> {
-    let spool = Arc::new(Spool::open(&config.spool.dir)?);
+    let spool = Arc::new(Spool::open(&config.spool.dir, config.spool.sync)?);
     let journal_fault = spool.journal_fault();
     // Before any session can be writing a temporary file into the spool.
     match spool.paths().clean() {

@@ -33,7 +33,7 @@ fn start() -> Manager {
     let dir = tempfile::tempdir().unwrap();
     let toml = "[policy]\ninternal_domains = [\"example.com\"]\naction = \"hold\"\n[hold]\nmax_age = \"1h\"\n";
     let config = test_config(toml, dir.path());
-    let spool = Arc::new(Spool::open(&config.spool.dir).unwrap());
+    let spool = Arc::new(Spool::open(&config.spool.dir, config.spool.sync).unwrap());
     let upstream = Arc::new(Upstream::from_config(&config).unwrap());
     let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config.policy)));
     let shutdown = bccguard::Shutdown::default();

@@ -264,6 +264,22 @@ pub struct SpoolConfig {
     /// Free space the spool's filesystem must keep: below it (or below it plus a declared
     /// `SIZE=`), MAIL gets 452 4.3.1. 0 turns the check off.
     pub min_free: ByteSize,
+    /// How new messages are made durable before 250 (see [`SpoolSync`]).
+    pub sync: SpoolSync,
+}
+
+/// `spool.sync`: how new message files are made durable, in groups of the messages that
+/// arrive together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolSync {
+    /// One `syncfs` of the spool's filesystem per group (a lone message: fsync of its file and
+    /// the directory). Fastest; on a filesystem shared with heavy writers it also waits for
+    /// their data.
+    #[default]
+    Filesystem,
+    /// An fsync per file and one of the directory per group, as Postfix-style spools do.
+    File,
 }
 
 impl Default for SpoolConfig {
@@ -273,6 +289,7 @@ impl Default for SpoolConfig {
             retry: [60, 300, 900, 1800, 3600, 7200].map(Duration::secs).to_vec(),
             max_age: Duration::secs(5 * 24 * 3600),
             min_free: ByteSize::mib(100),
+            sync: SpoolSync::default(),
         }
     }
 }

@@ -164,7 +164,7 @@ async fn deliver(
         return end;
     }
     if state.is_done() {
-        if let Err(e) = ctx.spool.remove_delivered(id, journaled || journal.touched()).await {
+        if let Err(e) = ctx.spool.remove_delivered(id, journaled || journal.touched(), meta.size).await {
             warn!(queue_id = %id, error = %e, "cannot remove a finished message from the spool");
         }
         return PassEnd::Done;

@@ -306,11 +306,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Send `last` and close. After 221 to QUIT the client has nothing more to send: the
+    /// connection is shut down (a TLS close_notify, a FIN) without waiting to drain it.
     async fn close_with(&mut self, last: Option<Reply>) -> io::Result<Outcome> {
         if let Some(r) = last {
             r.write_to(&mut self.output);
             self.flush().await?;
-            self.linger_close().await;
+            if r == reply::BYE {
+                let _ = self.stream.shutdown().await;
+            } else {
+                self.linger_close().await;
+            }
         }
         Ok(Outcome::Closed)
     }

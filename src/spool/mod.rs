@@ -11,28 +11,31 @@
 //! spool/damaged/ID.*       messages that failed their checks: kept for a person, never sent
 //! ```
 //!
-//! A message file is written under a temporary name, fsync'd, renamed, and the directory
-//! fsync'd (group-committed) before the client hears 250; it never changes afterwards. Its
+//! A message file is written under a temporary name (a new file, or a delivered message's
+//! kept file: see [`recycle`]), renamed, and made durable with the messages arriving at the
+//! same time (see [`commit`]) before the client hears 250; it never changes afterwards. Its
 //! envelope line records the length and CRC-32 of the message bytes; a file that does not
 //! match them is moved to `damaged/` instead of being delivered. The journal is appended and
 //! fsync'd as delivery events happen; the state is rebuilt from it, up to its last good
 //! record.
 
+mod commit;
 pub mod content;
 pub mod held;
 pub mod record;
+pub mod recycle;
 mod spill;
 
 pub use spill::Spill;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::durable::DirSync;
+use crate::config::SpoolSync;
 use crate::message::parse::MAX_HEADER_BLOCK;
 use crate::queue_id::QueueId;
 use content::Content;
@@ -139,6 +142,11 @@ impl SpoolPaths {
         };
         let total = file.metadata().map_err(OpenError::Io)?.len();
         let (mut meta, line_len) = read_envelope(&mut BufReader::new(&file)).map_err(OpenError::from_read)?;
+        // A crash after a kept file was renamed into place but before its new bytes reached
+        // the disk can leave a delivered message under a new name: never deliver it again.
+        if meta.id != *id {
+            return Err(OpenError::Damaged(format!("the envelope line is for {}", meta.id)));
+        }
         let len = total - line_len;
         if let Some(size) = meta.size
             && size != len
@@ -379,6 +387,71 @@ impl OpenError {
     }
 }
 
+/// Messages up to this size (with at most [`INLINE_RECIPIENTS`] recipients) are written and
+/// removed on the runtime's thread: a write into the page cache and a rename take a few
+/// microseconds, less than handing them to a blocking thread and back (two thread switches).
+/// Larger ones, and fsyncs, go to blocking threads.
+const INLINE_MAX: usize = 64 * 1024;
+const INLINE_RECIPIENTS: usize = 100;
+
+/// Write a message into `free` (or a new temporary file) and rename it to `target`; on an
+/// error the temporary file is removed. Gives back the envelope and the open file, for the
+/// commit.
+fn write_into_place(
+    queue: &Path,
+    target: &Path,
+    free: Option<recycle::FreeFile>,
+    meta: Meta,
+    parts: &[Bytes],
+    tail: Option<Content>,
+    fsync: bool,
+) -> io::Result<(Meta, File)> {
+    let (temp, mut file) = match free {
+        Some(free) => (free.path, free.file),
+        None => {
+            let temp = queue.join(format!(".{}.msg.tmp", meta.id));
+            let file = File::create(&temp)?;
+            (temp, file)
+        }
+    };
+    let written =
+        write_message_file(&mut file, &meta, parts, tail.as_ref(), fsync).and_then(|()| fs::rename(&temp, target));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok((meta, file))
+}
+
+/// Write a message file from its start (a recycled file is longer than its new contents
+/// until the end is cut), fsync'd when `fsync`.
+fn write_message_file(
+    file: &mut File,
+    meta: &Meta,
+    parts: &[Bytes],
+    tail: Option<&Content>,
+    fsync: bool,
+) -> io::Result<()> {
+    file.rewind()?;
+    let mut out = io::BufWriter::with_capacity(64 * 1024, &mut *file);
+    serde_json::to_writer(&mut out, meta).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    for part in parts {
+        out.write_all(part)?;
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(tail) = tail {
+        tail.copy_to_file(file)?;
+    }
+    let end = file.stream_position()?;
+    file.set_len(end)?;
+    if fsync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 fn ids_in(dir: &Path) -> io::Result<Vec<QueueId>> {
     let mut ids: Vec<QueueId> = match fs::read_dir(dir) {
         Ok(entries) => entries
@@ -460,7 +533,8 @@ fn corrupt(what: &str) -> io::Error {
 #[derive(Debug)]
 pub struct Spool {
     paths: SpoolPaths,
-    sync: DirSync,
+    commit: commit::Commit,
+    recycler: std::sync::Arc<recycle::Recycler>,
     _lock: File,
     journal_fault: JournalFault,
 }
@@ -485,8 +559,9 @@ impl JournalFault {
 }
 
 impl Spool {
-    /// Open (creating) the spool at `root` and take its lock.
-    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+    /// Open (creating) the spool at `root`, take its lock, and start committing new messages
+    /// as `sync` says.
+    pub fn open(root: &Path, sync: SpoolSync) -> Result<Spool, SpoolError> {
         let paths = SpoolPaths::new(root);
         let Some(mut lock) = paths.try_lock()? else {
             let pid = fs::read_to_string(paths.lock_file()).unwrap_or_default();
@@ -495,8 +570,10 @@ impl Spool {
             return Err(SpoolError::Locked { path: root.to_path_buf(), pid });
         };
         let _ = lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id()));
-        let sync = DirSync::new(paths.queue());
-        Ok(Spool { paths, sync, _lock: lock, journal_fault: JournalFault::default() })
+        let recycler = std::sync::Arc::new(recycle::Recycler::new(paths.queue()));
+        let commit = commit::Commit::start(&paths.queue(), sync, recycler.clone())
+            .map_err(|source| SpoolError::Io { path: paths.queue(), source })?;
+        Ok(Spool { paths, commit, recycler, _lock: lock, journal_fault: JournalFault::default() })
     }
 
     /// Paths and read operations.
@@ -529,32 +606,30 @@ impl Spool {
     }
 
     /// Write `ID.msg` (the envelope line streamed as JSON, never held whole: for a message to
-    /// 100,000 recipients it is megabytes), fsync it, rename it into place, and wait for a
-    /// directory fsync that covers it.
+    /// 100,000 recipients it is megabytes) under a temporary name, rename it into place, and
+    /// wait for the group commit that covers it. When the commit fails the file is removed:
+    /// the client hears 451 and sends again, so no copy may stay behind to be delivered too.
     async fn write_message(&self, meta: Meta, parts: Vec<Bytes>, tail: Option<Content>) -> io::Result<Meta> {
         let queue = self.paths.queue();
         let target = queue.join(format!("{}.msg", meta.id));
-        let temp = queue.join(format!(".{}.msg.tmp", meta.id));
-        let sync = self.sync.clone();
-        let meta = tokio::task::spawn_blocking(move || {
-            crate::durable::write_synced_with(&temp, &target, |file| {
-                let mut out = io::BufWriter::with_capacity(64 * 1024, &mut *file);
-                serde_json::to_writer(&mut out, &meta).map_err(io::Error::other)?;
-                out.write_all(b"\n")?;
-                for part in &parts {
-                    out.write_all(part)?;
-                }
-                out.flush()?;
-                drop(out);
-                if let Some(tail) = &tail {
-                    tail.copy_to_file(file)?;
-                }
-                Ok(meta)
-            })
-        })
-        .await
-        .map_err(io::Error::other)??;
-        sync.sync().await?;
+        let free = self.recycler.take();
+        let per_file = self.commit.per_file();
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let (meta, file) =
+            if !per_file && tail.is_none() && size <= INLINE_MAX && meta.recipients.len() <= INLINE_RECIPIENTS {
+                write_into_place(&queue, &target, free, meta, &parts, None, false)?
+            } else {
+                let target = target.clone();
+                tokio::task::spawn_blocking(move || {
+                    write_into_place(&queue, &target, free, meta, &parts, tail, per_file)
+                })
+                .await
+                .map_err(io::Error::other)??
+            };
+        if let Err(e) = self.commit.commit(file).await {
+            let _ = tokio::task::spawn_blocking(move || fs::remove_file(target)).await;
+            return Err(e);
+        }
         Ok(meta)
     }
 
@@ -571,20 +646,30 @@ impl Spool {
         tokio::task::spawn_blocking(move || paths.remove(&id)).await.map_err(io::Error::other)?
     }
 
-    /// Remove a message that was delivered: its file, and its journal only when it has one
-    /// (`journal`), so a message delivered at the first attempt costs one unlink, not a
-    /// second one that fails.
-    pub async fn remove_delivered(&self, id: &QueueId, journal: bool) -> io::Result<()> {
-        let (paths, id) = (self.paths.clone(), id.clone());
-        tokio::task::spawn_blocking(move || {
-            fs::remove_file(paths.message_file(&id))?;
-            match journal.then(|| fs::remove_file(paths.journal_file(&id))) {
-                Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        })
-        .await
-        .map_err(io::Error::other)?
+    /// Remove a message that was delivered: its file (kept for a next message, see
+    /// [`recycle`]), and its journal only when it has one (`journal`), so a message delivered
+    /// at the first attempt costs no unlink that fails.
+    /// A small message without a journal is removed on the runtime's thread (see
+    /// [`INLINE_MAX`]): `size` is its length.
+    pub async fn remove_delivered(
+        self: &std::sync::Arc<Self>,
+        id: &QueueId,
+        journal: bool,
+        size: Option<u64>,
+    ) -> io::Result<()> {
+        if !journal && size.is_some_and(|s| s <= INLINE_MAX as u64) {
+            return self.remove_delivered_now(id, false);
+        }
+        let (spool, id) = (self.clone(), id.clone());
+        tokio::task::spawn_blocking(move || spool.remove_delivered_now(&id, journal)).await.map_err(io::Error::other)?
+    }
+
+    fn remove_delivered_now(&self, id: &QueueId, journal: bool) -> io::Result<()> {
+        self.recycler.give(&self.paths.message_file(id))?;
+        match journal.then(|| fs::remove_file(self.paths.journal_file(id))) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a file can be written into the queue directory now.
@@ -664,5 +749,45 @@ mod journal_tests {
         let record = Record::Retry { at: 5 };
         paths.append_blocking(&id, std::slice::from_ref(&record)).unwrap();
         assert_eq!(paths.journal(&id).unwrap(), [record]);
+    }
+
+    fn meta_for(id: &QueueId) -> Meta {
+        Meta {
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            received_at: 1,
+            client: "127.0.0.1".into(),
+            sender: "s@x.test".into(),
+            recipients: ["a@x.test"].iter().collect(),
+            decision: DecisionSummary::default(),
+            plan: crate::plan::Plan::default(),
+            dsn: false,
+            size: None,
+            crc32: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_file_is_reused_and_a_message_under_another_name_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let first = QueueId::generate();
+        let long = Bytes::from(vec![b'x'; 10_000]);
+        spool.store(meta_for(&first), vec![long]).await.unwrap();
+        spool.remove_delivered(&first, false, Some(10_000)).await.unwrap();
+        assert_eq!(spool.recycler.len(), 1);
+
+        let second = QueueId::generate();
+        spool.store(meta_for(&second), vec![Bytes::from_static(b"short\r\n")]).await.unwrap();
+        assert_eq!(spool.recycler.len(), 0, "the kept file was taken");
+        let opened = spool.paths().open(&second).unwrap();
+        assert_eq!(opened.content.to_bytes().unwrap(), &b"short\r\n"[..]);
+
+        // The second message's file under the first one's name (as a crash could leave it).
+        fs::rename(spool.paths().message_file(&second), spool.paths().message_file(&first)).unwrap();
+        match spool.paths().open(&first) {
+            Err(OpenError::Damaged(reason)) => assert_eq!(reason, format!("the envelope line is for {second}")),
+            other => panic!("{:?}", other.map(|o| o.meta.id)),
+        }
     }
 }
