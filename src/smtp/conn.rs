@@ -78,6 +78,7 @@ async fn start_tls(conn: Conn<TcpStream>, mut session: Session, ctx: &Ctx<'_>) {
     };
     session.tls_started();
     let mut conn = Conn::new(tls, idle);
+    conn.tls = true;
     if let Err(e) = drive(&mut conn, &mut session, ctx).await {
         debug!(error = %e, "connection ended");
     }
@@ -257,11 +258,13 @@ struct Conn<S> {
     input: BytesMut,
     output: Vec<u8>,
     idle: Duration,
+    /// The stream is TLS: closing it sends close_notify.
+    tls: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(stream: S, idle: Duration) -> Self {
-        Conn { stream, input: BytesMut::with_capacity(8192), output: Vec::with_capacity(1024), idle }
+        Conn { stream, input: BytesMut::with_capacity(8192), output: Vec::with_capacity(1024), idle, tls: false }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -307,13 +310,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Send `last` and close. After 221 to QUIT the client has nothing more to send: the
-    /// connection is shut down (a TLS close_notify, a FIN) without waiting to drain it.
+    /// connection is closed without waiting to drain it (TLS sends its close_notify first; a
+    /// plain connection's FIN goes when it is dropped).
     async fn close_with(&mut self, last: Option<Reply>) -> io::Result<Outcome> {
         if let Some(r) = last {
             r.write_to(&mut self.output);
             self.flush().await?;
             if r == reply::BYE {
-                let _ = self.stream.shutdown().await;
+                if self.tls {
+                    let _ = self.stream.shutdown().await;
+                }
             } else {
                 self.linger_close().await;
             }

@@ -5,9 +5,9 @@
 //! them durable at once:
 //!
 //! - `spool.sync = "filesystem"` (the default): the files were written and renamed without an
-//!   fsync; a group of two or more is covered by one `syncfs(2)` of the spool's filesystem
-//!   (one device flush for the whole group), a lone file by an fsync of it and of the queue
-//!   directory, so a quiet relay does not wait for other programs' writes.
+//!   fsync; a group is covered by one `syncfs(2)` of the spool's filesystem (one device flush
+//!   for the whole group), except a lone file after a lone file (a quiet relay): an fsync of it
+//!   and of the queue directory, so a quiet relay does not wait for other programs' writes.
 //! - `spool.sync = "file"`: each file was fsync'd before its rename; the group shares one
 //!   fsync of the queue directory, as Postfix-style spools do.
 //!
@@ -89,20 +89,16 @@ fn run(dir: &File, mode: SpoolSync, rx: &mpsc::Receiver<Request>, recycler: &Rec
             swept = Instant::now();
         }
         let Some(first) = first else { continue };
+        if last_group > 1 {
+            // One sleep, not a wake-up per message arriving meanwhile.
+            std::thread::sleep(GATHER);
+        }
         let mut group = vec![first];
         group.extend(rx.try_iter());
-        if last_group > 1 {
-            let until = Instant::now() + GATHER;
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok(more) => group.push(more),
-                    Err(_) => break,
-                }
-            }
-        }
+        let quiet = last_group <= 1;
         last_group = group.len();
         let result = match (mode, group.len()) {
-            (SpoolSync::Filesystem, 1) => group[0].file.sync_all().and_then(|()| dir.sync_all()),
+            (SpoolSync::Filesystem, 1) if quiet => group[0].file.sync_all().and_then(|()| dir.sync_all()),
             (SpoolSync::Filesystem, _) => rustix::fs::syncfs(dir).map_err(io::Error::from),
             (SpoolSync::File, _) => dir.sync_all(),
         };

@@ -423,8 +423,8 @@ fn write_into_place(
     Ok((meta, file))
 }
 
-/// Write a message file from its start (a recycled file is longer than its new contents
-/// until the end is cut), fsync'd when `fsync`.
+/// Write a message file from its start (a kept file is longer than its new contents until
+/// the end is cut), fsync'd when `fsync`. Positioned writes: no seek for a message in memory.
 fn write_message_file(
     file: &mut File,
     meta: &Meta,
@@ -432,24 +432,43 @@ fn write_message_file(
     tail: Option<&Content>,
     fsync: bool,
 ) -> io::Result<()> {
-    file.rewind()?;
-    let mut out = io::BufWriter::with_capacity(64 * 1024, &mut *file);
+    let mut out = io::BufWriter::with_capacity(64 * 1024, WriteAt { file, at: 0 });
     serde_json::to_writer(&mut out, meta).map_err(io::Error::other)?;
     out.write_all(b"\n")?;
     for part in parts {
         out.write_all(part)?;
     }
     out.flush()?;
+    let mut end = out.get_ref().at;
     drop(out);
     if let Some(tail) = tail {
+        file.seek(io::SeekFrom::Start(end))?;
         tail.copy_to_file(file)?;
+        end += tail.len();
     }
-    let end = file.stream_position()?;
     file.set_len(end)?;
     if fsync {
         file.sync_all()?;
     }
     Ok(())
+}
+
+/// Writes at a position of a file, moving on (`pwrite`, no seek).
+struct WriteAt<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Write for WriteAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::write_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn ids_in(dir: &Path) -> io::Result<Vec<QueueId>> {
