@@ -136,7 +136,8 @@ impl Relay {
             // An invite cannot be undisclosed: each invitee must find itself in it.
             decision.action = Action::Explode;
         }
-        crate::dkim::apply(&mut decision, &head, &self.dkim.load());
+        let report = crate::dkim::Report::of(&head, &self.dkim.load(), decision.action);
+        decision.apply_dkim(report);
         if decision.dkim.held {
             crate::metrics::metrics().dkim.held.inc();
         }

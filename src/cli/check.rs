@@ -109,7 +109,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     let signer = Signer::from_config(&config.dkim).map_err(|e| format!("dkim: {e}"))?;
     let (recipients, from_headers) = envelope(&args.rcpts, &headers)?;
     let fields = HeaderFields::parse(&message);
-    let signals = Signals::compute(&fields, &headers, Some(&message), &recipients, &policy);
+    let signals = Signals::compute(&fields, &headers, Some(&message), &recipients, &policy.internal);
     let from_domain = fields.from_domain();
     let sender = args.from.as_deref().map(|f| address::canonical(f).unwrap_or_else(|| f.to_string()));
     let facts = Facts {
@@ -126,7 +126,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     if decision.action == Action::Undisclose && !headers.attendees.is_empty() {
         decision.action = Action::Explode;
     }
-    crate::dkim::apply(&mut decision, &message, &signer);
+    decision.apply_dkim(crate::dkim::Report::of(&message, &signer, decision.action));
     let mut plan = Plan::build(&decision, &headers, &recipients, &policy);
     if let Some(plan) = plan.as_mut().filter(|_| decision.action == Action::Explode) {
         plan.calendar = CalendarRewrite::plan(&calendar, 0, &policy);

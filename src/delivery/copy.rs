@@ -12,7 +12,6 @@ use bytes::Bytes;
 use tracing::{error, warn};
 
 use super::Copy;
-use super::pass::now_ms;
 use crate::dkim::{self, HeaderIndex, Signer};
 use crate::message::parse::Headers;
 use crate::plan::{Plan, Rewrite, Transaction};
@@ -102,7 +101,7 @@ impl Unsigned {
     /// The copy after DKIM (blocking when it has a body of its own to hash).
     pub fn finish(self) -> Copy {
         let change = dkim::Change { original: &self.original, head: self.head_changed, body: self.own_body };
-        let now = (now_ms() / 1000).max(0) as u64;
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
         let own_hash = (self.own_body && self.body_hash.is_some()).then(|| own_body_hash(&self.body)).flatten();
         let body_hash = if self.own_body { own_hash.as_deref() } else { self.body_hash.as_deref() };
         let signed = self.signer.finish(self.head, change, body_hash, now);

@@ -164,16 +164,6 @@ impl Report {
     }
 }
 
-/// Add what DKIM does to `decision` for a message whose header block is `head`: a signed
-/// message that would be rewritten with no aligned key is held under `dkim.unsigned = "hold"`.
-pub fn apply(decision: &mut crate::message::decide::Decision, head: &[u8], signer: &Signer) {
-    let report = Report::of(head, signer, decision.action);
-    if report.held {
-        decision.action = Action::Hold;
-    }
-    decision.dkim = report;
-}
-
 /// A copy after DKIM: its header block and what was done.
 #[derive(Debug)]
 pub struct Signed {

@@ -61,6 +61,11 @@ pub fn split(address: &str) -> (&str, &str) {
     address.rsplit_once('@').unwrap_or((address, ""))
 }
 
+/// Whether `address` (canonical) is in one of the `internal` domains.
+pub fn is_internal(internal: &super::domain::InternalDomains, address: &str) -> bool {
+    internal.contains(&domain_key(address))
+}
+
 /// The domain of an address in comparable form (ASCII lowercase), or its lowercase text if
 /// it is not a valid domain.
 pub fn domain_key(address: &str) -> String {

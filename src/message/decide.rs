@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::address;
 use super::domain::InternalDomains;
 use super::parse::{Field, FieldKind, Headers};
-use super::rules::Rule;
+use super::rule::Rule;
 use crate::config::{Action, BreakerConfig, DEFAULT_RULE, PolicyConfig};
 
 /// The policy in the form the decision uses.
@@ -47,7 +47,18 @@ impl Policy {
 
     /// Whether `addr` (canonical) is internal.
     pub fn is_internal(&self, addr: &str) -> bool {
-        self.internal.contains(&address::domain_key(addr))
+        address::is_internal(&self.internal, addr)
+    }
+}
+
+impl Decision {
+    /// Add what DKIM does to the copies (see [`crate::dkim::Report::of`]): a signed message
+    /// that would be rewritten with no aligned key is held under `dkim.unsigned = "hold"`.
+    pub fn apply_dkim(&mut self, report: crate::dkim::Report) {
+        if report.held {
+            self.action = Action::Hold;
+        }
+        self.dkim = report;
     }
 }
 
@@ -92,7 +103,7 @@ pub struct Decision {
     pub max_visible_external: usize,
     /// Why.
     pub reason: Reason,
-    /// What DKIM does to the copies (filled by [`crate::dkim::apply`]).
+    /// What DKIM does to the copies (filled by [`Decision::apply_dkim`]).
     pub dkim: crate::dkim::Report,
     /// Distinct external ATTENDEEs of the calendar parts (the `attendees` signal).
     pub attendees: usize,

@@ -6,5 +6,6 @@ pub mod calendar;
 pub mod decide;
 pub mod domain;
 pub mod parse;
+pub mod rule;
 pub mod rules;
 pub mod signals;

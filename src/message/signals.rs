@@ -9,7 +9,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
 
 use super::address;
-use super::decide::Policy;
+use super::domain::InternalDomains;
 use super::parse::{FieldKind, Headers, parse_address_value, split_fields};
 use crate::addresses::Addresses;
 
@@ -92,17 +92,17 @@ impl Signals {
         headers: &Headers,
         message: Option<&[u8]>,
         recipients: &Addresses,
-        policy: &Policy,
+        internal: &InternalDomains,
     ) -> Signals {
-        let (calendar, attendees) = calendar(fields, message, policy);
+        let (calendar, attendees) = calendar(fields, message, internal);
         Signals {
             reply: fields.has("in-reply-to") || fields.has("references"),
             bulk: bulk(fields),
-            sorted_recipients: sorted(headers, policy),
-            header_matches_envelope: matches_envelope(headers, recipients, policy),
+            sorted_recipients: sorted(headers, internal),
+            header_matches_envelope: matches_envelope(headers, recipients, internal),
             calendar,
             attendees,
-            external_domains: external_domains(headers, policy),
+            external_domains: external_domains(headers, internal),
         }
     }
 
@@ -139,33 +139,41 @@ fn bulk(fields: &HeaderFields) -> bool {
 
 /// One address field with at least [`SORTED_MIN`] external addresses, all in strictly
 /// ascending order (compared case-insensitively; a repeated address breaks the order).
-fn sorted(headers: &Headers, policy: &Policy) -> bool {
+fn sorted(headers: &Headers, internal: &InternalDomains) -> bool {
     headers.fields.iter().filter(|f| f.kind != FieldKind::Mark).any(|f| {
-        let external: Vec<String> =
-            f.mailboxes.iter().filter(|m| !policy.is_internal(&m.address)).map(|m| m.address.to_lowercase()).collect();
+        let external: Vec<String> = f
+            .mailboxes
+            .iter()
+            .filter(|m| !address::is_internal(internal, &m.address))
+            .map(|m| m.address.to_lowercase())
+            .collect();
         external.len() >= SORTED_MIN && external.windows(2).all(|w| w[0] < w[1])
     })
 }
 
 /// The visible external addresses are exactly the external envelope recipients.
-fn matches_envelope(headers: &Headers, recipients: &Addresses, policy: &Policy) -> bool {
-    let visible: HashSet<_> =
-        headers.visible().filter(|m| !policy.is_internal(&m.address)).map(|m| address::key(&m.address)).collect();
-    let envelope: HashSet<_> = recipients.iter().filter(|r| !policy.is_internal(r)).map(address::key).collect();
+fn matches_envelope(headers: &Headers, recipients: &Addresses, internal: &InternalDomains) -> bool {
+    let visible: HashSet<_> = headers
+        .visible()
+        .filter(|m| !address::is_internal(internal, &m.address))
+        .map(|m| address::key(&m.address))
+        .collect();
+    let envelope: HashSet<_> =
+        recipients.iter().filter(|r| !address::is_internal(internal, r)).map(address::key).collect();
     !visible.is_empty() && visible == envelope
 }
 
-fn external_domains(headers: &Headers, policy: &Policy) -> usize {
+fn external_domains(headers: &Headers, internal: &InternalDomains) -> usize {
     let domains: HashSet<String> = headers
         .visible()
-        .filter(|m| !policy.is_internal(&m.address))
+        .filter(|m| !address::is_internal(internal, &m.address))
         .map(|m| address::domain_key(&m.address))
         .collect();
     domains.len()
 }
 
 /// Whether a text/calendar part is present, and its distinct external attendees.
-fn calendar(fields: &HeaderFields, message: Option<&[u8]>, policy: &Policy) -> (bool, usize) {
+fn calendar(fields: &HeaderFields, message: Option<&[u8]>, internal: &InternalDomains) -> (bool, usize) {
     let content_type = fields.values("content-type").next().unwrap_or_default().to_ascii_lowercase();
     let top_is_calendar = content_type.starts_with("text/calendar");
     // Only a calendar message or a multipart one can hold a calendar part.
@@ -184,7 +192,7 @@ fn calendar(fields: &HeaderFields, message: Option<&[u8]>, policy: &Policy) -> (
         if is_calendar {
             found = true;
             let text = String::from_utf8_lossy(part.contents());
-            for a in attendee_addresses(&text).filter(|a| !policy.is_internal(a)) {
+            for a in attendee_addresses(&text).filter(|a| !address::is_internal(internal, a)) {
                 attendees.insert(address::key(&a));
             }
         }

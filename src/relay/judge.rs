@@ -40,7 +40,7 @@ impl Relay {
     ) -> Judged {
         let policy = self.policy.load_full();
         let fields = HeaderFields::parse(head);
-        let signals = Signals::compute(&fields, headers, whole, &incoming.recipients, &policy);
+        let signals = Signals::compute(&fields, headers, whole, &incoming.recipients, &policy.internal);
         let from_domain = fields.from_domain();
         let facts = Facts {
             client: incoming.peer.ip(),

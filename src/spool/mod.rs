@@ -750,19 +750,7 @@ mod journal_tests {
         let paths = SpoolPaths::new(dir.path());
         fs::create_dir_all(paths.queue()).unwrap();
         let id = QueueId::generate();
-        let meta = Meta {
-            version: FORMAT_VERSION,
-            id: id.clone(),
-            received_at: 1,
-            client: "127.0.0.1".into(),
-            sender: "s@x.test".into(),
-            recipients: ["a@x.test"].iter().collect(),
-            decision: DecisionSummary::default(),
-            plan: crate::plan::Plan::default(),
-            dsn: false,
-            size: None,
-            crc32: None,
-        };
+        let meta = meta_for(&id);
         fs::write(paths.message_file(&id), format!("{}\n", serde_json::to_string(&meta).unwrap())).unwrap();
         fs::write(paths.journal_file(&id), b"{\"event\":\"delivered\",\"tx").unwrap();
         let record = Record::Retry { at: 5 };

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::PolicyConfig;
+use crate::message::decide::Policy;
 
 fn policy() -> Policy {
     Policy::from_config(&PolicyConfig { internal_domains: vec!["example.com".into()], ..PolicyConfig::default() })
@@ -15,7 +16,7 @@ fn signals_of(head: &str, body: Option<&str>, rcpts: &[&str]) -> Signals {
     let fields = HeaderFields::parse(message.as_bytes());
     let rcpts: Addresses =
         if rcpts.is_empty() { headers.visible().map(|m| m.address.clone()).collect() } else { rcpts.iter().collect() };
-    Signals::compute(&fields, &headers, body.map(|_| message.as_bytes()), &rcpts, &policy())
+    Signals::compute(&fields, &headers, body.map(|_| message.as_bytes()), &rcpts, &policy().internal)
 }
 
 #[test]
