@@ -668,6 +668,7 @@ impl Spool {
     /// Remove a message that was delivered: its file (kept for a next message, see
     /// [`recycle`]), and its journal only when it has one (`journal`), so a message delivered
     /// at the first attempt costs no unlink that fails.
+    ///
     /// A small message without a journal is removed on the runtime's thread (see
     /// [`INLINE_MAX`]): `size` is its length.
     pub async fn remove_delivered(

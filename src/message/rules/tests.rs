@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::message::signals::{HeaderFields, Signals};
 use crate::config::{Action, PolicyConfig, load_str};
+use crate::message::signals::{HeaderFields, Signals};
 
 fn facts<'a>(fields: &'a HeaderFields, signals: &'a Signals) -> Facts<'a> {
     Facts {
