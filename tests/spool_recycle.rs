@@ -120,7 +120,11 @@ async fn both_sync_modes_store_and_deliver_concurrent_messages() {
         assert_eq!(subjects.len(), 30, "{mode}: each message once");
         tokio::time::sleep(Duration::from_millis(10)).await;
         let Ok(relay) = std::sync::Arc::try_unwrap(relay) else { panic!("sessions ended") };
-        relay.stop().await.unwrap();
+        let spool = relay.dir.path().join("spool");
+        assert!(!kept_files(&spool).is_empty(), "{mode}: delivered files are kept while the relay runs");
+        let (result, dir) = relay.shutdown().await;
+        result.unwrap();
+        eventually("no kept file once the relay stopped", || kept_files(&dir.path().join("spool")).is_empty()).await;
     }
 }
 

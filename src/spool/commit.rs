@@ -17,7 +17,7 @@
 //! group is answered at once.
 //!
 //! The thread also deletes the kept files of delivered messages that were not reused in time
-//! (see [`super::recycle`]).
+//! (see [`super::recycle`]), and all of them when the spool is closed.
 //!
 //! `syncfs` reports a write-back error of the filesystem since the previous call on the same
 //! descriptor (Linux 5.8 and later), so the directory stays open for the thread's life and an
@@ -82,7 +82,8 @@ fn run(dir: &File, mode: SpoolSync, rx: &mpsc::Receiver<Request>, recycler: &Rec
         let first = match rx.recv_timeout(SWEEP_EVERY) {
             Ok(first) => Some(first),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            // The spool is closed: no message will take a kept file any more.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return recycler.clear(),
         };
         if swept.elapsed() >= SWEEP_EVERY {
             recycler.sweep(Instant::now());

@@ -10,7 +10,8 @@
 //! did a moment before (and as the blocks of a deleted file do): it is readable only by whoever
 //! can read the queue. It is kept at most [`MAX_IDLE`]: a file not reused by then is deleted,
 //! as it would have been without recycling. At most [`MAX_FILES`] are kept; the rest are
-//! deleted at once, and all of them at start-up (they end in `.tmp`).
+//! deleted at once, and all of them when the spool is closed and at start-up (they end in
+//! `.tmp`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -83,9 +84,19 @@ impl Recycler {
 
     /// Delete the files kept longer than [`MAX_IDLE`] before `now`; how many. Blocking.
     pub(super) fn sweep(&self, now: Instant) -> usize {
+        self.delete(|kept| now.saturating_duration_since(kept) > MAX_IDLE)
+    }
+
+    /// Delete every kept file. Blocking.
+    pub(super) fn clear(&self) {
+        self.delete(|_| true);
+    }
+
+    /// Delete the oldest kept files, as long as `stale` says so of when they were kept.
+    fn delete(&self, stale: impl Fn(Instant) -> bool) -> usize {
         let stale: Vec<FreeFile> = {
             let mut files = self.files();
-            let fresh = files.partition_point(|(_, kept)| now.saturating_duration_since(*kept) > MAX_IDLE);
+            let fresh = files.partition_point(|(_, kept)| stale(*kept));
             files.drain(..fresh).map(|(free, _)| free).collect()
         };
         for free in &stale {
