@@ -40,7 +40,7 @@ pub enum Command {
     /// Print the leak decision for a message file, and the copies it would make, without
     /// sending anything. Exit 0: no leak; 1: leak; 2: error.
     Check(check::CheckArgs),
-    /// Inspect and act on the queue: list [--held], retry [ID], delete ID, release ID.
+    /// Inspect and act on the queue: list (--held), retry (one ID or all), delete ID, release ID.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
     /// The campaign breaker of the running relay: list the tripped keys, reset one.

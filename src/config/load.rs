@@ -71,7 +71,7 @@ pub enum ConfigSource {
 
 impl ConfigSource {
     /// The file to read: the one given, else [`DEFAULT_PATH`] if it exists, else
-    /// [`SYSTEM_PATH`] if it exists, else none.
+    /// `SYSTEM_PATH` if it exists, else none.
     pub fn resolve(given: Option<PathBuf>) -> ConfigSource {
         Self::resolve_with(given, |path| Path::new(path).exists())
     }

@@ -1,6 +1,6 @@
 //! The webhook: one JSON POST per event to `notify.webhook`, from a bounded in-memory queue.
 //!
-//! [`Queue::push`] builds the payload and never waits: when the queue is full the event is
+//! `Queue::push` builds the payload and never waits: when the queue is full the event is
 //! dropped and counted. One task posts the events in order, each request under
 //! `notify.webhook_timeout`; a connection error, a timeout, a 5xx, 408 or 429 is retried after
 //! `notify.webhook_backoff`, doubling, up to `notify.webhook_attempts` attempts; any other

@@ -230,7 +230,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The first `Subject:` field of a header block, unfolded, decoded (RFC 2047), without
-/// control characters, at most [`MAX_SUBJECT`] characters; empty when there is none.
+/// control characters, at most `MAX_SUBJECT` characters; empty when there is none.
 pub fn subject(head: &[u8]) -> String {
     let end = memchr::memmem::find(head, b"\r\n\r\n").map_or(head.len(), |i| i + 2);
     let block = &head[..end];

@@ -13,7 +13,7 @@
 //!
 //! A message file is written under a temporary name (a new file, or a delivered message's
 //! kept file: see [`recycle`]), renamed, and made durable with the messages arriving at the
-//! same time (see [`commit`]) before the client hears 250; it never changes afterwards. Its
+//! same time (see the `commit` module) before the client hears 250; it never changes afterwards. Its
 //! envelope line records the length and CRC-32 of the message bytes; a file that does not
 //! match them is moved to `damaged/` instead of being delivered. The journal is appended and
 //! fsync'd as delivery events happen; the state is rebuilt from it, up to its last good
@@ -670,7 +670,7 @@ impl Spool {
     /// at the first attempt costs no unlink that fails.
     ///
     /// A small message without a journal is removed on the runtime's thread (see
-    /// [`INLINE_MAX`]): `size` is its length.
+    /// `INLINE_MAX`, 64 KiB): `size` is its length.
     pub async fn remove_delivered(
         self: &std::sync::Arc<Self>,
         id: &QueueId,
