@@ -116,6 +116,12 @@ pub struct Metrics {
     pub failed_bounces: Counter,
     /// Journal writes that failed (the outcomes are kept in memory and written later).
     pub journal_failures: Counter,
+    /// Groups of new messages made durable together (one sync each).
+    pub spool_commit_groups: Counter,
+    /// New messages made durable (divided by the groups: messages per sync).
+    pub spool_commit_messages: Counter,
+    /// Groups whose sync failed (each of their clients got 451).
+    pub spool_commit_failures: Counter,
     /// Notices spooled for delivery, by kind (one per recipient).
     pub notices: Family<KindLabels, Counter>,
     /// Events whose notices were not spooled (queue full, or the spool refused them).
@@ -187,6 +193,24 @@ impl Metrics {
             "Delivery journal writes that failed (outcomes kept in memory until written)",
             journal_failures.clone(),
         );
+        let spool_commit_groups = Counter::default();
+        registry.register(
+            "spool_commit_groups",
+            "Groups of new messages made durable together before their 250, one sync each",
+            spool_commit_groups.clone(),
+        );
+        let spool_commit_messages = Counter::default();
+        registry.register(
+            "spool_commit_messages",
+            "New messages made durable before their 250 (per group: messages per sync)",
+            spool_commit_messages.clone(),
+        );
+        let spool_commit_failures = Counter::default();
+        registry.register(
+            "spool_commit_failures",
+            "Groups of new messages whose sync failed (each client got 451)",
+            spool_commit_failures.clone(),
+        );
         // Every known series exists from the start, at 0.
         let hold = HoldMetrics::register(&mut registry);
         for action in ["explode", "undisclose", "reject", "pass", "hold"] {
@@ -224,6 +248,9 @@ impl Metrics {
             upstream_refusing,
             failed_bounces,
             journal_failures,
+            spool_commit_groups,
+            spool_commit_messages,
+            spool_commit_failures,
             notices: notify.notices,
             notices_dropped: notify.notices_dropped,
             webhook_deliveries: notify.webhook_deliveries,

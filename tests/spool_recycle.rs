@@ -107,6 +107,9 @@ async fn both_sync_modes_store_and_deliver_concurrent_messages() {
             assert!(reply.starts_with("250 "), "{mode}: {reply}");
         }
         relay.wait_spool_empty().await;
+        let m = bccguard::metrics::metrics();
+        let (groups, messages) = (m.spool_commit_groups.get(), m.spool_commit_messages.get());
+        assert!(messages >= 30 && groups >= 1 && groups <= messages, "{mode}: {groups} groups, {messages} messages");
         let mut subjects: Vec<String> = upstream
             .deliveries()
             .iter()

@@ -103,6 +103,12 @@ fn run(dir: &File, mode: SpoolSync, rx: &mpsc::Receiver<Request>, recycler: &Rec
             (SpoolSync::Filesystem, _) => rustix::fs::syncfs(dir).map_err(io::Error::from),
             (SpoolSync::File, _) => dir.sync_all(),
         };
+        let metrics = crate::metrics::metrics();
+        metrics.spool_commit_groups.inc();
+        metrics.spool_commit_messages.inc_by(group.len() as u64);
+        if result.is_err() {
+            metrics.spool_commit_failures.inc();
+        }
         for request in group {
             let copy = match &result {
                 Ok(()) => Ok(()),
