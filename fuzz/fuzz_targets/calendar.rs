@@ -12,30 +12,14 @@ use bccguard::config::PolicyConfig;
 use bccguard::message::address;
 use bccguard::message::calendar::{attendees, content_lines, decode, parts};
 use bccguard::message::decide::Policy;
+use bccguard::message::parse::to_crlf;
 use bccguard::rewrite::calendar::CalendarRewrite;
 use libfuzzer_sys::fuzz_target;
 
-/// Every line ending CRLF (bare CR and LF become CRLF), as DATA arrives.
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + 16);
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
 fuzz_target!(|data: &[u8]| {
-    let message = crlf(data);
-    let policy = Policy::from_config(&PolicyConfig { internal_domains: vec!["example.com".into()], ..Default::default() });
+    let message = to_crlf(data);
+    let policy =
+        Policy::from_config(&PolicyConfig { internal_domains: vec!["example.com".into()], ..Default::default() });
     let found = parts(&message);
     let plans = CalendarRewrite::plan(&found, 0, &policy);
     for (part, plan) in found.iter().zip(&plans) {

@@ -19,6 +19,7 @@
 
 use std::collections::HashSet;
 
+use bccguard::addresses::Addresses;
 use bccguard::config::{Action, PolicyConfig};
 use bccguard::message::address;
 use bccguard::message::decide::{Policy, decide};
@@ -153,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(headers.header_end <= headers.body_start && headers.body_start <= message.len());
-    let recipients = recipients_of(&headers);
+    let recipients: Addresses = recipients_of(&headers).into_iter().collect();
     let decision = decide(&headers, &policy);
     if std::env::var_os("BCCGUARD_FUZZ_DEBUG").is_some() {
         eprintln!("message: {:?}", String::from_utf8_lossy(&message));
@@ -200,12 +201,21 @@ fuzz_target!(|data: &[u8]| {
         let reparsed = Headers::parse(&copy).expect("copy parses");
         let exposure = bccguard::message::decide::exposure(&reparsed, &policy);
         if txn.rewrite == Rewrite::Undisclose {
-            assert_eq!(exposure, 0, "undisclosed copy exposes {exposure}\n--- head ---\n{}", String::from_utf8_lossy(&head));
+            assert_eq!(
+                exposure,
+                0,
+                "undisclosed copy exposes {exposure}\n--- head ---\n{}",
+                String::from_utf8_lossy(&head)
+            );
         }
         if let Rewrite::Explode { .. } = &txn.rewrite {
             assert_eq!(txn.recipients.len(), 1, "explode transaction with several recipients");
             let rcpt = &recipients[txn.recipients[0]];
-            assert!(exposure <= 1, "exploded copy exposes {exposure}\n--- head ---\n{}", String::from_utf8_lossy(&head));
+            assert!(
+                exposure <= 1,
+                "exploded copy exposes {exposure}\n--- head ---\n{}",
+                String::from_utf8_lossy(&head)
+            );
             let to: Vec<_> = reparsed.of_kind(FieldKind::To).flat_map(|f| &f.mailboxes).collect();
             let own = address::key(rcpt);
             let to_ok = to.iter().any(|m| &m.address == rcpt) && to.iter().all(|m| address::key(&m.address) == own);

@@ -101,7 +101,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write, err: &mut impl Write) -> u8 {
 fn report(args: &CheckArgs) -> Result<(Report, bool), String> {
     let config = args.config.load().map_err(|e| e.to_string().trim_end().to_string())?;
     let raw = std::fs::read(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let message = crlf(&raw);
+    let message = crate::message::parse::to_crlf(&raw);
     let mut headers = Headers::parse(&message).map_err(|e| e.to_string())?;
     let calendar = calendar::parts(&message);
     headers.attendees = calendar.iter().flat_map(|p| p.attendees.iter().cloned()).collect();
@@ -175,24 +175,6 @@ fn envelope(rcpts: &[String], headers: &Headers) -> Result<(Addresses, bool), St
     let shown = headers.visible().chain(&headers.attendees);
     let visible = shown.filter(|m| seen.insert(address::key(&m.address))).map(|m| m.address.clone()).collect();
     Ok((visible, true))
-}
-
-/// LF or CR line ends (as files on disk often have) become CRLF, as a mailer would send them.
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }
 
 /// A transaction as the copy would show it: its To and Cc read back from the rewritten header.

@@ -347,5 +347,24 @@ fn count_at(s: &str) -> usize {
     s.bytes().filter(|&b| b == b'@').count()
 }
 
+/// LF or CR line ends (as files on disk often have) become CRLF, as a mailer would send them
+/// and as DATA arrives (`bccguard check`, the fuzz targets).
+pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
