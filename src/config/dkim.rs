@@ -119,14 +119,8 @@ pub(super) fn validate(c: &DkimConfig, errors: &mut Vec<ConfigError>) {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::load::errors_in as errors;
     use crate::config::load_str;
-
-    fn errors(toml: &str) -> Vec<String> {
-        match load_str(Some(toml), &[]) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.iter().map(ToString::to_string).collect(),
-        }
-    }
 
     #[test]
     fn a_bad_key_is_an_error_naming_its_key_path_and_file() {

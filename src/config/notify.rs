@@ -139,14 +139,8 @@ pub(super) fn validate(n: &NotifyConfig, errors: &mut Vec<ConfigError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load::errors_in as errors;
     use crate::config::load_str;
-
-    fn errors(text: &str) -> Vec<String> {
-        match load_str(Some(text), &[]) {
-            Ok(_) => Vec::new(),
-            Err(errs) => errs.iter().map(ToString::to_string).collect(),
-        }
-    }
 
     #[test]
     fn defaults_send_nothing() {

@@ -162,14 +162,7 @@ fn admin(a: &AdminConfig, errors: &mut Vec<ConfigError>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
-
-    fn errors(text: &str) -> Vec<String> {
-        match load_str(Some(text), &[]) {
-            Ok(_) => Vec::new(),
-            Err(errs) => errs.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::config::load::errors_in as errors;
 
     #[test]
     fn cross_key_errors_are_all_reported() {

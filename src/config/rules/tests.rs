@@ -1,14 +1,8 @@
 //! Rule and breaker settings: parsing, every error with its rule path, shadowed rules.
 
 use super::*;
+use crate::config::load::errors_in as errors;
 use crate::config::load_str;
-
-fn errors(text: &str) -> Vec<String> {
-    match load_str(Some(text), &[]) {
-        Ok(_) => Vec::new(),
-        Err(errs) => errs.iter().map(ToString::to_string).collect(),
-    }
-}
 
 #[test]
 fn rules_parse_with_every_condition_and_setting() {
