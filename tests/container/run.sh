@@ -73,12 +73,13 @@ pass "a leaking message came out exploded in the outbox volume"
 podman exec "$name" bccguard health >/dev/null || fail "bccguard health in the container"
 podman healthcheck run "$name" 2>/dev/null || fail "the image's HEALTHCHECK"
 curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null || fail "/readyz"
-curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -q '^bccguard_messages_total{action="explode",leak="true"} 1$' ||
+metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics") || fail "/metrics"
+grep -q '^bccguard_messages_total{action="explode",leak="true"} 1$' <<<"$metrics" ||
     fail "/metrics counts the message"
 pass "health command, HEALTHCHECK, /readyz and /metrics"
 
 podman stop -t 30 "$name" >/dev/null 2>&1
 [ "$(podman inspect "$name" --format '{{.State.ExitCode}}')" = 0 ] || fail "exit status after podman stop"
-podman logs "$name" 2>&1 | grep -q '"message":"stopped"' || fail "no clean stop in the log"
+grep -q '"message":"stopped"' <<<"$(podman logs "$name" 2>&1)" || fail "no clean stop in the log"
 pass "podman stop (SIGTERM): clean shutdown, exit status 0"
 echo "container: all passed"

@@ -70,7 +70,7 @@ send() { # rcpts subject
 send "one@alpha.test,two@beta.test,boss@example.com" "normal"
 wait_for "three copies at the sink" bash -c "[ \$(ls '$work/dump' | wc -l) = 3 ]"
 wait_for "an empty spool" spool_empty
-one=$(grep -l "one@alpha.test" "$work"/dump/* | xargs grep -l '^X-Bccguard: exploded' | head -n 1)
+one=$(grep -l "one@alpha.test" "$work"/dump/* | xargs grep -l '^X-Bccguard: exploded' | sed -n 1p)
 [ -n "$one" ] || fail "no exploded copy for one@alpha.test"
 grep -q '^To: one@alpha.test' "$one" || fail "To of the exploded copy"
 grep -q 'two@beta.test' "$one" && fail "the copy for one@ shows two@"
@@ -80,10 +80,10 @@ pass "normal: 3 transactions, exploded copies addressed to one recipient each"
 start_sink -r .
 send "late@gamma.test" "soft"
 wait_for "a deferral in the queue" bash -c "'$bin' queue list --config '$work/bccguard.toml' | grep -q ' 4[0-9][0-9] '"
-queue list | grep -q "1 message, 1 transaction pending" || fail "queue list after 4xx: $(queue list)"
+grep -q "1 message, 1 transaction pending" <<<"$(queue list)" || fail "queue list after 4xx: $(queue list)"
 start_sink
 before=$(dumps)
-queue retry | grep -q "Retrying 1 message now." || fail "queue retry"
+grep -q "Retrying 1 message now." <<<"$(queue retry)" || fail "queue retry"
 wait_for "an empty spool after retry" spool_empty
 [ "$(dumps)" = $((before + 1)) ] || fail "delivered after retry"
 pass "-r . (4xx at end of data): deferred, listed, delivered after queue retry"
@@ -93,14 +93,14 @@ pass "-r . (4xx at end of data): deferred, listed, delivered after queue retry"
 #    bounce (never dropped) until an operator retries or deletes it.
 start_sink -f RCPT
 send "nobody@delta.test" "hard"
-failed_bounce() { queue list | grep -q "failed bounce"; }
+failed_bounce() { grep -q "failed bounce" <<<"$(queue list)"; }
 wait_for "the bounce kept as a failed bounce" failed_bounce
 grep -q 'failed.*to=n\*\*\*@delta.test.*reply=5' "$work/relay.log" || fail "the 5xx was not logged as failed"
 grep -q 'bounce queued' "$work/relay.log" || fail "no bounce was queued"
 grep -q 'a bounce cannot be delivered' "$work/relay.log" || fail "the failed bounce was not logged"
-queue list | grep -q "1 message, 0 transactions pending, 1 failed bounce" || fail "queue list: $(queue list)"
+grep -q "1 message, 0 transactions pending, 1 failed bounce" <<<"$(queue list)" || fail "queue list: $(queue list)"
 dsn=$(queue list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-queue delete "$dsn" | grep -q "Deleted $dsn." || fail "queue delete of the failed bounce"
+grep -q "Deleted $dsn." <<<"$(queue delete "$dsn")" || fail "queue delete of the failed bounce"
 wait_for "an empty spool after the delete" spool_empty
 pass "-f RCPT (5xx): failed, DSN queued to the sender, the failed DSN kept until deleted"
 

@@ -76,8 +76,8 @@ for path in /usr/bin/bccguard "$conffile" "$unit" /usr/share/man/man8/bccguard.8
 done
 grep -q "^$spool" "$work/contents" && fail "the spool is made by postinst, not shipped"
 [ "$(dpkg-deb -f "$deb" Package)" = bccguard ] || fail "control: Package"
-dpkg-deb -f "$deb" Depends | grep -q 'adduser' || fail "control: Depends adduser"
-dpkg-deb -I "$deb" conffiles | grep -qx "$conffile" || fail "the configuration is not a conffile"
+grep -q 'adduser' <<<"$(dpkg-deb -f "$deb" Depends)" || fail "control: Depends adduser"
+grep -qx "$conffile" <<<"$(dpkg-deb -I "$deb" conffiles)" || fail "the configuration is not a conffile"
 pass "built $(basename "$deb"): binary, conffile, unit, man pages, completions, docs"
 
 # 2. Install: the user, the spool, the paths.
@@ -91,11 +91,11 @@ case "$shell" in */nologin | */false) ;; *) fail "bccguard can log in ($shell)" 
 [ "$(stat -c '%U:%G %a' "$spool")" = "bccguard:bccguard 750" ] || fail "spool: $(stat -c '%U:%G %a' "$spool")"
 [ "$(stat -c '%U:%G %a' /usr/bin/bccguard)" = "root:root 755" ] || fail "/usr/bin/bccguard"
 [ "$(stat -c '%U:%G %a' "$conffile")" = "root:root 644" ] || fail "$conffile"
-dpkg-query -W -f='${Conffiles}\n' bccguard | grep -q "^ $conffile " || fail "dpkg does not list the conffile"
+grep -q "^ $conffile " <<<"$(dpkg-query -W -f='${Conffiles}\n' bccguard)" || fail "dpkg does not list the conffile"
 pass "installed: system user bccguard (uid $uid, no login, home $spool), spool bccguard:bccguard 0750"
 
 # 3. The configuration: valid, the package defaults, found without --config.
-(cd / && bccguard check-config) | grep -qx "$conffile: configuration is valid" ||
+grep -qx "$conffile: configuration is valid" <<<"$(cd / && bccguard check-config)" ||
     fail "check-config without --config does not read $conffile"
 grep -qx "dir = \"$spool\"" "$conffile" || fail "spool.dir in the conffile"
 grep -qx 'host = "smtp.example.com"' "$conffile" || fail "upstream.host in the conffile"
@@ -116,11 +116,11 @@ pages=0
 for page in "$mandir"/bccguard*.8.gz; do
     errors=$(MANWIDTH=80 man --warnings -l "$page" 2>&1 >/dev/null)
     [ -z "$errors" ] || fail "man -l $page: $errors"
-    MANWIDTH=80 man -l "$page" 2>/dev/null | grep -q '^NAME' || fail "man -l $page renders no NAME"
+    grep -q '^NAME' <<<"$(MANWIDTH=80 man -l "$page" 2>/dev/null)" || fail "man -l $page renders no NAME"
     pages=$((pages + 1))
 done
 [ "$pages" -ge 10 ] || fail "only $pages man pages"
-MANWIDTH=80 man -l "$mandir/bccguard.8.gz" | grep -q 'bccguard-queue(8)' || fail "bccguard(8) names the subcommand pages"
+grep -q 'bccguard-queue(8)' <<<"$(MANWIDTH=80 man -l "$mandir/bccguard.8.gz")" || fail "bccguard(8) names the subcommand pages"
 bash -n /usr/share/bash-completion/completions/bccguard || fail "bash -n on the completion script"
 bash -c 'source /usr/share/bash-completion/completions/bccguard && complete -p bccguard' >/dev/null ||
     fail "the bash completion does not register"
@@ -172,7 +172,7 @@ swaks --server "127.0.0.1:$smtp_port" --from app@example.com --to one@alpha.test
     --body "sent through the installed package" --silent 2 || fail "swaks"
 wait_for "three transactions at the sink" bash -c "[ \$(ls '$work/dump' | wc -l) = 3 ]"
 [ "$(grep -l '^X-Bccguard: exploded' "$work"/dump/* | wc -l)" = 2 ] || fail "two exploded copies"
-one=$(grep -l '^X-Bccguard: exploded' "$work"/dump/* | xargs grep -l '^To: one@alpha.test' | head -n 1)
+one=$(grep -l '^X-Bccguard: exploded' "$work"/dump/* | xargs grep -l '^To: one@alpha.test' | sed -n 1p)
 [ -n "$one" ] || fail "no copy addressed to one@alpha.test alone"
 grep -q 'two@beta.test' "$one" && fail "the copy for one@ shows two@"
 pass "a leaking message through the installed relay: 2 exploded copies and the original at the upstream"
@@ -182,7 +182,7 @@ leaks=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -c '^bccguard_
 curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null || fail "/readyz"
 stray=$(find "$spool" ! -user bccguard)
 [ -z "$stray" ] || fail "files in the spool not owned by bccguard: $stray"
-(cd / && bccguard queue list) | grep -q 'The queue is empty.' || fail "queue list (as root, no --config) on the running relay"
+grep -q 'The queue is empty.' <<<"$(cd / && bccguard queue list)" || fail "queue list (as root, no --config) on the running relay"
 pass "/metrics counts it, /readyz, the spool is bccguard's, queue list reaches the relay"
 
 # 7. Reload as the unit does: its ExecReload lines, as the bccguard user.
