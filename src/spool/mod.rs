@@ -406,16 +406,16 @@ fn write_into_place(
     tail: Option<Content>,
     fsync: bool,
 ) -> io::Result<(Meta, File)> {
-    let (temp, mut file) = match free {
-        Some(free) => (free.path, free.file),
+    let (temp, mut file, len) = match free {
+        Some(free) => (free.path, free.file, free.len),
         None => {
             let temp = queue.join(format!(".{}.msg.tmp", meta.id));
             let file = File::create(&temp)?;
-            (temp, file)
+            (temp, file, 0)
         }
     };
     let written =
-        write_message_file(&mut file, &meta, parts, tail.as_ref(), fsync).and_then(|()| fs::rename(&temp, target));
+        write_message_file(&mut file, len, &meta, parts, tail.as_ref(), fsync).and_then(|()| fs::rename(&temp, target));
     if let Err(e) = written {
         let _ = fs::remove_file(&temp);
         return Err(e);
@@ -423,10 +423,12 @@ fn write_into_place(
     Ok((meta, file))
 }
 
-/// Write a message file from its start (a kept file is longer than its new contents until
-/// the end is cut), fsync'd when `fsync`. Positioned writes: no seek for a message in memory.
+/// Write a message file from its start, fsync'd when `fsync`. A file `len` bytes long before
+/// (a kept one) is cut to its new contents when they are shorter. Positioned writes: no seek
+/// for a message in memory.
 fn write_message_file(
     file: &mut File,
+    len: u64,
     meta: &Meta,
     parts: &[Bytes],
     tail: Option<&Content>,
@@ -446,7 +448,9 @@ fn write_message_file(
         tail.copy_to_file(file)?;
         end += tail.len();
     }
-    file.set_len(end)?;
+    if end < len {
+        file.set_len(end)?;
+    }
     if fsync {
         file.sync_all()?;
     }
@@ -796,6 +800,31 @@ mod journal_tests {
         match spool.paths().open(&first) {
             Err(OpenError::Damaged(reason)) => assert_eq!(reason, format!("the envelope line is for {second}")),
             other => panic!("{:?}", other.map(|o| o.meta.id)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_file_holds_a_shorter_an_equal_and_a_longer_message_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let mut previous: Option<(QueueId, u64)> = None;
+        for (i, len) in [5_000usize, 1_000, 1_000, 9_000, 20].into_iter().enumerate() {
+            if let Some((id, size)) = previous.take() {
+                spool.remove_delivered(&id, false, Some(size)).await.unwrap();
+                assert_eq!(spool.recycler.len(), 1);
+            }
+            let id = QueueId::generate();
+            let body = Bytes::from(vec![b'a' + i as u8; len]);
+            spool.store(meta_for(&id), vec![body.clone()]).await.unwrap();
+            assert_eq!(spool.recycler.len(), 0, "message {i} went into the kept file");
+            let opened = spool.paths().open(&id).unwrap();
+            assert_eq!(opened.content.to_bytes().unwrap(), body, "message {i}, {len} bytes");
+            let on_disk = fs::read(spool.paths().message_file(&id)).unwrap();
+            assert!(
+                on_disk.ends_with(&body) && on_disk.iter().filter(|&&b| b == b'\n').count() == 1,
+                "no old bytes after it"
+            );
+            previous = Some((id, len as u64));
         }
     }
 }

@@ -27,11 +27,13 @@ pub const MAX_SIZE: u64 = 256 * 1024;
 /// A kept file not reused within this long is deleted.
 pub const MAX_IDLE: Duration = Duration::from_secs(5);
 
-/// A file ready for a new message: its temporary name and an open descriptor.
+/// A file ready for a new message: its temporary name, an open descriptor, and its length
+/// (a new message longer than that needs no cut).
 #[derive(Debug)]
 pub(super) struct FreeFile {
     pub path: PathBuf,
     pub file: File,
+    pub len: u64,
 }
 
 /// The kept files of one queue directory, the most recently kept last.
@@ -68,14 +70,15 @@ impl Recycler {
             return fs::remove_file(path);
         }
         let file = OpenOptions::new().write(true).open(path)?;
-        if file.metadata()?.len() > MAX_SIZE {
+        let len = file.metadata()?.len();
+        if len > MAX_SIZE {
             return fs::remove_file(path);
         }
         let free = self.dir.join(format!(".free-{}.tmp", self.next.fetch_add(1, Ordering::Relaxed)));
         fs::rename(path, &free)?;
         let mut files = self.files();
         if files.len() < MAX_FILES {
-            files.push((FreeFile { path: free, file }, Instant::now()));
+            files.push((FreeFile { path: free, file, len }, Instant::now()));
             return Ok(());
         }
         drop(files);
@@ -120,6 +123,7 @@ mod tests {
         }
         assert!(!dir.path().join("A.msg").exists() && !dir.path().join("B.msg").exists());
         let free = recycler.take().expect("kept");
+        assert_eq!(free.len, 5, "its length, known without asking again");
         assert!(free.path.file_name().unwrap().to_str().unwrap().starts_with(".free-"));
         assert_eq!(fs::read(&free.path).unwrap(), b"B.msg", "the most recent first");
         assert_eq!(recycler.len(), 1);
