@@ -7,15 +7,18 @@
 # each through bccguard, through a local Postfix relay (with smtp_destination_recipient_limit
 # = 1 for (b), so it too makes one delivery per recipient), and straight into the sink.
 # Throughput counts until the relay's queue is empty (everything delivered upstream).
+# (a) runs ROUNDS times, bccguard and direct in turn, and reports the median of the rounds'
+# ratios: on a shared 2-core machine one figure alone swings by 20% from run to run.
 #
 # Usage (as root, Debian with postfix installed; it reconfigures the local Postfix):
-#   benches/smtp-bench.sh [MESSAGES_A] [MESSAGES_B] [SESSIONS]
+#   benches/smtp-bench.sh [MESSAGES_A] [MESSAGES_B] [SESSIONS] [ROUNDS]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 n_a=${1:-5000}
 n_b=${2:-200}
 sessions=${3:-20}
+rounds=${4:-3}
 conns=16
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -99,16 +102,37 @@ run() { # label, target port, queue to wait for (or -), smtp-source args...
     echo "$label $t0 $t1"
 }
 
+median() { # numbers...
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 report() { # label count unit start end
     printf '  %-10s %8s %s/s\n' "$1" "$(rate "$2" "$4" "$5")" "$3"
 }
 
-echo "(a) $n_a single-recipient 4 KiB messages, $sessions sessions"
-for target in "bccguard $relay_port bccguard" "postfix $postfix_port postfix" "direct $sink_port -"; do
-    set -- $target
-    read -r label t0 t1 < <(run "$1" "$2" "$3" -m "$n_a" -l 4096 -f sender@example.com -t rcpt@client.test)
-    report "$label" "$n_a" messages "$t0" "$t1"
+echo "(a) $n_a single-recipient 4 KiB messages, $sessions sessions, $rounds rounds (bccguard and direct in turn; Postfix in the first)"
+relay_rates=() direct_rates=() ratios=() postfix_rate=0
+for r in $(seq "$rounds"); do
+    targets=("bccguard $relay_port bccguard" "direct $sink_port -")
+    [ "$r" = 1 ] && targets=("bccguard $relay_port bccguard" "postfix $postfix_port postfix" "direct $sink_port -")
+    for target in "${targets[@]}"; do
+        set -- $target
+        read -r label t0 t1 < <(run "$1" "$2" "$3" -m "$n_a" -l 4096 -f sender@example.com -t rcpt@client.test)
+        case $label in
+            bccguard) relay_rates+=("$(rate "$n_a" "$t0" "$t1")") ;;
+            postfix) postfix_rate=$(rate "$n_a" "$t0" "$t1") ;;
+            direct) direct_rates+=("$(rate "$n_a" "$t0" "$t1")") ;;
+        esac
+    done
+    ratios+=("$(echo "${relay_rates[-1]} / ${direct_rates[-1]}" | bc -l)")
+    printf '  round %d:   bccguard %6s, direct %6s messages/s, ratio %.2f\n' "$r" "${relay_rates[-1]}" \
+        "${direct_rates[-1]}" "${ratios[-1]}"
 done
+printf '  %-10s %8s messages/s (median)\n' bccguard "$(median "${relay_rates[@]}")"
+printf '  %-10s %8s messages/s\n' postfix "$postfix_rate"
+printf '  %-10s %8s messages/s (median)\n' direct "$(median "${direct_rates[@]}")"
+printf '  bccguard / direct %.2f (median of the rounds), bccguard / postfix %.1f (first round)\n' \
+    "$(median "${ratios[@]}")" "$(echo "${relay_rates[0]} / $postfix_rate" | bc -l)"
 
 echo "(b) $n_b messages to 100 recipients each, To showing all 100 ($((n_b * 100)) copies), $sessions sessions"
 postconf -e "smtp_destination_recipient_limit = 1" && postfix reload >/dev/null 2>&1 && sleep 1
