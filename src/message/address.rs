@@ -1,7 +1,7 @@
 //! Mail addresses: their canonical text (safe in a command or a header), the key that
 //! compares them, and the redacted form written to logs.
 
-use super::domain::normalize_domain;
+use super::domain::{is_domain, normalize_domain};
 
 /// The canonical text of an address: `local@domain` with the local part quoted only when it
 /// is not a dot-atom. `None` when it has no local part, no valid domain, or a control
@@ -12,7 +12,7 @@ pub fn canonical(raw: &str) -> Option<String> {
     }
     let (local, domain) = raw.rsplit_once('@')?;
     let local = unquote(local);
-    if local.is_empty() || domain.is_empty() || normalize_domain(domain).is_none() {
+    if local.is_empty() || domain.is_empty() || !is_domain(domain) {
         return None;
     }
     // A local part that looks like the start of an encoded word (RFC 2047) is quoted: bare,
@@ -36,7 +36,7 @@ pub fn from_header(raw: &str) -> Option<String> {
     canonical(raw)
 }
 
-fn unquote(local: &str) -> String {
+fn unquote(local: &str) -> std::borrow::Cow<'_, str> {
     match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
         Some(inner) => {
             let mut out = String::with_capacity(inner.len());
@@ -44,9 +44,9 @@ fn unquote(local: &str) -> String {
             while let Some(c) = chars.next() {
                 out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
             }
-            out
+            out.into()
         }
-        None => local.to_string(),
+        None => local.into(),
     }
 }
 

@@ -4,17 +4,44 @@
 /// domain name. A trailing dot is dropped; an address literal (`[192.0.2.1]`) is kept as is.
 pub fn normalize_domain(domain: &str) -> Option<String> {
     let domain = domain.strip_suffix('.').unwrap_or(domain);
-    if domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2 {
+    if is_literal(domain) {
         return Some(domain.to_ascii_lowercase());
     }
     if domain.is_empty() || domain.len() > 253 {
         return None;
     }
+    if let Some(valid) = plain_ascii(domain) {
+        return valid.then(|| domain.to_ascii_lowercase());
+    }
     let ascii = idna::domain_to_ascii(domain).ok()?;
-    let label_ok = |l: &str| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
     ascii.split('.').all(label_ok).then_some(ascii)
+}
+
+/// Whether `domain` is a domain name: [`normalize_domain`] would give it a form. Builds no
+/// string for a name in plain ASCII.
+pub fn is_domain(domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    match plain_ascii(domain) {
+        Some(valid) => valid && domain.len() <= 253,
+        None => normalize_domain(domain).is_some(),
+    }
+}
+
+fn is_literal(domain: &str) -> bool {
+    domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2
+}
+
+fn label_ok(label: &str) -> bool {
+    !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// For a name of ASCII letters, digits, `-`, `_` and `.` with no `xn--` label, which IDNA
+/// leaves as it is but for case: whether its labels are valid. `None` for any other name
+/// (IDNA decides).
+fn plain_ascii(domain: &str) -> Option<bool> {
+    let plain = domain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let punycode = domain.split('.').any(|l| l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--")));
+    (plain && !punycode).then(|| domain.split('.').all(label_ok))
 }
 
 /// The set of internal domains: each matches itself and its subdomains.
@@ -53,8 +80,22 @@ mod tests {
         assert_eq!(normalize_domain("bücher.de").as_deref(), Some("xn--bcher-kva.de"));
         assert_eq!(normalize_domain("XN--BCHER-KVA.de").as_deref(), Some("xn--bcher-kva.de"));
         assert_eq!(normalize_domain("[192.0.2.1]").as_deref(), Some("[192.0.2.1]"));
-        for bad in ["", "a b.com", "a..b", "x@y", "a\u{0}b.com"] {
-            assert!(normalize_domain(bad).is_none(), "{bad:?}");
+        for bad in ["", "a b.com", "a..b", "x@y", "a\u{0}b.com", "xn--.com", "xn--zz.com"] {
+            assert!(normalize_domain(bad).is_none() && !is_domain(bad), "{bad:?}");
+        }
+        let long = format!("{}.com", vec!["a".repeat(63); 4].join("."));
+        assert!(long.len() > 253 && !is_domain(&long) && normalize_domain(&long).is_none());
+    }
+
+    proptest::proptest! {
+        /// A name in plain ASCII takes the short way; it must agree with IDNA on every one.
+        #[test]
+        fn the_plain_ascii_way_agrees_with_idna(domain in "(([xX][nN]--)?[a-zA-Z0-9._-]{0,20}){0,4}(\\.?)") {
+            let idna = idna::domain_to_ascii(domain.strip_suffix('.').unwrap_or(&domain))
+                .ok()
+                .filter(|a| !a.is_empty() && a.len() <= 253 && a.split('.').all(label_ok));
+            proptest::prop_assert_eq!(normalize_domain(&domain), idna.clone());
+            proptest::prop_assert_eq!(is_domain(&domain), idna.is_some());
         }
     }
 

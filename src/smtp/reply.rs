@@ -42,15 +42,21 @@ impl Reply {
         Reply { code, status: None, text: text.into() }
     }
 
-    /// Append the wire form (`250-...` continuation lines, CRLF line ends) to `out`.
+    /// Append the wire form (`250-...` continuation lines, CRLF line ends) to `out`, without
+    /// building strings on the way (a reply is written for every command).
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
-            let status = self.status.map(|s| format!("{s} ")).unwrap_or_default();
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{}{sep}", self.code);
+            if let Some(status) = self.status {
+                let _ = write!(out, "{status} ");
+            }
             // Reply text never carries CR or LF from anywhere: they are the line breaks.
-            let line = line.replace(['\r', '\n'], " ");
-            out.extend_from_slice(format!("{}{sep}{status}{line}\r\n", self.code).as_bytes());
+            out.extend(line.bytes().map(|b| if b == b'\r' { b' ' } else { b }));
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -218,6 +224,9 @@ mod tests {
         out.clear();
         Reply::plain(250, "host\nPIPELINING\nSIZE 10").write_to(&mut out);
         assert_eq!(out, b"250-host\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        out.clear();
+        Reply::dynamic(451, Status(4, 3, 0), "one\ntwo").write_to(&mut out);
+        assert_eq!(out, b"451-4.3.0 one\r\n451 4.3.0 two\r\n", "the status on every line");
     }
 
     #[test]
