@@ -79,7 +79,14 @@ impl fmt::Display for Reply {
 impl Reply {
     /// A reply from its code and text.
     pub fn new(code: u16, text: &str) -> Reply {
-        let text = text.trim().to_string();
+        Reply::from_text(code, text.trim().to_string())
+    }
+
+    /// A reply from its code and text, the text kept (trimmed) rather than copied.
+    pub fn from_text(code: u16, mut text: String) -> Reply {
+        if text.trim().len() != text.len() {
+            text = text.trim().to_string();
+        }
         let enhanced = text.split_whitespace().next().and_then(Enhanced::parse);
         Reply { code, enhanced, text }
     }

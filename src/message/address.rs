@@ -63,7 +63,7 @@ pub fn split(address: &str) -> (&str, &str) {
 
 /// Whether `address` (canonical) is in one of the `internal` domains.
 pub fn is_internal(internal: &super::domain::InternalDomains, address: &str) -> bool {
-    internal.contains(&domain_key(address))
+    internal.contains_name(split(address).1)
 }
 
 /// The domain of an address in comparable form (ASCII lowercase), or its lowercase text if

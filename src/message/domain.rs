@@ -60,11 +60,26 @@ impl InternalDomains {
 
     /// Whether `domain_ascii` (already normalized) is internal.
     pub fn contains(&self, domain_ascii: &str) -> bool {
-        self.domains.iter().any(|d| {
-            domain_ascii == d
-                || (domain_ascii.len() > d.len()
-                    && domain_ascii.ends_with(d.as_str())
-                    && domain_ascii.as_bytes()[domain_ascii.len() - d.len() - 1] == b'.')
+        self.matches(domain_ascii.as_bytes(), |a, b| a == b)
+    }
+
+    /// Whether `domain` as written (any case, a trailing dot) is internal: [`Self::contains`]
+    /// of its normalized form (or its lowercase text when it is no domain), without building
+    /// that form for a name in plain ASCII.
+    pub fn contains_name(&self, domain: &str) -> bool {
+        let plain = domain.strip_suffix('.').unwrap_or(domain);
+        match plain_ascii(plain) {
+            Some(true) => self.matches(plain.as_bytes(), <[u8]>::eq_ignore_ascii_case),
+            _ => self.contains(&normalize_domain(domain).unwrap_or_else(|| domain.to_lowercase())),
+        }
+    }
+
+    /// Whether `name` is one of the domains or a subdomain of one, comparing with `eq`.
+    fn matches(&self, name: &[u8], eq: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+        self.domains.iter().map(String::as_bytes).any(|d| {
+            name.len() >= d.len()
+                && eq(&name[name.len() - d.len()..], d)
+                && (name.len() == d.len() || name[name.len() - d.len() - 1] == b'.')
         })
     }
 }
@@ -88,6 +103,16 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A domain as written is internal exactly when its normalized form is.
+        #[test]
+        fn a_name_as_written_is_internal_as_its_normal_form_is(
+            domain in "(([xX][nN]--)?[a-zA-Z0-9_-]{0,8}\\.){0,3}(example\\.com|EXAMPLE\\.Com|bücher\\.de|XN--BCHER-KVA\\.de|com|x\\.test)(\\.?)",
+        ) {
+            let internal = InternalDomains::new(&["example.com", "bücher.de"]);
+            let key = normalize_domain(&domain).unwrap_or_else(|| domain.to_lowercase());
+            proptest::prop_assert_eq!(internal.contains_name(&domain), internal.contains(&key), "{}", key);
+        }
+
         /// A name in plain ASCII takes the short way; it must agree with IDNA on every one.
         #[test]
         fn the_plain_ascii_way_agrees_with_idna(domain in "(([xX][nN]--)?[a-zA-Z0-9._-]{0,20}){0,4}(\\.?)") {

@@ -76,8 +76,15 @@ impl FieldKind {
     /// The kind of a field by its name: case-insensitive, and blind to spaces and tabs in the
     /// name (`B cc:`, `To :`), as lenient readers are.
     fn of(name: &[u8]) -> Option<FieldKind> {
-        let name: Vec<u8> = name.iter().filter(|b| !matches!(b, b' ' | b'\t')).map(u8::to_ascii_lowercase).collect();
-        Some(match name.as_slice() {
+        // The longest name known is 16 bytes: a longer one is none of them (no allocation:
+        // this runs for every field of every message).
+        let mut buf = [0u8; 16];
+        let mut len = 0;
+        for &b in name.iter().filter(|b| !matches!(b, b' ' | b'\t')) {
+            *buf.get_mut(len)? = b.to_ascii_lowercase();
+            len += 1;
+        }
+        Some(match &buf[..len] {
             b"to" => FieldKind::To,
             b"cc" => FieldKind::Cc,
             b"bcc" => FieldKind::Bcc,
@@ -236,7 +243,7 @@ pub(crate) struct RawField {
 /// Split a header block (without its empty line) into fields.
 pub(crate) fn split_fields(block: &[u8]) -> Vec<RawField> {
     let line_end = |from: usize| memchr::memchr(b'\n', &block[from..]).map_or(block.len(), |i| from + i + 1);
-    let mut fields = Vec::new();
+    let mut fields = Vec::with_capacity(32);
     let mut pos = 0;
     while pos < block.len() {
         let start = pos;

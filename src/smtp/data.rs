@@ -43,6 +43,9 @@ pub enum DataOutcome {
     Nul,
 }
 
+/// What a message's buffer starts with (it grows as needed).
+const INITIAL: usize = 8 * 1024;
+
 /// Receives one message body after `354`.
 #[derive(Debug)]
 pub struct DataReceiver {
@@ -123,6 +126,10 @@ impl DataReceiver {
             self.too_big = true;
             self.data = Vec::new();
             return;
+        }
+        if self.data.capacity() == 0 {
+            // Room for a typical message at once, not a doubling per few lines.
+            self.data.reserve(INITIAL.min(self.max).max(bytes.len()));
         }
         self.total += bytes.len();
         self.data.extend_from_slice(bytes);

@@ -72,17 +72,18 @@ pub enum SpoolError {
 #[derive(Clone, Debug)]
 pub struct SpoolPaths {
     root: PathBuf,
+    queue: PathBuf,
 }
 
 impl SpoolPaths {
     /// The spool at `root`.
     pub fn new(root: &Path) -> SpoolPaths {
-        SpoolPaths { root: root.to_path_buf() }
+        SpoolPaths { root: root.to_path_buf(), queue: root.join("queue") }
     }
 
     /// The directory of message files.
     pub fn queue(&self) -> PathBuf {
-        self.root.join("queue")
+        self.queue.clone()
     }
 
     /// The control socket of the running relay.
@@ -100,16 +101,16 @@ impl SpoolPaths {
     }
 
     fn message_file(&self, id: &QueueId) -> PathBuf {
-        self.queue().join(format!("{id}.msg"))
+        self.queue.join(format!("{id}.msg"))
     }
 
     fn journal_file(&self, id: &QueueId) -> PathBuf {
-        self.queue().join(format!("{id}.state"))
+        self.queue.join(format!("{id}.state"))
     }
 
     /// Queue ids of the messages in the queue directory, oldest first.
     pub fn ids(&self) -> io::Result<Vec<QueueId>> {
-        ids_in(&self.queue())
+        ids_in(&self.queue)
     }
 
     /// Queue ids of the damaged messages, oldest first.

@@ -72,11 +72,20 @@ pub type Raw = smtp_proto::Response<String>;
 /// A parsed reply as bccguard's value: the enhanced code back in front of the text (where
 /// the upstream wrote it), the lines joined by spaces.
 pub fn reply_of(raw: &Raw) -> Reply {
-    let text = raw.message.split('\n').map(str::trim).collect::<Vec<_>>().join(" ");
-    match raw.esc {
-        [0, 0, 0] => Reply::new(raw.code, &text),
-        [c, s, d] => Reply::new(raw.code, &format!("{c}.{s}.{d} {text}")),
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(raw.message.len() + 12);
+    if let [c, s, d] = raw.esc
+        && raw.esc != [0, 0, 0]
+    {
+        let _ = write!(text, "{c}.{s}.{d} ");
     }
+    for (i, line) in raw.message.split('\n').map(str::trim).enumerate() {
+        if i > 0 {
+            text.push(' ');
+        }
+        text.push_str(line);
+    }
+    Reply::from_text(raw.code, text)
 }
 
 /// Why the upstream's bytes are not a reply.
@@ -597,6 +606,20 @@ mod tests {
 
     fn finished(events: &[Event]) -> Vec<Finished> {
         events.iter().filter_map(|e| if let Event::Finished(f) = e { Some(f.clone()) } else { None }).collect()
+    }
+
+    #[test]
+    fn a_reply_keeps_its_enhanced_code_and_joins_its_lines() {
+        let read = |bytes: &str| {
+            let mut reader = ReplyReader::default();
+            reader.feed(bytes.as_bytes());
+            let reply = reply_of(&reader.next_reply().unwrap().expect("a reply"));
+            (reply.code, reply.text)
+        };
+        assert_eq!(read("550-5.1.1 no such\r\n550 5.1.1  user \r\n"), (550, "5.1.1 no such user".to_string()));
+        assert_eq!(read("250 ok\r\n"), (250, "ok".to_string()));
+        assert_eq!(read("451 4.3.0\r\n"), (451, "4.3.0".to_string()));
+        assert_eq!(read("354 \r\n"), (354, String::new()));
     }
 
     #[test]

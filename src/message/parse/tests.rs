@@ -148,3 +148,21 @@ fn control_characters_separate_words_when_looking_for_addresses() {
     let m = Mailbox { name: Some("e@f.test\u{1}".into()), address: "s@t.test".into() };
     assert_eq!(m.without_foreign_name().name, None);
 }
+
+#[test]
+fn field_names_are_known_whatever_their_case_and_spaces() {
+    for (name, kind) in [
+        (&b"To"[..], Some(FieldKind::To)),
+        (b"B cc", Some(FieldKind::Bcc)),
+        (b"RESENT-CC\t", Some(FieldKind::ResentCc)),
+        (b"Mail-Followup-To", Some(FieldKind::MailFollowupTo)),
+        (b" Mail-Followup-To ", Some(FieldKind::MailFollowupTo)),
+        (b"X-Bccguard", Some(FieldKind::Mark)),
+        (b"Mail-Followup-Tox", None),
+        (b"Subject", None),
+        (b"", None),
+        (b"To-To-To-To-To-To-To", None),
+    ] {
+        assert_eq!(FieldKind::of(name), kind, "{:?}", String::from_utf8_lossy(name));
+    }
+}
