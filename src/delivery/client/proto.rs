@@ -74,9 +74,8 @@ pub type Raw = smtp_proto::Response<String>;
 pub fn reply_of(raw: &Raw) -> Reply {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(raw.message.len() + 12);
-    if let [c, s, d] = raw.esc
-        && raw.esc != [0, 0, 0]
-    {
+    if raw.esc != [0, 0, 0] {
+        let [c, s, d] = raw.esc;
         let _ = write!(text, "{c}.{s}.{d} ");
     }
     for (i, line) in raw.message.split('\n').map(str::trim).enumerate() {
