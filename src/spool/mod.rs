@@ -435,15 +435,18 @@ fn write_message_file(
     tail: Option<&Content>,
     fsync: bool,
 ) -> io::Result<()> {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, WriteAt { file, at: 0 });
+    // The envelope line goes through a buffer sized for it (one of many recipients is
+    // written out as it grows); what is left of it goes with the parts in one `pwritev`, the
+    // parts not copied.
+    let capacity = meta.recipients.len().saturating_mul(64).saturating_add(512).min(64 * 1024);
+    let mut out = io::BufWriter::with_capacity(capacity, WriteAt { file, at: 0 });
     serde_json::to_writer(&mut out, meta).map_err(io::Error::other)?;
     out.write_all(b"\n")?;
-    for part in parts {
-        out.write_all(part)?;
-    }
-    out.flush()?;
-    let mut end = out.get_ref().at;
-    drop(out);
+    let (WriteAt { at, .. }, head) = out.into_parts();
+    let head = head.map_err(|_| io::Error::other("writing the envelope line panicked"))?;
+    let mut slices: Vec<io::IoSlice<'_>> =
+        std::iter::once(io::IoSlice::new(&head)).chain(parts.iter().map(|p| io::IoSlice::new(p))).collect();
+    let mut end = write_all_at(file, &mut slices, at)?;
     if let Some(tail) = tail {
         file.seek(io::SeekFrom::Start(end))?;
         tail.copy_to_file(file)?;
@@ -456,6 +459,20 @@ fn write_message_file(
         file.sync_all()?;
     }
     Ok(())
+}
+
+/// Write all of `slices` to `file` from `at` (`pwritev`, no seek; a call takes at most
+/// `IOV_MAX` slices, and may write less than it is given); the position after them.
+fn write_all_at(file: &File, mut slices: &mut [io::IoSlice<'_>], mut at: u64) -> io::Result<u64> {
+    while !slices.is_empty() {
+        let n = rustix::io::pwritev(file, slices, at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n as u64;
+        io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(at)
 }
 
 /// Writes at a position of a file, moving on (`pwrite`, no seek).
@@ -827,5 +844,19 @@ mod journal_tests {
             );
             previous = Some((id, len as u64));
         }
+    }
+
+    #[test]
+    fn a_message_of_more_parts_than_one_write_takes_is_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = File::create(dir.path().join("m")).unwrap();
+        let id = QueueId::generate();
+        let parts: Vec<Bytes> = (0..2_500).map(|i| Bytes::from(format!("part {i}\r\n"))).collect();
+        write_message_file(&mut file, 0, &meta_for(&id), &parts, None, false).unwrap();
+        let on_disk = fs::read(dir.path().join("m")).unwrap();
+        let newline = on_disk.iter().position(|&b| b == b'\n').unwrap();
+        let body: Vec<u8> = parts.concat();
+        assert_eq!(&on_disk[newline + 1..], &body[..]);
+        assert_eq!(&on_disk[..newline], serde_json::to_vec(&meta_for(&id)).unwrap().as_slice());
     }
 }
