@@ -94,8 +94,12 @@ impl Signer {
             .max_by_key(|k| k.domain.len())
     }
 
-    /// The key aligned with the `From:` domain of the header block `head`.
+    /// The key aligned with the `From:` domain of the header block `head` (without keys, the
+    /// field is not looked for).
     pub fn key_for(&self, head: &[u8]) -> Option<&SigningKey> {
+        if !self.has_keys() {
+            return None;
+        }
         from_domain(head).and_then(|d| self.aligned(&d))
     }
 }
