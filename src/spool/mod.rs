@@ -435,9 +435,9 @@ fn write_message_file(
     tail: Option<&Content>,
     fsync: bool,
 ) -> io::Result<()> {
-    // The envelope line goes through a buffer sized for it (one of many recipients is
-    // written out as it grows); what is left of it goes with the parts in one `pwritev`, the
-    // parts not copied.
+    // The envelope line goes through a buffer sized for it (the line of a message to many
+    // recipients is written out as it grows); what is left of it goes with the parts in one
+    // `pwritev`, the parts not copied.
     let capacity = meta.recipients.len().saturating_mul(64).saturating_add(512).min(64 * 1024);
     let mut out = io::BufWriter::with_capacity(capacity, WriteAt { file, at: 0 });
     serde_json::to_writer(&mut out, meta).map_err(io::Error::other)?;
@@ -465,7 +465,11 @@ fn write_message_file(
 /// `IOV_MAX` slices, and may write less than it is given); the position after them.
 fn write_all_at(file: &File, mut slices: &mut [io::IoSlice<'_>], mut at: u64) -> io::Result<u64> {
     while !slices.is_empty() {
-        let n = rustix::io::pwritev(file, slices, at)?;
+        let n = match rustix::io::pwritev(file, slices, at) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
