@@ -40,7 +40,7 @@ pub const GATHER: Duration = Duration::from_micros(200);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Request {
-    file: File,
+    file: Arc<File>,
     done: oneshot::Sender<io::Result<()>>,
 }
 
@@ -67,7 +67,7 @@ impl Commit {
 
     /// Wait until `file` (written, and renamed to its name in the queue directory) and its
     /// name are durable.
-    pub(super) async fn commit(&self, file: File) -> io::Result<()> {
+    pub(super) async fn commit(&self, file: Arc<File>) -> io::Result<()> {
         let stopped = || io::Error::other("the spool's commit thread stopped");
         let (done, rx) = oneshot::channel();
         self.requests.send(Request { file, done }).map_err(|_| stopped())?;
@@ -129,12 +129,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let recycler = Arc::new(Recycler::new(dir.path().to_path_buf()));
             let commit = Arc::new(Commit::start(dir.path(), mode, recycler).unwrap());
-            let lone = File::create(dir.path().join("lone")).unwrap();
+            let lone = Arc::new(File::create(dir.path().join("lone")).unwrap());
             commit.commit(lone).await.unwrap();
             let mut group = tokio::task::JoinSet::new();
             for i in 0..20 {
                 let commit = commit.clone();
-                let file = File::create(dir.path().join(format!("f{i}"))).unwrap();
+                let file = Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap());
                 group.spawn(async move { commit.commit(file).await });
             }
             while let Some(r) = group.join_next().await {
@@ -150,7 +150,7 @@ mod tests {
         let commit = Commit::start(dir.path(), SpoolSync::Filesystem, recycler).unwrap();
         let (requests, _) = mpsc::channel();
         let dead = Commit { requests, mode: commit.mode };
-        let file = File::create(dir.path().join("f")).unwrap();
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
         assert!(dead.commit(file).await.is_err());
     }
 }

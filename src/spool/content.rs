@@ -106,21 +106,21 @@ impl Content {
 
     /// Append every byte to `out`: a file region is copied file to file by the kernel
     /// (`copy_file_range`), never through memory, where the filesystem allows. Blocking.
-    pub fn copy_to_file(&self, out: &mut File) -> io::Result<()> {
+    pub fn copy_to_file(&self, mut out: &File) -> io::Result<()> {
         if let Content::Parts(parts) = self {
             return parts.iter().try_for_each(|p| p.copy_to_file(out));
         }
         let Content::File { file, offset, len } = self else {
-            return self.write_to(out);
+            return self.write_to(&mut out);
         };
         let (mut from, end) = (*offset, offset + len);
         while from < end {
             let want = (end - from).min(1 << 30) as usize;
-            match rustix::fs::copy_file_range(&**file, Some(&mut from), &*out, None, want) {
+            match rustix::fs::copy_file_range(&**file, Some(&mut from), out, None, want) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early")),
                 Ok(_) => {}
                 // Not possible here (another filesystem, an old kernel): copy through memory.
-                Err(_) if from == *offset => return self.write_to(out),
+                Err(_) if from == *offset => return self.write_to(&mut out),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -232,8 +232,8 @@ mod tests {
         assert_eq!(joined.len(), want.len() as u64);
         assert_eq!(joined.to_bytes().unwrap(), want);
         assert_eq!(joined.slice(69_990..70_010).to_bytes().unwrap(), want[69_990..70_010]);
-        let mut out = tempfile::tempfile().unwrap();
-        joined.copy_to_file(&mut out).unwrap();
+        let out = tempfile::tempfile().unwrap();
+        joined.copy_to_file(&out).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap().len(), 100_000);
         assert_eq!(out.metadata().unwrap().len(), want.len() as u64);
     }

@@ -395,29 +395,41 @@ impl OpenError {
 const INLINE_MAX: usize = 64 * 1024;
 const INLINE_RECIPIENTS: usize = 100;
 
-/// Write a message into `free` (or a new temporary file) and rename it to `target`; on an
-/// error the temporary file is removed. Gives back the envelope and the open file, for the
-/// commit.
+/// Write a message into `free` (or a new temporary file) and give it the name `target`: as a
+/// second link when the file can be lent (see [`recycle`]), else by renaming it; on an error
+/// the temporary file is removed. Gives back the envelope and the open file, for the commit.
+#[allow(clippy::too_many_arguments)]
 fn write_into_place(
     queue: &Path,
     target: &Path,
     free: Option<recycle::FreeFile>,
+    recycler: &recycle::Recycler,
     meta: Meta,
     parts: &[Bytes],
     tail: Option<Content>,
     fsync: bool,
-) -> io::Result<(Meta, File)> {
-    let (temp, mut file, len) = match free {
-        Some(free) => (free.path, free.file, free.len),
+) -> io::Result<(Meta, std::sync::Arc<File>)> {
+    let (temp, file, len, ino) = match free {
+        Some(free) => (free.path, free.file, free.len, Some(free.ino)),
         None => {
             let temp = queue.join(format!(".{}.msg.tmp", meta.id));
-            let file = File::create(&temp)?;
-            (temp, file, 0)
+            (temp.clone(), std::sync::Arc::new(File::create(&temp)?), 0, None)
         }
     };
-    let written =
-        write_message_file(&mut file, len, &meta, parts, tail.as_ref(), fsync).and_then(|()| fs::rename(&temp, target));
-    if let Err(e) = written {
+    let placed = write_message_file(&file, len, &meta, parts, tail.as_ref(), fsync).and_then(|end| {
+        if !recycler.can_lend(end) {
+            return fs::rename(&temp, target);
+        }
+        let ino = match ino {
+            Some(ino) => ino,
+            None => std::os::unix::fs::MetadataExt::ino(&file.metadata()?),
+        };
+        fs::hard_link(&temp, target)?;
+        let free = recycle::FreeFile { path: temp.clone(), file: file.clone(), len: end, ino };
+        recycler.lend(meta.id.clone(), free);
+        Ok(())
+    });
+    if let Err(e) = placed {
         let _ = fs::remove_file(&temp);
         return Err(e);
     }
@@ -428,13 +440,13 @@ fn write_into_place(
 /// (a kept one) is cut to its new contents when they are shorter. Positioned writes: no seek
 /// for a message in memory.
 fn write_message_file(
-    file: &mut File,
+    mut file: &File,
     len: u64,
     meta: &Meta,
     parts: &[Bytes],
     tail: Option<&Content>,
     fsync: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     // The envelope line goes through a buffer sized for it (the line of a message to many
     // recipients is written out as it grows); what is left of it goes with the parts in one
     // `pwritev`, the parts not copied.
@@ -458,7 +470,7 @@ fn write_message_file(
     if fsync {
         file.sync_all()?;
     }
-    Ok(())
+    Ok(end)
 }
 
 /// Write all of `slices` to `file` from `at` (`pwritev`, no seek; a call takes at most
@@ -660,19 +672,25 @@ impl Spool {
         let free = self.recycler.take();
         let per_file = self.commit.per_file();
         let size: usize = parts.iter().map(|p| p.len()).sum();
+        let id = meta.id.clone();
         let (meta, file) =
             if !per_file && tail.is_none() && size <= INLINE_MAX && meta.recipients.len() <= INLINE_RECIPIENTS {
-                write_into_place(&queue, &target, free, meta, &parts, None, false)?
+                write_into_place(&queue, &target, free, &self.recycler, meta, &parts, None, false)?
             } else {
-                let target = target.clone();
+                let (target, recycler) = (target.clone(), self.recycler.clone());
                 tokio::task::spawn_blocking(move || {
-                    write_into_place(&queue, &target, free, meta, &parts, tail, per_file)
+                    write_into_place(&queue, &target, free, &recycler, meta, &parts, tail, per_file)
                 })
                 .await
                 .map_err(io::Error::other)??
             };
         if let Err(e) = self.commit.commit(file).await {
-            let _ = tokio::task::spawn_blocking(move || fs::remove_file(target)).await;
+            let recycler = self.recycler.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = fs::remove_file(target);
+                recycler.forget(&id);
+            })
+            .await;
             return Err(e);
         }
         Ok(meta)
@@ -711,7 +729,7 @@ impl Spool {
     }
 
     fn remove_delivered_now(&self, id: &QueueId, journal: bool) -> io::Result<()> {
-        self.recycler.give(&self.paths.message_file(id))?;
+        self.recycler.give(id, &self.paths.message_file(id))?;
         match journal.then(|| fs::remove_file(self.paths.journal_file(id))) {
             Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -850,13 +868,132 @@ mod journal_tests {
         }
     }
 
+    /// The names in the queue directory, sorted.
+    fn names(spool: &Spool) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(spool.paths().queue())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn ino(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_small_message_is_lent_its_file_and_gives_it_back_without_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let first = QueueId::generate();
+        spool.store(meta_for(&first), vec![Bytes::from_static(b"one\r\n")]).await.unwrap();
+        // Two names, one file: the queue name is a second link to the temporary one.
+        let temp = format!(".{first}.msg.tmp");
+        assert_eq!(names(&spool), [temp.clone(), format!("{first}.msg")]);
+        let file = ino(&spool.paths().message_file(&first));
+        assert_eq!(ino(&spool.paths().queue().join(&temp)), file);
+        assert_eq!(spool.recycler.lent(), 1);
+
+        spool.remove_delivered(&first, false, Some(5)).await.unwrap();
+        assert_eq!(names(&spool), [temp], "the queue name is gone, the file kept under its own");
+        assert_eq!((spool.recycler.lent(), spool.recycler.len()), (0, 1));
+
+        let second = QueueId::generate();
+        spool.store(meta_for(&second), vec![Bytes::from_static(b"two\r\n")]).await.unwrap();
+        assert_eq!(ino(&spool.paths().message_file(&second)), file, "the same file again");
+        assert_eq!(spool.paths().open(&second).unwrap().content.to_bytes().unwrap(), &b"two\r\n"[..]);
+        assert_eq!((spool.recycler.lent(), spool.recycler.len()), (1, 0));
+
+        // A crash here: start-up deletes the temporary names, the queued message stays whole.
+        spool.paths().clean().unwrap();
+        assert_eq!(names(&spool), [format!("{second}.msg")]);
+        assert_eq!(spool.paths().open(&second).unwrap().content.to_bytes().unwrap(), &b"two\r\n"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_lent_file_whose_message_left_another_way_is_released_by_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (gone, rewritten, kept) = (QueueId::generate(), QueueId::generate(), QueueId::generate());
+        for id in [&gone, &rewritten, &kept] {
+            spool.store(meta_for(id), vec![Bytes::from_static(b"body\r\n")]).await.unwrap();
+        }
+        // Bounced or deleted (not delivered), and written anew under the same name.
+        spool.paths().remove(&gone).unwrap();
+        let new = spool.paths().queue().join("new");
+        fs::write(&new, b"new").unwrap();
+        fs::rename(&new, spool.paths().message_file(&rewritten)).unwrap();
+        assert_eq!(spool.recycler.lent(), 3);
+
+        assert_eq!(spool.recycler.sweep(std::time::Instant::now()), 0);
+        assert_eq!(spool.recycler.lent(), 1, "only the file still named in the queue stays lent");
+        let mut left = vec![format!(".{kept}.msg.tmp"), format!("{kept}.msg"), format!("{rewritten}.msg")];
+        left.sort();
+        assert_eq!(names(&spool), left);
+        assert_eq!(fs::read(spool.paths().message_file(&rewritten)).unwrap(), b"new");
+        assert_eq!(spool.recycler.len(), 0, "neither released file is reused");
+    }
+
+    #[tokio::test]
+    async fn a_file_with_a_name_besides_its_own_is_never_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let id = QueueId::generate();
+        spool.store(meta_for(&id), vec![Bytes::from_static(b"keep me\r\n")]).await.unwrap();
+        let elsewhere = dir.path().join("elsewhere.msg");
+        fs::hard_link(spool.paths().message_file(&id), &elsewhere).unwrap();
+
+        spool.remove_delivered(&id, false, Some(9)).await.unwrap();
+        assert_eq!((spool.recycler.lent(), spool.recycler.len()), (0, 0), "not kept: it has another name");
+        assert!(names(&spool).is_empty());
+        let next = QueueId::generate();
+        spool.store(meta_for(&next), vec![Bytes::from_static(b"other\r\n")]).await.unwrap();
+        assert!(fs::read(&elsewhere).unwrap().ends_with(b"\nkeep me\r\n"));
+    }
+
+    #[tokio::test]
+    async fn past_the_lending_cap_a_message_file_is_renamed_into_place_and_still_kept_when_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let mut ids = Vec::new();
+        for _ in 0..recycle::MAX_LENT + 1 {
+            let id = QueueId::generate();
+            spool.store(meta_for(&id), vec![Bytes::from_static(b"x\r\n")]).await.unwrap();
+            ids.push(id);
+        }
+        assert_eq!(spool.recycler.lent(), recycle::MAX_LENT);
+        let last = ids.last().unwrap();
+        assert!(!names(&spool).contains(&format!(".{last}.msg.tmp")), "renamed, not linked");
+        spool.remove_delivered(last, false, Some(3)).await.unwrap();
+        assert_eq!(spool.recycler.len(), 1, "kept the way it was before lending");
+        assert!(!spool.paths().message_file(last).exists());
+    }
+
+    #[tokio::test]
+    async fn closing_the_spool_deletes_kept_files_and_the_own_names_of_lent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), SpoolSync::Filesystem).unwrap();
+        let (delivered, queued) = (QueueId::generate(), QueueId::generate());
+        spool.store(meta_for(&delivered), vec![Bytes::from_static(b"a\r\n")]).await.unwrap();
+        spool.recycler.give(&delivered, &spool.paths().message_file(&delivered)).unwrap();
+        spool.store(meta_for(&queued), vec![Bytes::from_static(b"bb\r\n")]).await.unwrap();
+        let other = QueueId::generate();
+        spool.store(meta_for(&other), vec![Bytes::from_static(b"ccc\r\n")]).await.unwrap();
+        spool.recycler.clear();
+        let mut left = vec![format!("{queued}.msg"), format!("{other}.msg")];
+        left.sort();
+        assert_eq!(names(&spool), left);
+        assert_eq!(spool.paths().open(&queued).unwrap().content.to_bytes().unwrap(), &b"bb\r\n"[..]);
+    }
+
     #[test]
     fn a_message_of_more_parts_than_one_write_takes_is_written_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = File::create(dir.path().join("m")).unwrap();
+        let file = File::create(dir.path().join("m")).unwrap();
         let id = QueueId::generate();
         let parts: Vec<Bytes> = (0..2_500).map(|i| Bytes::from(format!("part {i}\r\n"))).collect();
-        write_message_file(&mut file, 0, &meta_for(&id), &parts, None, false).unwrap();
+        write_message_file(&file, 0, &meta_for(&id), &parts, None, false).unwrap();
         let on_disk = fs::read(dir.path().join("m")).unwrap();
         let newline = on_disk.iter().position(|&b| b == b'\n').unwrap();
         let body: Vec<u8> = parts.concat();
