@@ -417,7 +417,8 @@ fn write_into_place(
         }
     };
     let placed = write_message_file(&file, len, &meta, parts, tail.as_ref(), fsync).and_then(|end| {
-        if !recycler.can_lend(end) {
+        // A held message may wait for days: it is not lent a descriptor.
+        if meta.is_held() || !recycler.can_lend(end) {
             return fs::rename(&temp, target);
         }
         let ino = match ino {
@@ -950,6 +951,18 @@ mod journal_tests {
         let next = QueueId::generate();
         spool.store(meta_for(&next), vec![Bytes::from_static(b"other\r\n")]).await.unwrap();
         assert!(fs::read(&elsewhere).unwrap().ends_with(b"\nkeep me\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_held_message_is_not_lent_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let id = QueueId::generate();
+        let mut meta = meta_for(&id);
+        meta.decision.action = crate::config::Action::Hold;
+        spool.store(meta, vec![Bytes::from_static(b"held\r\n")]).await.unwrap();
+        assert_eq!(spool.recycler.lent(), 0);
+        assert_eq!(names(&spool), [format!("{id}.msg")]);
     }
 
     #[tokio::test]

@@ -15,8 +15,9 @@
 //! a file still named in the queue is never written over. A message that leaves the queue
 //! another way (bounced, expired, held, set aside, deleted) leaves its lent file behind; the
 //! sweep notices that `ID.msg` is gone, or names another file, and deletes the lent file's own
-//! name. At most [`MAX_LENT`] files are lent; past that a message's file is renamed into
-//! place and opened again when it is delivered, as before lending.
+//! name. At most [`MAX_LENT`] files are lent, and none to a held message (it may wait for
+//! days, holding a descriptor); past that a message's file is renamed into place, and opened
+//! again and renamed to a free name when it is delivered.
 //!
 //! A crash leaves queue names as they are: the temporary names are deleted at start-up (they
 //! end in `.tmp`), and a queued message keeps its `ID.msg`.
