@@ -13,12 +13,24 @@ use common::{TestRelay, eventually, test_config};
 
 const POLICY: &str = "[policy]\ninternal_domains = [\"example.com\"]\n";
 
-fn kept_files(spool: &Path) -> Vec<String> {
+/// The files under a temporary name in the queue (kept files, and the own names of files lent
+/// to queued messages), with their inode numbers.
+fn kept_files(spool: &Path) -> Vec<(String, u64)> {
     std::fs::read_dir(spool.join("queue"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".free-"))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let temp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".spill-");
+            // Deleted meanwhile: not kept any more.
+            let ino = std::os::unix::fs::MetadataExt::ino(&e.metadata().ok()?);
+            temp.then_some((name, ino))
+        })
         .collect()
+}
+
+fn ino(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
 
 /// A message of `lines` numbered body lines, for one recipient.
@@ -44,13 +56,16 @@ async fn a_kept_file_holds_the_next_message_exactly_and_is_deleted_when_idle() {
     assert_eq!(kept.len(), 1, "the delivered message's file is kept: {kept:?}");
 
     // A short message is written into it, and the file is cut to the short message's length:
-    // while the upstream defers it, its spool file holds nothing of the long one.
+    // while the upstream defers it, its spool file holds nothing of the long one. The file is
+    // lent to it: the queue name is a second name of the kept file, not a new file.
     upstream.refuse(Stage::Mail, Some("451 4.3.0 try later"));
     let short = message("short", 2);
     assert!(relay.send("app@example.com", &["one@client.test"], &short).await.starts_with("250 "));
-    assert!(kept_files(&spool).is_empty(), "the kept file was taken");
     let [id] = relay.spooled().try_into().expect("one queued message");
-    let file = std::fs::read(spool.join(format!("queue/{id}.msg"))).unwrap();
+    let queued = spool.join(format!("queue/{id}.msg"));
+    assert_eq!(ino(&queued), kept[0].1, "the kept file was taken");
+    assert_eq!(kept_files(&spool), kept, "and keeps its own name while it is lent");
+    let file = std::fs::read(&queued).unwrap();
     let envelope = file.iter().position(|&b| b == b'\n').unwrap() + 1;
     assert!(file.ends_with(&short), "the short message is the file's end");
     assert!(file.len() - envelope - short.len() < 400, "only a Received: field besides ({} bytes)", file.len());
@@ -67,8 +82,8 @@ async fn a_kept_file_holds_the_next_message_exactly_and_is_deleted_when_idle() {
     assert!(!got.windows(9).any(|w| w == b"long line"), "nothing of the earlier message");
     // Had the short message gone into a new file, two files would be kept now.
     let again = kept_files(&spool);
-    assert_eq!(again.len(), 1, "the one file was taken for the short message and kept again: {again:?}");
-    assert_ne!(again, kept, "kept under a new name");
+    assert_eq!(again, kept, "the one file was taken for the short message and kept again, under its name");
+    assert!(!queued.exists());
 
     // Unused for a few seconds, it is deleted.
     eventually("the idle kept file is deleted", || kept_files(&spool).is_empty()).await;
