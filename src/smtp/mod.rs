@@ -188,6 +188,12 @@ struct Limits {
     per_client: Arc<PerClient>,
 }
 
+/// Set `TCP_NODELAY` (replies go out at once) on `listener`; whether the sockets it accepts
+/// have it already, as Linux copies it into them, so that accepting costs no `setsockopt`.
+fn nodelay_for_accepted(listener: &TcpListener) -> bool {
+    rustix::net::sockopt::set_tcp_nodelay(listener, true).is_ok() && cfg!(target_os = "linux")
+}
+
 async fn accept_loop(
     listener: TcpListener,
     front: Arc<Frontend>,
@@ -195,8 +201,11 @@ async fn accept_loop(
     tracker: TaskTracker,
     limits: Limits,
 ) {
+    let inherited = nodelay_for_accepted(&listener);
     while let Some((stream, peer)) = crate::accept::next(&shutdown.soft, "smtp", || listener.accept()).await {
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         // The per-client limit first: an address over its share hears so, whatever the total.
         let Some(slot) = limits.per_client.try_acquire(peer.ip()) else {
             debug!(client = %peer, "too many connections from this address");
@@ -214,6 +223,23 @@ async fn accept_loop(
             Err(_) => {
                 tracker.spawn(conn::refuse(stream, reply::TOO_MANY_CONNECTIONS, front.idle_timeout()));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_accepted_session_has_nodelay_without_asking_for_it() {
+        let listener = crate::listen("127.0.0.1:0".parse().unwrap(), crate::MIN_BACKLOG).unwrap();
+        let inherited = nodelay_for_accepted(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if inherited {
+            assert!(accepted.nodelay().unwrap(), "the accepted socket took TCP_NODELAY from the listener");
         }
     }
 }
