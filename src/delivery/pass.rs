@@ -242,27 +242,35 @@ pub(super) async fn set_aside(ctx: &Ctx, id: &QueueId, reason: &str) -> PassEnd 
 
 /// Send the copies of `txns`, at most `sends_per_pass` at once: a copy is built when a send
 /// ends, never ahead of the connections that will carry it.
+///
+/// A message of one copy (the most common) is sent on the pass's own task.
 async fn attempt(ctx: &Ctx, message: &Message<'_>, state: &State, txns: &[usize]) -> Vec<Attempted> {
     let meta = message.meta;
+    let send = |t: usize| {
+        let pending = state.pending_in(&meta.plan, t);
+        let unsigned = message.copy(t);
+        let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
+        async move {
+            // A signature costs a millisecond of CPU: made off the async threads.
+            let copy = match unsigned.signs() {
+                true => tokio::task::spawn_blocking(move || unsigned.finish()).await.expect("signing a copy"),
+                false => unsigned.finish(),
+            };
+            let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, &meta.recipients[i])).collect();
+            let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
+            (t, pending, outcomes)
+        }
+    };
+    if let [t] = txns {
+        return vec![send(*t).await];
+    }
     let mut sends = JoinSet::new();
     let mut waiting = txns.iter();
     let mut results = Vec::with_capacity(txns.len());
     loop {
         while sends.len() < ctx.config.sends_per_pass {
             let Some(&t) = waiting.next() else { break };
-            let pending = state.pending_in(&meta.plan, t);
-            let unsigned = message.copy(t);
-            let (upstream, meta) = (ctx.upstream.clone(), meta.clone());
-            sends.spawn(async move {
-                // A signature costs a millisecond of CPU: made off the async threads.
-                let copy = match unsigned.signs() {
-                    true => tokio::task::spawn_blocking(move || unsigned.finish()).await.expect("signing a copy"),
-                    false => unsigned.finish(),
-                };
-                let rcpts: Vec<(usize, &str)> = pending.iter().map(|&i| (i, &meta.recipients[i])).collect();
-                let outcomes = upstream.send(&meta.id, &meta.sender, &rcpts, &copy).await;
-                (t, pending, outcomes)
-            });
+            sends.spawn(send(t));
         }
         match sends.join_next().await {
             Some(Ok(result)) => results.push(result),
