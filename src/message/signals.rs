@@ -23,8 +23,9 @@ pub const SORTED_MIN: usize = 7;
 #[derive(Clone, Debug, Default)]
 pub struct HeaderFields<'a> {
     block: &'a [u8],
-    /// (lowercase name, value range in `block`), in header order.
-    fields: Vec<(String, Range<usize>)>,
+    /// (name range, value range in `block`), in header order; the name without the white
+    /// space around it.
+    fields: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl<'a> HeaderFields<'a> {
@@ -34,23 +35,38 @@ impl<'a> HeaderFields<'a> {
         let block = if head.starts_with(b"\r\n") { &head[..0] } else { &head[..end] };
         let fields = split_fields(block)
             .into_iter()
-            .filter_map(|raw| Some((String::from_utf8_lossy(&block[raw.name?]).trim().to_ascii_lowercase(), raw.value)))
+            .filter_map(|raw| {
+                let name = raw.name?;
+                let trimmed = block[name.clone()].trim_ascii_start();
+                let start = name.end - trimmed.len();
+                Some((start..start + trimmed.trim_ascii_end().len(), raw.value))
+            })
             .collect();
         HeaderFields { block, fields }
     }
 
+    /// The value ranges of the fields called `name` (case-insensitive), in order.
+    fn ranges<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.fields
+            .iter()
+            .filter(move |(n, _)| self.block[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| &self.block[value.clone()])
+    }
+
     /// The values of the fields called `name` (case-insensitive), unfolded and trimmed, in
     /// order.
-    pub fn values(&self, name: &str) -> impl Iterator<Item = String> + '_ {
-        let name = name.to_ascii_lowercase();
-        self.fields.iter().filter(move |(n, _)| *n == name).map(|(_, range)| {
-            String::from_utf8_lossy(&self.block[range.clone()]).replace(['\r', '\n'], "").trim().to_string()
-        })
+    pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = String> + 's {
+        self.ranges(name).map(|value| String::from_utf8_lossy(value).replace(['\r', '\n'], "").trim().to_string())
     }
 
     /// Whether a field called `name` is present with a value that is not blank.
     pub fn has(&self, name: &str) -> bool {
-        self.values(name).any(|v| !v.is_empty())
+        self.ranges(name).any(|value| {
+            // A printable ASCII byte survives unfolding and trimming; anything else is decided
+            // as `values` decides it.
+            value.iter().any(|b| b.is_ascii_graphic())
+                || !String::from_utf8_lossy(value).replace(['\r', '\n'], "").trim().is_empty()
+        })
     }
 
     /// The domain of the first address in `From:`, in ASCII lowercase (IDN as punycode).

@@ -140,3 +140,16 @@ fn seen_names_the_signals_on() {
     let s = Signals { reply: true, calendar: true, attendees: 3, external_domains: 2, ..Signals::default() };
     assert_eq!(s.seen(), ["reply", "calendar", "attendees=3", "external_domains=2"]);
 }
+
+#[test]
+fn fields_are_found_by_name_in_any_case_and_blank_values_do_not_count() {
+    let block = "list-ID : <n.example.com>\r\nX-Empty:  \r\n \t\r\nX-Nbsp: \u{a0}\r\nX-Folded: a\r\n b\r\nPRECEDENCE: bulk\r\n\r\n";
+    let fields = HeaderFields::parse(block.as_bytes());
+    assert_eq!(fields.values("List-Id").collect::<Vec<_>>(), ["<n.example.com>"]);
+    assert!(fields.has("list-id") && fields.has("LIST-ID"));
+    assert!(!fields.has("x-empty"), "white space folded over two lines is blank");
+    assert!(!fields.has("x-nbsp"), "a no-break space is blank too");
+    assert_eq!(fields.values("x-folded").collect::<Vec<_>>(), ["a b"]);
+    assert_eq!(fields.values("precedence").collect::<Vec<_>>(), ["bulk"]);
+    assert!(!fields.has("list") && !fields.has("id") && fields.values("x-").next().is_none());
+}
