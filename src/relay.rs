@@ -172,7 +172,7 @@ impl Relay {
                 action: decision.action,
                 exposure: decision.exposure,
                 rule: Some(decision.rule.clone()),
-                signals: signals.clone(),
+                signals,
             },
             plan,
             dsn: false,
@@ -198,7 +198,7 @@ impl Relay {
             recipients: meta.recipients.len(),
             size,
             decision: &decision,
-            signals: &signals,
+            signals: &meta.decision.signals,
             transactions: meta.plan.transactions.len(),
             copies: meta.plan.transactions.iter().filter(|t| t.rewrite != crate::plan::Rewrite::Original).count(),
         };
