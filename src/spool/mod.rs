@@ -822,8 +822,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_kept_file_is_reused_and_a_message_under_another_name_is_damaged() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let first = QueueId::generate();
         let long = Bytes::from(vec![b'x'; 10_000]);
         spool.store(meta_for(&first), vec![long]).await.unwrap();
@@ -846,8 +845,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_kept_file_holds_a_shorter_an_equal_and_a_longer_message_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let mut previous: Option<(QueueId, u64)> = None;
         for (i, len) in [5_000usize, 1_000, 1_000, 9_000, 20].into_iter().enumerate() {
             if let Some((id, size)) = previous.take() {
@@ -869,6 +867,13 @@ mod journal_tests {
         }
     }
 
+    /// A spool (the default sync) in a new directory, which lives as long as the first value.
+    fn spool_in_a_new_dir() -> (tempfile::TempDir, std::sync::Arc<Spool>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        (dir, spool)
+    }
+
     /// The names in the queue directory, sorted.
     fn names(spool: &Spool) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(spool.paths().queue())
@@ -885,8 +890,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_small_message_is_lent_its_file_and_gives_it_back_without_a_rename() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let first = QueueId::generate();
         spool.store(meta_for(&first), vec![Bytes::from_static(b"one\r\n")]).await.unwrap();
         // Two names, one file: the queue name is a second link to the temporary one.
@@ -914,8 +918,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_lent_file_whose_message_left_another_way_is_released_by_the_sweep() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let (gone, rewritten, kept) = (QueueId::generate(), QueueId::generate(), QueueId::generate());
         for id in [&gone, &rewritten, &kept] {
             spool.store(meta_for(id), vec![Bytes::from_static(b"body\r\n")]).await.unwrap();
@@ -938,8 +941,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_file_with_a_name_besides_its_own_is_never_written_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (dir, spool) = spool_in_a_new_dir();
         let id = QueueId::generate();
         spool.store(meta_for(&id), vec![Bytes::from_static(b"keep me\r\n")]).await.unwrap();
         let elsewhere = dir.path().join("elsewhere.msg");
@@ -955,8 +957,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn a_held_message_is_not_lent_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let id = QueueId::generate();
         let mut meta = meta_for(&id);
         meta.decision.action = crate::config::Action::Hold;
@@ -967,8 +968,7 @@ mod journal_tests {
 
     #[tokio::test]
     async fn past_the_lending_cap_a_message_file_is_renamed_into_place_and_still_kept_when_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path(), SpoolSync::Filesystem).unwrap());
+        let (_dir, spool) = spool_in_a_new_dir();
         let mut ids = Vec::new();
         for _ in 0..recycle::MAX_LENT + 1 {
             let id = QueueId::generate();
