@@ -41,17 +41,22 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Answer requests until `stop` is cancelled.
+/// Answer requests until `stop` is cancelled, then wait for the answers under way: each
+/// holds the delivery side (and through it the spool and its lock), which must be let go of
+/// when the relay has stopped.
 pub async fn serve(listener: UnixListener, deliverer: Deliverer, breaker: Control, stop: CancellationToken) {
+    let answers = tokio_util::task::TaskTracker::new();
     while let Some((stream, _)) = crate::accept::next(&stop, "control socket", || listener.accept()).await {
         let deliverer = deliverer.clone();
         let breaker = breaker.clone();
-        tokio::spawn(async move {
+        answers.spawn(async move {
             if let Err(e) = answer(stream, deliverer, breaker).await {
                 warn!(error = %e, "control request failed");
             }
         });
     }
+    answers.close();
+    answers.wait().await;
 }
 
 async fn answer(stream: UnixStream, deliverer: Deliverer, breaker: Control) -> io::Result<()> {
