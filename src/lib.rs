@@ -43,6 +43,7 @@ pub mod durable;
 pub mod events;
 pub mod hold;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod message;
 pub mod metrics;

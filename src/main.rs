@@ -33,6 +33,17 @@ fn serve(arg: &ConfigArg) -> u8 {
         }
     };
     bccguard::logging::init(&config.log);
+    // Sessions, spilled messages and spool files each take a descriptor.
+    let wanted = config.server.max_connections as u64 + 1024;
+    match bccguard::limits::raise_open_files() {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections = config.server.max_connections,
+            "the open files limit is low for server.max_connections: raise the hard limit (ulimit -Hn, LimitNOFILE=, --ulimit nofile=)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

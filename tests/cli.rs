@@ -178,3 +178,37 @@ fn hold_max_age_is_checked() {
     let out = bccguard(&["check-config"], &[("BCCGUARD__HOLD__MAX_AGE", "0s")]);
     assert!(text(&out.stderr).contains("hold.max_age: must be greater than 0"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn serve_raises_the_open_files_soft_limit_to_the_hard_one() {
+    // The soft limit it should reach: the hard one, at most 1,048,576.
+    let hard =
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.map_or(1 << 20, |h| h.min(1 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.path().join("bccguard.toml");
+    let toml = format!(
+        "[server]\nlisten = [\"{addr}\"]\n[upstream]\nhost = \"127.0.0.1\"\nport = 9\ntls = \"none\"\n[spool]\ndir = {:?}\n",
+        dir.path().join("spool")
+    );
+    std::fs::write(&config, toml).unwrap();
+    // Started with a soft limit of 256, as a container's 1,024 is below what it needs.
+    let mut relay = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_bccguard"))
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the relay listens");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.id())).unwrap();
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let soft: u64 = line.split_whitespace().find_map(|w| w.parse().ok()).unwrap();
+    assert_eq!(soft, hard, "soft raised to hard: {line}");
+}
