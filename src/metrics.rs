@@ -193,24 +193,27 @@ impl Metrics {
             "Delivery journal writes that failed (outcomes kept in memory until written)",
             journal_failures.clone(),
         );
-        let spool_commit_groups = Counter::default();
-        registry.register(
-            "spool_commit_groups",
-            "Groups of new messages made durable together before their 250, one sync each",
-            spool_commit_groups.clone(),
-        );
-        let spool_commit_messages = Counter::default();
-        registry.register(
-            "spool_commit_messages",
-            "New messages made durable before their 250 (per group: messages per sync)",
-            spool_commit_messages.clone(),
-        );
-        let spool_commit_failures = Counter::default();
-        registry.register(
-            "spool_commit_failures",
-            "Groups of new messages whose sync failed (each client got 451)",
-            spool_commit_failures.clone(),
-        );
+        let (spool_commit_groups, spool_commit_messages, spool_commit_failures) =
+            (Counter::default(), Counter::default(), Counter::default());
+        for (name, help, counter) in [
+            (
+                "spool_commit_groups",
+                "Groups of new messages made durable together before their 250, one sync each",
+                &spool_commit_groups,
+            ),
+            (
+                "spool_commit_messages",
+                "New messages made durable before their 250 (per group: messages per sync)",
+                &spool_commit_messages,
+            ),
+            (
+                "spool_commit_failures",
+                "Groups of new messages whose sync failed (each client got 451)",
+                &spool_commit_failures,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         // Every known series exists from the start, at 0.
         let hold = HoldMetrics::register(&mut registry);
         for action in ["explode", "undisclose", "reject", "pass", "hold"] {

@@ -56,7 +56,7 @@ impl<'a> HeaderFields<'a> {
     /// The values of the fields called `name` (case-insensitive), unfolded and trimmed, in
     /// order.
     pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = String> + 's {
-        self.ranges(name).map(|value| String::from_utf8_lossy(value).replace(['\r', '\n'], "").trim().to_string())
+        self.ranges(name).map(unfolded)
     }
 
     /// Whether a field called `name` is present with a value that is not blank.
@@ -64,8 +64,7 @@ impl<'a> HeaderFields<'a> {
         self.ranges(name).any(|value| {
             // A printable ASCII byte survives unfolding and trimming; anything else is decided
             // as `values` decides it.
-            value.iter().any(|b| b.is_ascii_graphic())
-                || !String::from_utf8_lossy(value).replace(['\r', '\n'], "").trim().is_empty()
+            value.iter().any(|b| b.is_ascii_graphic()) || !unfolded(value).is_empty()
         })
     }
 
@@ -75,6 +74,11 @@ impl<'a> HeaderFields<'a> {
         let (mailboxes, _) = parse_address_value(value.as_bytes());
         mailboxes.first().map(|m| address::domain_key(&m.address))
     }
+}
+
+/// A field value unfolded (its line breaks taken out) and trimmed.
+fn unfolded(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).replace(['\r', '\n'], "").trim().to_string()
 }
 
 /// The broadcast signals of one message.

@@ -65,8 +65,8 @@ impl Commit {
         self.mode == SpoolSync::File
     }
 
-    /// Wait until `file` (written, and renamed to its name in the queue directory) and its
-    /// name are durable.
+    /// Wait until `file` (written, and linked or renamed to its name in the queue directory)
+    /// and its name are durable.
     pub(super) async fn commit(&self, file: Arc<File>) -> io::Result<()> {
         let stopped = || io::Error::other("the spool's commit thread stopped");
         let (done, rx) = oneshot::channel();

@@ -12,12 +12,12 @@
 //! ```
 //!
 //! A message file is written under a temporary name (a new file, or a delivered message's
-//! kept file: see [`recycle`]), renamed, and made durable with the messages arriving at the
-//! same time (see the `commit` module) before the client hears 250; it never changes afterwards. Its
-//! envelope line records the length and CRC-32 of the message bytes; a file that does not
-//! match them is moved to `damaged/` instead of being delivered. The journal is appended and
-//! fsync'd as delivery events happen; the state is rebuilt from it, up to its last good
-//! record.
+//! kept file: see [`recycle`]), linked or renamed to its queue name, and made durable with
+//! the messages arriving at the same time (see the `commit` module) before the client hears
+//! 250; it never changes afterwards. Its envelope line records the length and CRC-32 of the
+//! message bytes; a file that does not match them is moved to `damaged/` instead of being
+//! delivered. The journal is appended and fsync'd as delivery events happen; the state is
+//! rebuilt from it, up to its last good record.
 
 mod commit;
 pub mod content;
@@ -673,7 +673,6 @@ impl Spool {
         let free = self.recycler.take();
         let per_file = self.commit.per_file();
         let size: usize = parts.iter().map(|p| p.len()).sum();
-        let id = meta.id.clone();
         let (meta, file) =
             if !per_file && tail.is_none() && size <= INLINE_MAX && meta.recipients.len() <= INLINE_RECIPIENTS {
                 write_into_place(&queue, &target, free, &self.recycler, meta, &parts, None, false)?
@@ -686,7 +685,7 @@ impl Spool {
                 .map_err(io::Error::other)??
             };
         if let Err(e) = self.commit.commit(file).await {
-            let recycler = self.recycler.clone();
+            let (recycler, id) = (self.recycler.clone(), meta.id);
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = fs::remove_file(target);
                 recycler.forget(&id);
@@ -937,6 +936,18 @@ mod journal_tests {
         assert_eq!(names(&spool), left);
         assert_eq!(fs::read(spool.paths().message_file(&rewritten)).unwrap(), b"new");
         assert_eq!(spool.recycler.len(), 0, "neither released file is reused");
+    }
+
+    #[tokio::test]
+    async fn giving_back_a_lent_file_whose_message_is_gone_deletes_it() {
+        let (_dir, spool) = spool_in_a_new_dir();
+        let id = QueueId::generate();
+        spool.store(meta_for(&id), vec![Bytes::from_static(b"body\r\n")]).await.unwrap();
+        spool.paths().remove(&id).unwrap();
+        let given = spool.recycler.give(&id, &spool.paths().message_file(&id));
+        assert_eq!(given.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!((spool.recycler.lent(), spool.recycler.len()), (0, 0));
+        assert!(names(&spool).is_empty(), "its temporary name is gone too");
     }
 
     #[tokio::test]

@@ -151,7 +151,7 @@ impl Recycler {
     /// Put `free` among the kept files, or delete it when they are full.
     fn keep(&self, free: FreeFile) -> io::Result<()> {
         let mut files = locked(&self.files);
-        if files.len() < MAX_FILES && free.len <= MAX_SIZE {
+        if files.len() < MAX_FILES {
             files.push((free, Instant::now()));
             return Ok(());
         }
@@ -179,10 +179,12 @@ impl Recycler {
     fn release_strays(&self) {
         let lent: Vec<(QueueId, u64)> = locked(&self.lent).iter().map(|(id, f)| (id.clone(), f.ino)).collect();
         for (id, ino) in lent {
-            let named = fs::metadata(self.dir.join(format!("{id}.msg")));
-            if matches!(&named, Ok(m) if m.ino() == ino)
-                || matches!(&named, Err(e) if e.kind() != io::ErrorKind::NotFound)
-            {
+            let stray = match fs::metadata(self.dir.join(format!("{id}.msg"))) {
+                Ok(named) => named.ino() != ino,
+                // Unreadable now: it may still be there.
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+            };
+            if !stray {
                 continue;
             }
             let stray = locked(&self.lent).remove_entry(&id);
