@@ -296,3 +296,47 @@ async fn a_full_disk_and_a_kill_lose_nothing_and_resend_nothing_recorded() {
     println!("full disk and kill -9: {resent} of 5 unrecorded deliveries sent again");
     assert!(upstream.delivered_to("app@example.com").is_empty(), "nothing bounced");
 }
+
+/// A spool disk with no room left (and `spool.min_free` off, so MAIL does not see it coming)
+/// refuses new mail with the contract's `451 4.3.0` at its final dot, whether the message was
+/// held in memory or was being spilled to a file, and keeps nothing; the same session sends
+/// both once there is room, and both arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_mail_with_451_until_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path().join("fs"), 8) else {
+        return;
+    };
+    let upstream = TestUpstream::start().await;
+    let spool = disk.path.join("spool");
+    let toml = format!("{}[spool]\ndir = {spool:?}\nmin_free = \"0\"\n{POLICY}", upstream.config(""));
+    let relay = TestRelay::start_with(test_config(&toml, dir.path()), tempfile::tempdir().unwrap()).await;
+    let small = b"From: app@example.com\r\nTo: b@client.test\r\nSubject: small\r\n\r\nhello\r\n".to_vec();
+    let line = format!("{}\r\n", "x".repeat(76));
+    let big = format!(
+        "From: app@example.com\r\nTo: b@client.test\r\nSubject: big\r\n\r\n{}",
+        line.repeat(bccguard::smtp::SPILL_AT / line.len() * 2)
+    )
+    .into_bytes();
+    disk.fill();
+    let mut c = RawClient::connect(relay.addr, None).await;
+    assert!(c.reply().await.starts_with("220 "));
+    c.cmd("EHLO full").await;
+    for data in [&small, &big] {
+        let reply = c.transaction("app@example.com", &["b@client.test"], data).await;
+        assert_eq!(reply, "451 4.3.0 Temporary failure storing the message, try again later");
+    }
+    assert!(spool_ids(&spool).is_empty(), "nothing refused is queued");
+
+    disk.free();
+    for data in [&small, &big] {
+        let reply = c.transaction("app@example.com", &["b@client.test"], data).await;
+        assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    }
+    eventually("both delivered", || upstream.delivered_to("b@client.test").len() == 2).await;
+    let delivered = upstream.delivered_to("b@client.test");
+    for (d, sent) in delivered.iter().zip([&small, &big]) {
+        assert!(d.data.ends_with(sent), "delivered whole after its Received field");
+    }
+    relay.stop().await.unwrap();
+}
