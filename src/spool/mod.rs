@@ -398,9 +398,7 @@ const INLINE_RECIPIENTS: usize = 100;
 /// Write a message into `free` (or a new temporary file) and give it the name `target`: as a
 /// second link when the file can be lent (see [`recycle`]), else by renaming it; on an error
 /// the temporary file is removed. Gives back the envelope and the open file, for the commit.
-#[allow(clippy::too_many_arguments)]
 fn write_into_place(
-    queue: &Path,
     target: &Path,
     free: Option<recycle::FreeFile>,
     recycler: &recycle::Recycler,
@@ -412,7 +410,7 @@ fn write_into_place(
     let (temp, file, len, ino) = match free {
         Some(free) => (free.path, free.file, free.len, Some(free.ino)),
         None => {
-            let temp = queue.join(format!(".{}.msg.tmp", meta.id));
+            let temp = target.with_file_name(format!(".{}.msg.tmp", meta.id));
             (temp.clone(), std::sync::Arc::new(File::create(&temp)?), 0, None)
         }
     };
@@ -664,22 +662,22 @@ impl Spool {
     }
 
     /// Write `ID.msg` (the envelope line streamed as JSON, never held whole: for a message to
-    /// 100,000 recipients it is megabytes) under a temporary name, rename it into place, and
-    /// wait for the group commit that covers it. When the commit fails the file is removed:
-    /// the client hears 451 and sends again, so no copy may stay behind to be delivered too.
+    /// 100,000 recipients it is megabytes) under a temporary name, link or rename it into
+    /// place, and wait for the group commit that covers it. When the commit fails the file is
+    /// removed: the client hears 451 and sends again, so no copy may stay behind to be
+    /// delivered too.
     async fn write_message(&self, meta: Meta, parts: Vec<Bytes>, tail: Option<Content>) -> io::Result<Meta> {
-        let queue = self.paths.queue();
-        let target = queue.join(format!("{}.msg", meta.id));
+        let target = self.paths.message_file(&meta.id);
         let free = self.recycler.take();
         let per_file = self.commit.per_file();
         let size: usize = parts.iter().map(|p| p.len()).sum();
         let (meta, file) =
             if !per_file && tail.is_none() && size <= INLINE_MAX && meta.recipients.len() <= INLINE_RECIPIENTS {
-                write_into_place(&queue, &target, free, &self.recycler, meta, &parts, None, false)?
+                write_into_place(&target, free, &self.recycler, meta, &parts, None, false)?
             } else {
                 let (target, recycler) = (target.clone(), self.recycler.clone());
                 tokio::task::spawn_blocking(move || {
-                    write_into_place(&queue, &target, free, &recycler, meta, &parts, tail, per_file)
+                    write_into_place(&target, free, &recycler, meta, &parts, tail, per_file)
                 })
                 .await
                 .map_err(io::Error::other)??
